@@ -1,0 +1,679 @@
+//! Vhosts, users, exchanges, bindings, the router and the queue registry.
+
+pub mod auth;
+pub mod exchange;
+pub mod headers;
+pub mod topic;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+use parking_lot::RwLock;
+
+use crate::config::{Config, User};
+use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code};
+use crate::queue::{Queue, QueueOptions};
+use exchange::{Binding, Destination, Exchange, ExchangeKind};
+
+/// The whole broker: settings and vhosts.
+#[derive(Debug)]
+pub struct Broker {
+    /// Its settings.
+    pub config: Config,
+    vhosts: HashMap<String, Arc<VHost>>,
+    next_connection: AtomicU64,
+}
+
+/// Why a login failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginError {
+    /// Unknown user or wrong password.
+    Refused,
+    /// A loopback-only user connecting from elsewhere.
+    NotLoopback,
+}
+
+impl Broker {
+    /// A broker with the vhosts and users the settings name.
+    pub fn new(config: Config) -> Arc<Self> {
+        let vhosts = config
+            .vhosts
+            .iter()
+            .map(|v| (v.clone(), VHost::new(v)))
+            .collect();
+        Arc::new(Self {
+            config,
+            vhosts,
+            next_connection: AtomicU64::new(1),
+        })
+    }
+
+    /// A fresh connection id.
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Looks up a vhost.
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.vhosts.get(name).cloned()
+    }
+
+    /// All vhosts.
+    pub fn vhosts(&self) -> impl Iterator<Item = &Arc<VHost>> {
+        self.vhosts.values()
+    }
+
+    /// Checks a user's password and where they connect from.
+    pub fn login(&self, name: &str, password: &str, peer: SocketAddr) -> Result<&User, LoginError> {
+        let user = self
+            .config
+            .users
+            .iter()
+            .find(|u| u.name == name)
+            .filter(|u| auth::verify_password(&u.password_hash, password))
+            .ok_or(LoginError::Refused)?;
+        if self.config.loopback_users.iter().any(|u| u == name) && !peer.ip().is_loopback() {
+            return Err(LoginError::NotLoopback);
+        }
+        Ok(user)
+    }
+}
+
+/// A declared queue's answer: its name and counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDeclared {
+    /// The queue's name (server-generated when asked).
+    pub name: Arc<str>,
+    /// Ready messages.
+    pub message_count: u32,
+    /// Consumers.
+    pub consumer_count: u32,
+}
+
+/// What `queue.declare` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct QueueDeclare {
+    /// Requested name ("" for a server-named queue).
+    pub name: String,
+    /// Only check that it exists.
+    pub passive: bool,
+    /// Survives restarts.
+    pub durable: bool,
+    /// Owned by the declaring connection.
+    pub exclusive: bool,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// Arguments.
+    pub arguments: FieldTable,
+}
+
+/// What `exchange.declare` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeDeclare {
+    /// Name.
+    pub name: String,
+    /// Type name.
+    pub kind: String,
+    /// Only check that it exists.
+    pub passive: bool,
+    /// Survives restarts.
+    pub durable: bool,
+    /// Deleted when its last binding goes.
+    pub auto_delete: bool,
+    /// Not publishable by clients.
+    pub internal: bool,
+    /// Arguments.
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug, Default)]
+struct Topology {
+    exchanges: HashMap<String, Exchange>,
+    queues: HashMap<String, Arc<Queue>>,
+}
+
+/// A virtual host: its own exchanges, queues and bindings.
+#[derive(Debug)]
+pub struct VHost {
+    /// Its name.
+    pub name: Arc<str>,
+    topology: RwLock<Topology>,
+}
+
+fn bool_text(b: bool) -> &'static str {
+    if b { "'true'" } else { "'false'" }
+}
+
+fn value_text(v: Option<&AMQPValue>) -> String {
+    match v {
+        None => "none".into(),
+        Some(v) => {
+            let (ty, shown) = match v {
+                AMQPValue::LongString(s) => (
+                    "longstr",
+                    String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                ),
+                AMQPValue::ShortString(s) => ("shortstr", s.to_string()),
+                AMQPValue::Boolean(b) => ("bool", b.to_string()),
+                AMQPValue::ShortShortInt(n) => ("byte", n.to_string()),
+                AMQPValue::ShortInt(n) => ("short", n.to_string()),
+                AMQPValue::LongInt(n) => ("signedint", n.to_string()),
+                AMQPValue::LongLongInt(n) => ("long", n.to_string()),
+                AMQPValue::ShortShortUInt(n) => ("unsignedbyte", n.to_string()),
+                AMQPValue::ShortUInt(n) => ("unsignedshort", n.to_string()),
+                AMQPValue::LongUInt(n) => ("unsignedint", n.to_string()),
+                other => ("table", format!("{other:?}")),
+            };
+            format!("the value '{shown}' of type '{ty}'")
+        }
+    }
+}
+
+/// Compares declared arguments as RabbitMQ does: every key either side, by value.
+fn check_arguments(
+    kind: &str,
+    name: &str,
+    vhost: &str,
+    current: &FieldTable,
+    received: &FieldTable,
+) -> Result<(), ChannelError> {
+    let keys = current.inner().keys().chain(received.inner().keys());
+    for key in keys {
+        let (c, r) = (current.inner().get(key), received.inner().get(key));
+        if c != r {
+            return Err(ChannelError::inequivalent(
+                key.as_str(),
+                kind,
+                name,
+                vhost,
+                value_text(r),
+                value_text(c),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl VHost {
+    /// A vhost with the predeclared `amq.*` exchanges.
+    pub fn new(name: &str) -> Arc<Self> {
+        let mut topology = Topology::default();
+        for (n, kind) in [
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ] {
+            topology.exchanges.insert(
+                n.into(),
+                Exchange::new(n, kind, true, false, false, FieldTable::default()),
+            );
+        }
+        Arc::new(Self {
+            name: name.into(),
+            topology: RwLock::new(topology),
+        })
+    }
+
+    /// Declares (or checks) an exchange.
+    pub fn declare_exchange(&self, d: &ExchangeDeclare) -> Result<(), AmqpError> {
+        if d.name.is_empty() {
+            return Err(ChannelError::new(
+                code::ACCESS_REFUSED,
+                "operation not permitted on the default exchange",
+            )
+            .into());
+        }
+        let mut t = self.topology.write();
+        if d.passive {
+            return match t.exchanges.get(&d.name) {
+                Some(_) => Ok(()),
+                None => Err(ChannelError::no_exchange(&d.name, &self.name).into()),
+            };
+        }
+        let kind = ExchangeKind::parse(&d.kind).ok_or_else(|| {
+            ConnectionError::command_invalid(format_args!("unknown exchange type '{}'", d.kind))
+        })?;
+        if let Some(x) = t.exchanges.get(&d.name) {
+            let ex = |arg: &str, r: &str, c: &str| {
+                ChannelError::inequivalent(arg, "exchange", &d.name, &self.name, r, c)
+            };
+            if x.kind != kind {
+                return Err(ex(
+                    "type",
+                    &format!("'{}'", kind.as_str()),
+                    &format!("'{}'", x.kind.as_str()),
+                )
+                .into());
+            }
+            if x.durable != d.durable {
+                return Err(ex("durable", bool_text(d.durable), bool_text(x.durable)).into());
+            }
+            if x.auto_delete != d.auto_delete {
+                return Err(ex(
+                    "auto_delete",
+                    bool_text(d.auto_delete),
+                    bool_text(x.auto_delete),
+                )
+                .into());
+            }
+            if x.internal != d.internal {
+                return Err(ex("internal", bool_text(d.internal), bool_text(x.internal)).into());
+            }
+            check_arguments("exchange", &d.name, &self.name, &x.arguments, &d.arguments)?;
+            return Ok(());
+        }
+        if d.name.starts_with("amq.") {
+            return Err(ChannelError::new(
+                code::ACCESS_REFUSED,
+                format_args!(
+                    "exchange name '{}' contains reserved prefix 'amq.*'",
+                    d.name
+                ),
+            )
+            .into());
+        }
+        t.exchanges.insert(
+            d.name.clone(),
+            Exchange::new(
+                &d.name,
+                kind,
+                d.durable,
+                d.auto_delete,
+                d.internal,
+                d.arguments.clone(),
+            ),
+        );
+        Ok(())
+    }
+
+    /// Deletes an exchange.
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), ChannelError> {
+        if name.is_empty() {
+            return Err(ChannelError::new(
+                code::ACCESS_REFUSED,
+                "operation not permitted on the default exchange",
+            ));
+        }
+        if name.starts_with("amq.") {
+            return Err(ChannelError::new(
+                code::ACCESS_REFUSED,
+                format_args!(
+                    "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                    self.name
+                ),
+            ));
+        }
+        let mut t = self.topology.write();
+        let Some(x) = t.exchanges.get(name) else {
+            return Err(ChannelError::no_exchange(name, &self.name));
+        };
+        let is_destination = t.exchanges.values().any(|o| {
+            o.bindings()
+                .iter()
+                .any(|b| matches!(&b.destination, Destination::Exchange(e) if &**e == name))
+        });
+        if if_unused && (!x.bindings().is_empty() || is_destination) {
+            return Err(ChannelError::precondition(format_args!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        t.exchanges.remove(name);
+        let dest = Destination::Exchange(name.into());
+        Self::remove_destination(&mut t, &dest);
+        Ok(())
+    }
+
+    /// Removes every binding to `dest`, then deletes auto-delete exchanges left without bindings.
+    fn remove_destination(t: &mut Topology, dest: &Destination) {
+        let mut emptied = Vec::new();
+        for x in t.exchanges.values_mut() {
+            if x.remove_destination(dest) > 0 && x.auto_delete && x.bindings().is_empty() {
+                emptied.push(x.name.clone());
+            }
+        }
+        for name in emptied {
+            t.exchanges.remove(&*name);
+            Self::remove_destination(t, &Destination::Exchange(name));
+        }
+    }
+
+    /// Declares (or checks) a queue.
+    pub fn declare_queue(
+        &self,
+        d: &QueueDeclare,
+        conn_id: u64,
+    ) -> Result<QueueDeclared, ChannelError> {
+        let mut t = self.topology.write();
+        if let Some(q) = t.queues.get(&d.name) {
+            if !q.accessible_by(conn_id) {
+                return Err(Self::locked(q));
+            }
+            if !d.passive {
+                let ex = |arg: &str, r: bool, c: bool| {
+                    ChannelError::inequivalent(
+                        arg,
+                        "queue",
+                        &d.name,
+                        &self.name,
+                        bool_text(r),
+                        bool_text(c),
+                    )
+                };
+                if q.options.durable != d.durable {
+                    return Err(ex("durable", d.durable, q.options.durable));
+                }
+                let exclusive = q.options.exclusive_owner.is_some();
+                if exclusive != d.exclusive {
+                    return Err(Self::locked(q));
+                }
+                if q.options.auto_delete != d.auto_delete {
+                    return Err(ex("auto_delete", d.auto_delete, q.options.auto_delete));
+                }
+                check_arguments(
+                    "queue",
+                    &d.name,
+                    &self.name,
+                    &q.options.arguments,
+                    &d.arguments,
+                )?;
+            }
+            return Ok(QueueDeclared {
+                name: q.name.clone(),
+                message_count: q.message_count(),
+                consumer_count: q.consumer_count(),
+            });
+        }
+        if d.passive {
+            return Err(ChannelError::no_queue(&d.name, &self.name));
+        }
+        if d.name.starts_with("amq.") {
+            return Err(ChannelError::new(
+                code::ACCESS_REFUSED,
+                format_args!("queue name '{}' contains reserved prefix 'amq.*'", d.name),
+            ));
+        }
+        let name: Arc<str> = if d.name.is_empty() {
+            generated_name().into()
+        } else {
+            d.name.as_str().into()
+        };
+        let q = Queue::new(
+            name.clone(),
+            self.name.clone(),
+            QueueOptions {
+                durable: d.durable,
+                exclusive_owner: d.exclusive.then_some(conn_id),
+                auto_delete: d.auto_delete,
+                arguments: d.arguments.clone(),
+            },
+        );
+        t.queues.insert(name.to_string(), q);
+        Ok(QueueDeclared {
+            name,
+            message_count: 0,
+            consumer_count: 0,
+        })
+    }
+
+    fn locked(q: &Queue) -> ChannelError {
+        ChannelError::new(
+            code::RESOURCE_LOCKED,
+            format_args!(
+                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                q.name, q.vhost
+            ),
+        )
+    }
+
+    /// Finds a queue that `conn_id` may use.
+    pub fn queue(&self, name: &str, conn_id: u64) -> Result<Arc<Queue>, ChannelError> {
+        let t = self.topology.read();
+        let q = t
+            .queues
+            .get(name)
+            .ok_or_else(|| ChannelError::no_queue(name, &self.name))?;
+        if !q.accessible_by(conn_id) {
+            return Err(Self::locked(q));
+        }
+        Ok(q.clone())
+    }
+
+    /// Deletes a queue, returning its ready message count.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        conn_id: u64,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<u32, ChannelError> {
+        let mut t = self.topology.write();
+        let Some(q) = t.queues.get(name).cloned() else {
+            return Err(ChannelError::no_queue(name, &self.name));
+        };
+        if !q.accessible_by(conn_id) {
+            return Err(Self::locked(&q));
+        }
+        if if_unused && q.consumer_count() > 0 {
+            return Err(ChannelError::precondition(format_args!(
+                "queue '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        if if_empty && q.message_count() > 0 {
+            return Err(ChannelError::precondition(format_args!(
+                "queue '{name}' in vhost '{}' not empty",
+                self.name
+            )));
+        }
+        Ok(Self::remove_queue(&mut t, &q))
+    }
+
+    fn remove_queue(t: &mut Topology, q: &Arc<Queue>) -> u32 {
+        if t.queues.get(&*q.name).is_some_and(|o| Arc::ptr_eq(o, q)) {
+            t.queues.remove(&*q.name);
+        }
+        Self::remove_destination(t, &Destination::Queue(q.clone()));
+        q.delete()
+    }
+
+    /// Deletes a queue if it is still registered (exclusive and auto-delete clean-up).
+    pub fn drop_queue(&self, q: &Arc<Queue>) {
+        let mut t = self.topology.write();
+        Self::remove_queue(&mut t, q);
+    }
+
+    /// Deletes every exclusive queue a closing connection owned.
+    pub fn drop_exclusive_queues(&self, conn_id: u64) {
+        let mut t = self.topology.write();
+        let owned: Vec<Arc<Queue>> = t
+            .queues
+            .values()
+            .filter(|q| q.options.exclusive_owner == Some(conn_id))
+            .cloned()
+            .collect();
+        for q in owned {
+            Self::remove_queue(&mut t, &q);
+        }
+    }
+
+    fn check_bind_target(
+        &self,
+        t: &Topology,
+        source: &str,
+        destination: &Destination,
+    ) -> Result<(), ChannelError> {
+        if source.is_empty() {
+            return Err(ChannelError::new(
+                code::ACCESS_REFUSED,
+                "operation not permitted on the default exchange",
+            ));
+        }
+        if let Destination::Exchange(d) = destination {
+            if d.is_empty() {
+                return Err(ChannelError::new(
+                    code::ACCESS_REFUSED,
+                    "operation not permitted on the default exchange",
+                ));
+            }
+            if !t.exchanges.contains_key(&**d) {
+                return Err(ChannelError::no_exchange(d, &self.name));
+            }
+        }
+        if !t.exchanges.contains_key(source) {
+            return Err(ChannelError::no_exchange(source, &self.name));
+        }
+        Ok(())
+    }
+
+    /// Resolves a binding destination by name.
+    pub fn destination(
+        &self,
+        queue: Option<&str>,
+        exchange: Option<&str>,
+        conn_id: u64,
+    ) -> Result<Destination, ChannelError> {
+        match (queue, exchange) {
+            (Some(q), _) => Ok(Destination::Queue(self.queue(q, conn_id)?)),
+            (None, Some(x)) => Ok(Destination::Exchange(x.into())),
+            (None, None) => Err(ChannelError::precondition("no destination")),
+        }
+    }
+
+    /// Adds a binding (idempotent).
+    pub fn bind(&self, source: &str, binding: Binding) -> Result<(), ChannelError> {
+        let mut t = self.topology.write();
+        self.check_bind_target(&t, source, &binding.destination)?;
+        if let Some(x) = t.exchanges.get(source)
+            && x.kind == ExchangeKind::Headers
+        {
+            headers::x_match_is_valid(&binding.arguments).map_err(ChannelError::precondition)?;
+        }
+        if let Some(x) = t.exchanges.get_mut(source) {
+            x.bind(binding);
+        }
+        Ok(())
+    }
+
+    /// Removes a binding (absent bindings are fine, as in RabbitMQ).
+    pub fn unbind(&self, source: &str, binding: &Binding) -> Result<(), ChannelError> {
+        let mut t = self.topology.write();
+        self.check_bind_target(&t, source, &binding.destination)?;
+        let mut emptied = false;
+        if let Some(x) = t.exchanges.get_mut(source) {
+            emptied = x.unbind(binding) && x.auto_delete && x.bindings().is_empty();
+        }
+        if emptied {
+            t.exchanges.remove(source);
+            Self::remove_destination(&mut t, &Destination::Exchange(source.into()));
+        }
+        Ok(())
+    }
+
+    /// Checks that `name` can be published to: it exists and is not internal.
+    pub fn check_publish(&self, name: &str) -> Result<(), ChannelError> {
+        if name.is_empty() {
+            return Ok(());
+        }
+        let t = self.topology.read();
+        match t.exchanges.get(name) {
+            None => Err(ChannelError::no_exchange(name, &self.name)),
+            Some(x) if x.internal => Err(ChannelError::new(
+                code::ACCESS_REFUSED,
+                format_args!(
+                    "cannot publish to internal exchange '{name}' in vhost '{}'",
+                    self.name
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Routes a message: appends each distinct destination queue to `out`.
+    pub fn route(
+        &self,
+        exchange: &str,
+        msg: &Message,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> Result<(), ChannelError> {
+        let t = self.topology.read();
+        let rk = msg.routing_key_str();
+        if exchange.is_empty() {
+            if let Some(q) = t.queues.get(rk) {
+                out.push(q.clone());
+            }
+            return Ok(());
+        }
+        let Some(x) = t.exchanges.get(exchange) else {
+            return Err(ChannelError::no_exchange(exchange, &self.name));
+        };
+        let mut headers_cache: Option<Option<FieldTable>> = None;
+        let mut headers = || headers_cache.get_or_insert_with(|| msg.headers()).clone();
+        let mut visited: Vec<Arc<str>> = Vec::new();
+        Self::route_exchange(&t, x, rk, &mut headers, out, &mut visited);
+        Ok(())
+    }
+
+    fn route_exchange(
+        t: &Topology,
+        x: &Exchange,
+        rk: &str,
+        headers: &mut dyn FnMut() -> Option<FieldTable>,
+        out: &mut Vec<Arc<Queue>>,
+        visited: &mut Vec<Arc<str>>,
+    ) {
+        let before = out.len();
+        let mut next: Vec<Arc<str>> = Vec::new();
+        x.route(rk, headers, &mut |d| match d {
+            Destination::Queue(q) => {
+                if !out.iter().any(|o| Arc::ptr_eq(o, q)) {
+                    out.push(q.clone());
+                }
+            }
+            Destination::Exchange(e) => {
+                if !next.contains(e) {
+                    next.push(e.clone());
+                }
+            }
+        });
+        let mut routed_any = out.len() > before;
+        for e in next {
+            if visited.contains(&e) || *e == *x.name {
+                continue;
+            }
+            visited.push(x.name.clone());
+            if let Some(dx) = t.exchanges.get(&*e) {
+                let n = out.len();
+                Self::route_exchange(t, dx, rk, headers, out, visited);
+                routed_any |= out.len() > n;
+            }
+        }
+        if !routed_any
+            && let Some(ae) = x.alternate_exchange()
+            && !visited.iter().any(|v| &**v == ae)
+            && let Some(ax) = t.exchanges.get(ae)
+        {
+            visited.push(x.name.clone());
+            Self::route_exchange(t, ax, rk, headers, out, visited);
+        }
+    }
+
+    /// Number of queues (for tests and logs).
+    pub fn queue_count(&self) -> usize {
+        self.topology.read().queues.len()
+    }
+}
+
+fn generated_name() -> String {
+    use base64::Engine;
+    let bytes: [u8; 16] = rand::random();
+    format!(
+        "amq.gen-{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}

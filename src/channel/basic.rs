@@ -1,0 +1,379 @@
+//! The `basic` class: publish, consume, get, acks, qos and recover.
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::{AMQPClass, basic};
+use bytes::Bytes;
+
+use super::{Assembly, Channel, ChannelConsumer, Ctx, TxOp, Unacked, requeue_all};
+use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code, encode};
+use crate::queue::{Consumer, Credit, Queue, QueuedMessage};
+
+fn random_tag(prefix: &str) -> String {
+    use base64::Engine;
+    let bytes: [u8; 16] = rand::random();
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+impl Channel {
+    pub(super) fn publish(
+        &mut self,
+        exchange: Bytes,
+        routing_key: Bytes,
+        mandatory: bool,
+        immediate: bool,
+    ) -> Result<(), AmqpError> {
+        if immediate {
+            return Err(ConnectionError::not_implemented("immediate=true").into());
+        }
+        self.assembly = Assembly::Header {
+            exchange,
+            routing_key,
+            mandatory,
+        };
+        Ok(())
+    }
+
+    /// Routes a complete message, returns it if unroutable and mandatory, and counts its confirm.
+    pub(super) fn deliver_published(
+        &mut self,
+        ctx: &mut Ctx,
+        msg: Arc<Message>,
+        mandatory: bool,
+    ) -> Result<(), AmqpError> {
+        let exchange = std::str::from_utf8(&msg.exchange).unwrap_or("\u{fffd}");
+        ctx.vhost.check_publish(exchange)?;
+        self.route_buf.clear();
+        ctx.vhost.route(exchange, &msg, &mut self.route_buf)?;
+        if self.route_buf.is_empty() && mandatory {
+            encode::basic_return(
+                &mut ctx.out,
+                self.id,
+                code::NO_ROUTE,
+                "NO_ROUTE",
+                &msg,
+                ctx.frame_max,
+            );
+        }
+        for q in self.route_buf.drain(..) {
+            q.publish(msg.clone());
+        }
+        if self.confirm {
+            self.publish_seq += 1;
+        }
+        Ok(())
+    }
+
+    pub(super) fn qos(
+        &mut self,
+        ctx: &mut Ctx,
+        prefetch_size: u32,
+        prefetch_count: u16,
+        global: bool,
+    ) -> Result<(), AmqpError> {
+        if prefetch_size != 0 {
+            return Err(ConnectionError::not_implemented(format_args!(
+                "prefetch_size!=0 ({prefetch_size})"
+            ))
+            .into());
+        }
+        if global {
+            self.channel_credit.prefetch.store(
+                u32::from(prefetch_count),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            self.kick_consumers();
+        } else {
+            self.prefetch_count = prefetch_count;
+        }
+        ctx.send(
+            self.id,
+            AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+        );
+        Ok(())
+    }
+
+    fn kick_consumers(&self) {
+        for c in self.consumers.values() {
+            c.queue.drain();
+        }
+    }
+
+    pub(super) fn queue_name(&self, name: &str) -> Result<Arc<str>, ChannelError> {
+        if !name.is_empty() {
+            return Ok(name.into());
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| ChannelError::new(code::NOT_FOUND, "no previously declared queue"))
+    }
+
+    pub(super) fn basic(&mut self, ctx: &mut Ctx, m: basic::AMQPMethod) -> Result<(), AmqpError> {
+        match m {
+            basic::AMQPMethod::Consume(c) => self.consume(ctx, c),
+            basic::AMQPMethod::Cancel(c) => {
+                let tag: &str = c.consumer_tag.as_str();
+                if let Some(cc) = self.consumers.remove(tag)
+                    && cc.queue.remove_consumer(ctx.conn_id, self.id, tag)
+                {
+                    ctx.vhost.drop_queue(&cc.queue);
+                }
+                if !c.nowait {
+                    ctx.send(
+                        self.id,
+                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                            consumer_tag: c.consumer_tag,
+                        })),
+                    );
+                }
+                Ok(())
+            }
+            basic::AMQPMethod::Get(g) => {
+                let name = self.queue_name(g.queue.as_str())?;
+                let q = ctx.vhost.queue(&name, ctx.conn_id)?;
+                match q.get() {
+                    None => ctx.send(
+                        self.id,
+                        AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                    ),
+                    Some((message, left)) => {
+                        let tag = self.next_delivery_tag;
+                        self.next_delivery_tag += 1;
+                        encode::get_ok(
+                            &mut ctx.out,
+                            self.id,
+                            tag,
+                            message.redelivered,
+                            left,
+                            &message.msg,
+                            ctx.frame_max,
+                        );
+                        if !g.no_ack {
+                            self.unacked.push_back(Unacked {
+                                tag,
+                                queue: q,
+                                message,
+                                credit: None,
+                            });
+                        }
+                    }
+                }
+                Ok(())
+            }
+            basic::AMQPMethod::Reject(r) => self.settle(r.delivery_tag, false, false, r.requeue),
+            basic::AMQPMethod::Nack(n) => self.settle(n.delivery_tag, n.multiple, false, n.requeue),
+            basic::AMQPMethod::Recover(r) => {
+                self.recover(r.requeue)?;
+                ctx.send(
+                    self.id,
+                    AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+                );
+                Ok(())
+            }
+            basic::AMQPMethod::RecoverAsync(r) => self.recover(r.requeue),
+            basic::AMQPMethod::Qos(q) => self.qos(ctx, 0, q.prefetch_count, q.global),
+            basic::AMQPMethod::Ack(a) => self.settle(a.delivery_tag, a.multiple, true, false),
+            _ => Err(ConnectionError::command_invalid("unexpected basic method").into()),
+        }
+    }
+
+    fn recover(&mut self, requeue: bool) -> Result<(), AmqpError> {
+        if !requeue {
+            return Err(ConnectionError::not_implemented("requeue=false").into());
+        }
+        let all: Vec<Unacked> = self.unacked.drain(..).collect();
+        self.release_credit(&all);
+        requeue_all(all);
+        Ok(())
+    }
+
+    fn consume(&mut self, ctx: &mut Ctx, c: basic::Consume) -> Result<(), AmqpError> {
+        let name = self.queue_name(c.queue.as_str())?;
+        let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
+            random_tag("amq.ctag-").into()
+        } else {
+            c.consumer_tag.as_str().into()
+        };
+        if self.consumers.contains_key(&tag) {
+            return Err(ConnectionError::new(
+                code::NOT_ALLOWED,
+                format_args!("attempt to reuse consumer tag '{tag}'"),
+            )
+            .into());
+        }
+        let q = ctx.vhost.queue(&name, ctx.conn_id)?;
+        let credit = Credit::new(self.prefetch_count);
+        let before = ctx.out.len();
+        if !c.nowait {
+            // consume-ok must precede the first delivery, which adding the consumer may trigger.
+            ctx.send(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: tag.to_string().into(),
+                })),
+            );
+        }
+        let consumer = Consumer {
+            tag: tag.clone(),
+            channel: self.id,
+            conn_id: ctx.conn_id,
+            tx: ctx.tx.clone(),
+            no_ack: c.no_ack,
+            exclusive: c.exclusive,
+            credit: credit.clone(),
+            channel_credit: self.channel_credit.clone(),
+        };
+        if let Err(e) = q.add_consumer(consumer) {
+            ctx.out.truncate(before);
+            return Err(e.into());
+        }
+        self.consumers.insert(
+            tag,
+            ChannelConsumer {
+                queue: q,
+                no_ack: c.no_ack,
+                credit,
+            },
+        );
+        Ok(())
+    }
+
+    /// Writes a delivery a queue sent; false if the consumer is gone (the caller requeues).
+    pub fn deliver(
+        &mut self,
+        ctx: &mut Ctx,
+        consumer_tag: &Arc<str>,
+        queue: Arc<Queue>,
+        message: QueuedMessage,
+    ) -> Result<(), (Arc<Queue>, QueuedMessage)> {
+        let Some(c) = self.consumers.get(consumer_tag) else {
+            return Err((queue, message));
+        };
+        let tag = self.next_delivery_tag;
+        self.next_delivery_tag += 1;
+        encode::deliver(
+            &mut ctx.out,
+            self.id,
+            consumer_tag,
+            tag,
+            message.redelivered,
+            &message.msg,
+            ctx.frame_max,
+        );
+        if !c.no_ack {
+            self.unacked.push_back(Unacked {
+                tag,
+                queue,
+                message,
+                credit: Some(c.credit.clone()),
+            });
+        }
+        Ok(())
+    }
+
+    /// The broker cancelled a consumer (its queue was deleted).
+    pub fn consumer_cancelled(&mut self, ctx: &mut Ctx, consumer_tag: &str) {
+        if self.consumers.remove(consumer_tag).is_some() && ctx.cancel_notify {
+            ctx.send(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: consumer_tag.into(),
+                    nowait: true,
+                })),
+            );
+        }
+    }
+
+    /// Gives back the channel-wide credit of a delivery its consumer never saw.
+    pub fn release_undelivered(&self) {
+        self.channel_credit.release(1);
+    }
+
+    fn release_credit(&self, settled: &[Unacked]) {
+        for u in settled {
+            if let Some(c) = &u.credit {
+                c.release(1);
+                self.channel_credit.release(1);
+            }
+        }
+    }
+
+    pub(super) fn settle(
+        &mut self,
+        tag: u64,
+        multiple: bool,
+        ack: bool,
+        requeue: bool,
+    ) -> Result<(), AmqpError> {
+        if let Some(ops) = &mut self.tx {
+            if !self
+                .unacked
+                .iter()
+                .any(|u| u.tag == tag || (multiple && tag == 0))
+            {
+                return Err(unknown_tag(tag).into());
+            }
+            ops.push(TxOp::Settle {
+                tag,
+                multiple,
+                ack,
+                requeue,
+            });
+            return Ok(());
+        }
+        self.apply_settle(tag, multiple, ack, requeue)
+    }
+
+    pub(super) fn apply_settle(
+        &mut self,
+        tag: u64,
+        multiple: bool,
+        ack: bool,
+        requeue: bool,
+    ) -> Result<(), AmqpError> {
+        let settled: Vec<Unacked> = if multiple {
+            let n = if tag == 0 {
+                self.unacked.len()
+            } else {
+                self.unacked.partition_point(|u| u.tag <= tag)
+            };
+            if n == 0 && tag != 0 {
+                return Err(unknown_tag(tag).into());
+            }
+            self.unacked.drain(..n).collect()
+        } else {
+            let Ok(i) = self.unacked.binary_search_by_key(&tag, |u| u.tag) else {
+                return Err(unknown_tag(tag).into());
+            };
+            self.unacked.remove(i).into_iter().collect()
+        };
+        self.release_credit(&settled);
+        if !ack && requeue {
+            requeue_all(settled);
+        } else {
+            let mut last: Option<Arc<Queue>> = None;
+            for u in settled {
+                if last.as_ref().is_none_or(|l| !Arc::ptr_eq(l, &u.queue)) {
+                    u.queue.drain();
+                    last = Some(u.queue);
+                }
+            }
+        }
+        if self
+            .channel_credit
+            .prefetch
+            .load(std::sync::atomic::Ordering::Relaxed)
+            != 0
+        {
+            self.kick_consumers();
+        }
+        Ok(())
+    }
+}
+
+fn unknown_tag(tag: u64) -> ChannelError {
+    ChannelError::precondition(format_args!("unknown delivery tag {tag}"))
+}

@@ -1,0 +1,77 @@
+//! The `exchange` class: declare, delete, and exchange-to-exchange bind/unbind.
+
+use amq_protocol::protocol::{AMQPClass, exchange};
+
+use super::{Channel, Ctx};
+use crate::broker::ExchangeDeclare;
+use crate::broker::exchange::{Binding, Destination};
+use crate::protocol::{AmqpError, ConnectionError};
+
+impl Channel {
+    pub(super) fn exchange(
+        &mut self,
+        ctx: &mut Ctx,
+        m: exchange::AMQPMethod,
+    ) -> Result<(), AmqpError> {
+        let reply = |ctx: &mut Ctx, nowait: bool, ok: exchange::AMQPMethod| {
+            if !nowait {
+                ctx.send(self.id, AMQPClass::Exchange(ok));
+            }
+        };
+        match m {
+            exchange::AMQPMethod::Declare(d) => {
+                ctx.vhost.declare_exchange(&ExchangeDeclare {
+                    name: d.exchange.to_string(),
+                    kind: d.kind.to_string(),
+                    passive: d.passive,
+                    durable: d.durable,
+                    auto_delete: d.auto_delete,
+                    internal: d.internal,
+                    arguments: d.arguments,
+                })?;
+                reply(
+                    ctx,
+                    d.nowait,
+                    exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {}),
+                );
+            }
+            exchange::AMQPMethod::Delete(d) => {
+                ctx.vhost
+                    .delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                reply(
+                    ctx,
+                    d.nowait,
+                    exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {}),
+                );
+            }
+            exchange::AMQPMethod::Bind(b) => {
+                let binding = Binding {
+                    destination: Destination::Exchange(b.destination.as_str().into()),
+                    routing_key: b.routing_key.to_string(),
+                    arguments: b.arguments,
+                };
+                ctx.vhost.bind(b.source.as_str(), binding)?;
+                reply(
+                    ctx,
+                    b.nowait,
+                    exchange::AMQPMethod::BindOk(exchange::BindOk {}),
+                );
+            }
+            exchange::AMQPMethod::Unbind(b) => {
+                let binding = Binding {
+                    destination: Destination::Exchange(b.destination.as_str().into()),
+                    routing_key: b.routing_key.to_string(),
+                    arguments: b.arguments,
+                };
+                ctx.vhost.unbind(b.source.as_str(), &binding)?;
+                reply(
+                    ctx,
+                    b.nowait,
+                    exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {}),
+                );
+            }
+            _ => return Err(ConnectionError::command_invalid("unexpected exchange method").into()),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,444 @@
+//! The per-channel state machine: publish assembly, confirms, transactions, consumers and unacked
+//! deliveries. Every method lands in one exhaustive match, one file per class.
+
+mod basic;
+mod exchange;
+mod queue;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use amq_protocol::protocol::{AMQPClass, channel, confirm, tx};
+use bytes::{Bytes, BytesMut};
+
+use crate::broker::{Broker, VHost};
+use crate::protocol::method::{Decoded, Method};
+use crate::protocol::{
+    AmqpError, ChannelError, ConnectionError, Message, PropertiesInfo, code, encode,
+};
+use crate::queue::{Credit, EventSender, Queue, QueuedMessage};
+
+/// What a channel needs from its connection while it handles a frame.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The broker.
+    pub broker: Arc<Broker>,
+    /// The connection's vhost.
+    pub vhost: Arc<VHost>,
+    /// The connection's id (owner of exclusive queues and consumers).
+    pub conn_id: u64,
+    /// The authenticated user.
+    pub user: String,
+    /// Outbound frames, written to the socket once per batch.
+    pub out: BytesMut,
+    /// Negotiated frame-max.
+    pub frame_max: u32,
+    /// The connection's inbox, handed to consumers.
+    pub tx: EventSender,
+    /// Whether the client understands broker-sent `basic.cancel`.
+    pub cancel_notify: bool,
+}
+
+impl Ctx {
+    /// Appends a method frame.
+    pub fn send(&mut self, channel: u16, class: AMQPClass) {
+        encode::method(&mut self.out, channel, class);
+    }
+}
+
+/// A delivery awaiting its ack.
+#[derive(Debug)]
+struct Unacked {
+    tag: u64,
+    queue: Arc<Queue>,
+    message: QueuedMessage,
+    /// The consumer's credit (None for `basic.get`).
+    credit: Option<Arc<Credit>>,
+}
+
+/// A consumer as its channel knows it.
+#[derive(Debug)]
+struct ChannelConsumer {
+    queue: Arc<Queue>,
+    no_ack: bool,
+    credit: Arc<Credit>,
+}
+
+/// Publish assembly: method, then header, then body frames.
+#[derive(Debug, Default)]
+enum Assembly {
+    #[default]
+    Idle,
+    Header {
+        exchange: Bytes,
+        routing_key: Bytes,
+        mandatory: bool,
+    },
+    Body {
+        exchange: Bytes,
+        routing_key: Bytes,
+        mandatory: bool,
+        properties: Bytes,
+        info: PropertiesInfo,
+        size: usize,
+        body: BytesMut,
+    },
+}
+
+/// A publish or ack held back until `tx.commit`.
+#[derive(Debug)]
+enum TxOp {
+    Publish {
+        msg: Arc<Message>,
+        mandatory: bool,
+    },
+    Settle {
+        tag: u64,
+        multiple: bool,
+        ack: bool,
+        requeue: bool,
+    },
+}
+
+/// One open channel.
+#[derive(Debug)]
+pub struct Channel {
+    /// Channel number.
+    pub id: u16,
+    assembly: Assembly,
+    next_delivery_tag: u64,
+    unacked: VecDeque<Unacked>,
+    consumers: HashMap<Arc<str>, ChannelConsumer>,
+    prefetch_count: u16,
+    channel_credit: Arc<Credit>,
+    confirm: bool,
+    publish_seq: u64,
+    confirmed_to: u64,
+    tx: Option<Vec<TxOp>>,
+    last_queue: Option<Arc<str>>,
+    route_buf: Vec<Arc<Queue>>,
+}
+
+impl Channel {
+    /// A newly opened channel.
+    pub fn new(id: u16) -> Self {
+        Self {
+            id,
+            assembly: Assembly::Idle,
+            next_delivery_tag: 1,
+            unacked: VecDeque::new(),
+            consumers: HashMap::new(),
+            prefetch_count: 0,
+            channel_credit: Credit::new(0),
+            confirm: false,
+            publish_seq: 0,
+            confirmed_to: 0,
+            tx: None,
+            last_queue: None,
+            route_buf: Vec::new(),
+        }
+    }
+
+    /// Handles a method frame.
+    pub fn handle_method(&mut self, ctx: &mut Ctx, decoded: Decoded) -> Result<(), AmqpError> {
+        let (class_id, method_id) = (decoded.class_id, decoded.method_id);
+        if !matches!(self.assembly, Assembly::Idle) {
+            return Err(ConnectionError::unexpected_frame(format_args!(
+                "expected content header for class 60, got non content header frame instead"
+            ))
+            .on(60, 40)
+            .into());
+        }
+        self.dispatch(ctx, decoded.method)
+            .map_err(|e| e.on(class_id, method_id))
+    }
+
+    fn dispatch(&mut self, ctx: &mut Ctx, method: Method) -> Result<(), AmqpError> {
+        match method {
+            Method::Publish {
+                exchange,
+                routing_key,
+                mandatory,
+                immediate,
+            } => self.publish(exchange, routing_key, mandatory, immediate),
+            Method::Ack {
+                delivery_tag,
+                multiple,
+            } => self.settle(delivery_tag, multiple, true, false),
+            Method::Qos {
+                prefetch_size,
+                prefetch_count,
+                global,
+            } => self.qos(ctx, prefetch_size, prefetch_count, global),
+            Method::Other(AMQPClass::Basic(m)) => self.basic(ctx, m),
+            Method::Other(AMQPClass::Queue(m)) => self.queue(ctx, m),
+            Method::Other(AMQPClass::Exchange(m)) => self.exchange(ctx, m),
+            Method::Other(AMQPClass::Channel(m)) => self.channel(ctx, m),
+            Method::Other(AMQPClass::Confirm(confirm::AMQPMethod::Select(s))) => {
+                if self.tx.is_some() {
+                    return Err(ChannelError::precondition(
+                        "cannot switch from tx to confirm mode",
+                    )
+                    .into());
+                }
+                self.confirm = true;
+                if !s.nowait {
+                    ctx.send(
+                        self.id,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
+                }
+                Ok(())
+            }
+            Method::Other(AMQPClass::Tx(m)) => self.tx(ctx, m),
+            Method::Other(AMQPClass::Connection(_)) => Err(ConnectionError::new(
+                code::COMMAND_INVALID,
+                "connection methods belong on channel 0",
+            )
+            .into()),
+            Method::Other(_) => {
+                Err(ConnectionError::command_invalid("method not valid here").into())
+            }
+        }
+    }
+
+    fn channel(&mut self, ctx: &mut Ctx, m: channel::AMQPMethod) -> Result<(), AmqpError> {
+        match m {
+            channel::AMQPMethod::Open(_) => {
+                Err(ConnectionError::new(code::CHANNEL_ERROR, "second 'channel.open' seen").into())
+            }
+            channel::AMQPMethod::Flow(f) => {
+                if !f.active {
+                    return Err(ConnectionError::not_implemented("active=false").into());
+                }
+                ctx.send(
+                    self.id,
+                    AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
+                        active: true,
+                    })),
+                );
+                Ok(())
+            }
+            // channel.close and close-ok are the connection's business: it owns the channel table.
+            _ => Err(ConnectionError::command_invalid("unexpected channel method").into()),
+        }
+    }
+
+    fn tx(&mut self, ctx: &mut Ctx, m: tx::AMQPMethod) -> Result<(), AmqpError> {
+        match m {
+            tx::AMQPMethod::Select(_) => {
+                if self.confirm {
+                    return Err(ChannelError::precondition(
+                        "cannot switch from confirm to tx mode",
+                    )
+                    .into());
+                }
+                self.tx.get_or_insert_with(Vec::new);
+                ctx.send(
+                    self.id,
+                    AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
+                );
+                Ok(())
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let Some(ops) = self.tx.replace(Vec::new()) else {
+                    return Err(ChannelError::precondition("channel is not transactional").into());
+                };
+                for op in ops {
+                    match op {
+                        TxOp::Publish { msg, mandatory } => {
+                            self.deliver_published(ctx, msg, mandatory)?
+                        }
+                        TxOp::Settle {
+                            tag,
+                            multiple,
+                            ack,
+                            requeue,
+                        } => self.apply_settle(tag, multiple, ack, requeue)?,
+                    }
+                }
+                ctx.send(
+                    self.id,
+                    AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+                );
+                Ok(())
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                if self.tx.replace(Vec::new()).is_none() {
+                    return Err(ChannelError::precondition("channel is not transactional").into());
+                }
+                ctx.send(
+                    self.id,
+                    AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+                );
+                Ok(())
+            }
+            _ => Err(ConnectionError::command_invalid("unexpected tx method").into()),
+        }
+    }
+
+    /// Handles a content header frame.
+    pub fn handle_header(&mut self, ctx: &mut Ctx, payload: Bytes) -> Result<(), AmqpError> {
+        let Assembly::Header {
+            exchange,
+            routing_key,
+            mandatory,
+        } = std::mem::take(&mut self.assembly)
+        else {
+            return Err(ConnectionError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            )
+            .into());
+        };
+        let malformed = || ConnectionError::frame_error("malformed content header").on(60, 40);
+        let class = crate::protocol::frame::be_u16(&payload, 0).ok_or_else(malformed)?;
+        if class != 60 {
+            return Err(ConnectionError::unexpected_frame(format_args!(
+                "expected content header for class 60, got one for class {class} instead"
+            ))
+            .on(60, 40)
+            .into());
+        }
+        let size = crate::protocol::frame::be_u64(&payload, 4).ok_or_else(malformed)?;
+        let properties = payload.slice(12..);
+        let info = PropertiesInfo::scan(&properties).ok_or_else(malformed)?;
+        if size > ctx.broker.config.max_message_size {
+            return Err(ChannelError::precondition(format_args!(
+                "message size {size} is larger than configured max size {}",
+                ctx.broker.config.max_message_size
+            ))
+            .on(60, 40)
+            .into());
+        }
+        let size = usize::try_from(size).map_err(|_| malformed())?;
+        self.assembly = Assembly::Body {
+            exchange,
+            routing_key,
+            mandatory,
+            properties,
+            info,
+            size,
+            body: BytesMut::new(),
+        };
+        if size == 0 {
+            self.complete(ctx, Bytes::new())?;
+        }
+        Ok(())
+    }
+
+    /// Handles a content body frame.
+    pub fn handle_body(&mut self, ctx: &mut Ctx, payload: Bytes) -> Result<(), AmqpError> {
+        let Assembly::Body { size, body, .. } = &mut self.assembly else {
+            return Err(ConnectionError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            )
+            .into());
+        };
+        let have = body.len() + payload.len();
+        if have > *size {
+            return Err(ConnectionError::frame_error(
+                "content body frame exceeds remaining content size",
+            )
+            .on(60, 40)
+            .into());
+        }
+        if have == *size {
+            // The common case, a body in one frame, keeps the read buffer's slice: no copy.
+            let whole = if body.is_empty() {
+                payload
+            } else {
+                body.extend_from_slice(&payload);
+                std::mem::take(body).freeze()
+            };
+            return self.complete(ctx, whole);
+        }
+        if body.is_empty() {
+            body.reserve(*size);
+        }
+        body.extend_from_slice(&payload);
+        Ok(())
+    }
+
+    fn complete(&mut self, ctx: &mut Ctx, body: Bytes) -> Result<(), AmqpError> {
+        let Assembly::Body {
+            exchange,
+            routing_key,
+            mandatory,
+            properties,
+            info,
+            ..
+        } = std::mem::take(&mut self.assembly)
+        else {
+            return Ok(());
+        };
+        let msg = Arc::new(Message {
+            exchange,
+            routing_key,
+            properties,
+            info,
+            body,
+        });
+        if let Some(user_id) = msg.user_id()
+            && user_id != ctx.user.as_bytes()
+        {
+            return Err(ChannelError::precondition(format_args!(
+                "user_id property set to '{}' but authenticated user was '{}'",
+                String::from_utf8_lossy(user_id),
+                ctx.user
+            ))
+            .on(60, 40)
+            .into());
+        }
+        if let Some(ops) = &mut self.tx {
+            ops.push(TxOp::Publish { msg, mandatory });
+            return Ok(());
+        }
+        self.deliver_published(ctx, msg, mandatory)
+            .map_err(|e| e.on(60, 40))
+    }
+
+    /// Sends the confirms earned since the last batch, as one `multiple` ack where it can.
+    pub fn flush_confirms(&mut self, ctx: &mut Ctx) {
+        if self.confirm && self.publish_seq > self.confirmed_to {
+            let multiple = self.publish_seq - self.confirmed_to > 1;
+            encode::confirm(&mut ctx.out, self.id, self.publish_seq, multiple, false);
+            self.confirmed_to = self.publish_seq;
+        }
+    }
+
+    /// Releases everything the channel holds: unacked deliveries go back to their queues and
+    /// consumers are cancelled (auto-delete queues may go with them).
+    pub fn close(&mut self, ctx: &mut Ctx) {
+        self.assembly = Assembly::Idle;
+        let unacked: Vec<Unacked> = self.unacked.drain(..).collect();
+        requeue_all(unacked);
+        let consumers: Vec<(Arc<str>, ChannelConsumer)> = self.consumers.drain().collect();
+        for (tag, c) in consumers {
+            if c.queue.remove_consumer(ctx.conn_id, self.id, &tag) {
+                ctx.vhost.drop_queue(&c.queue);
+            }
+        }
+    }
+}
+
+/// Requeues deliveries, grouped by queue so each queue is locked once.
+fn requeue_all(mut unacked: Vec<Unacked>) {
+    while let Some(first) = unacked.pop() {
+        let q = first.queue.clone();
+        let mut batch = vec![first];
+        let mut i = 0;
+        while i < unacked.len() {
+            if Arc::ptr_eq(&unacked[i].queue, &q) {
+                batch.push(unacked.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        for u in &batch {
+            if let Some(c) = &u.credit {
+                c.release(1);
+            }
+        }
+        q.requeue(batch.into_iter().map(|u| u.message));
+    }
+}

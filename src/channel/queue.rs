@@ -1,0 +1,103 @@
+//! The `queue` class: declare, bind, unbind, purge and delete.
+
+use amq_protocol::protocol::{AMQPClass, queue};
+
+use super::{Channel, Ctx};
+use crate::broker::QueueDeclare;
+use crate::broker::exchange::{Binding, Destination};
+use crate::protocol::{AmqpError, ConnectionError};
+
+impl Channel {
+    pub(super) fn queue(&mut self, ctx: &mut Ctx, m: queue::AMQPMethod) -> Result<(), AmqpError> {
+        let reply = |ctx: &mut Ctx, nowait: bool, ok: queue::AMQPMethod| {
+            if !nowait {
+                ctx.send(self.id, AMQPClass::Queue(ok));
+            }
+        };
+        match m {
+            queue::AMQPMethod::Declare(d) => {
+                let name = if d.queue.as_str().is_empty() && d.passive {
+                    self.queue_name_or_empty()
+                } else {
+                    d.queue.to_string()
+                };
+                let declared = ctx.vhost.declare_queue(
+                    &QueueDeclare {
+                        name,
+                        passive: d.passive,
+                        durable: d.durable,
+                        exclusive: d.exclusive,
+                        auto_delete: d.auto_delete,
+                        arguments: d.arguments,
+                    },
+                    ctx.conn_id,
+                )?;
+                self.last_queue = Some(declared.name.clone());
+                reply(
+                    ctx,
+                    d.nowait,
+                    queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: declared.name.to_string().into(),
+                        message_count: declared.message_count,
+                        consumer_count: declared.consumer_count,
+                    }),
+                );
+            }
+            queue::AMQPMethod::Bind(b) => {
+                let name = self.queue_name(b.queue.as_str())?;
+                let binding = Binding {
+                    destination: Destination::Queue(ctx.vhost.queue(&name, ctx.conn_id)?),
+                    routing_key: self
+                        .routing_key_or_queue(b.routing_key.as_str(), b.queue.as_str()),
+                    arguments: b.arguments,
+                };
+                ctx.vhost.bind(b.exchange.as_str(), binding)?;
+                reply(ctx, b.nowait, queue::AMQPMethod::BindOk(queue::BindOk {}));
+            }
+            queue::AMQPMethod::Unbind(b) => {
+                let name = self.queue_name(b.queue.as_str())?;
+                let binding = Binding {
+                    destination: Destination::Queue(ctx.vhost.queue(&name, ctx.conn_id)?),
+                    routing_key: b.routing_key.to_string(),
+                    arguments: b.arguments,
+                };
+                ctx.vhost.unbind(b.exchange.as_str(), &binding)?;
+                reply(ctx, false, queue::AMQPMethod::UnbindOk(queue::UnbindOk {}));
+            }
+            queue::AMQPMethod::Purge(p) => {
+                let name = self.queue_name(p.queue.as_str())?;
+                let message_count = ctx.vhost.queue(&name, ctx.conn_id)?.purge();
+                reply(
+                    ctx,
+                    p.nowait,
+                    queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count }),
+                );
+            }
+            queue::AMQPMethod::Delete(d) => {
+                let name = self.queue_name(d.queue.as_str())?;
+                let message_count =
+                    ctx.vhost
+                        .delete_queue(&name, ctx.conn_id, d.if_unused, d.if_empty)?;
+                reply(
+                    ctx,
+                    d.nowait,
+                    queue::AMQPMethod::DeleteOk(queue::DeleteOk { message_count }),
+                );
+            }
+            _ => return Err(ConnectionError::command_invalid("unexpected queue method").into()),
+        }
+        Ok(())
+    }
+
+    fn queue_name_or_empty(&self) -> String {
+        self.last_queue.as_deref().unwrap_or_default().to_string()
+    }
+
+    /// RabbitMQ binds with the last declared queue's name when both queue and key are empty.
+    fn routing_key_or_queue(&self, routing_key: &str, queue: &str) -> String {
+        if routing_key.is_empty() && queue.is_empty() {
+            return self.queue_name_or_empty();
+        }
+        routing_key.to_string()
+    }
+}

@@ -1,0 +1,144 @@
+//! Settings: the TOML file (`config/warren.toml` documents each), overridden by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A user allowed to log in.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// RabbitMQ-style salted SHA-256 hash (`warren hash-password` prints one).
+    pub password_hash: String,
+    /// Vhosts this user may open (`["*"]` for all).
+    #[serde(default = "all_vhosts")]
+    pub vhosts: Vec<String>,
+}
+
+fn all_vhosts() -> Vec<String> {
+    vec!["*".into()]
+}
+
+/// The broker's settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// AMQP listen address.
+    pub listen: SocketAddr,
+    /// Where the store keeps its files.
+    pub data_dir: PathBuf,
+    /// tracing filter (error, warn, info, debug, trace, or a directive list).
+    pub log_level: String,
+    /// Heartbeat interval offered to clients, in seconds (0 disables).
+    pub heartbeat: u16,
+    /// Largest frame offered to clients, in bytes.
+    pub frame_max: u32,
+    /// Highest channel number offered to clients.
+    pub channel_max: u16,
+    /// Largest message body accepted, in bytes.
+    pub max_message_size: u64,
+    /// Time a client has to finish the handshake, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Time to wait for `close-ok` after the broker closes a connection, in milliseconds.
+    pub close_timeout_ms: u64,
+    /// Users who may log in only from a loopback address.
+    pub loopback_users: Vec<String>,
+    /// Users.
+    pub users: Vec<User>,
+    /// Vhosts.
+    pub vhosts: Vec<String>,
+}
+
+/// The hash of the default user's password `guest`, in RabbitMQ's format.
+pub const GUEST_HASH: &str = "Gis8TZlF7y4yOwjl1oCenKChI6VXRAu88lwEipyBEeNWFA2E";
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5672)),
+            data_dir: PathBuf::from("./data"),
+            log_level: "info".into(),
+            heartbeat: 60,
+            frame_max: 131_072,
+            channel_max: 2047,
+            max_message_size: 134_217_728,
+            handshake_timeout_ms: 10_000,
+            close_timeout_ms: 3_000,
+            loopback_users: vec!["guest".into()],
+            users: vec![User {
+                name: "guest".into(),
+                password_hash: GUEST_HASH.into(),
+                vhosts: all_vhosts(),
+            }],
+            vhosts: vec!["/".into()],
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; missing settings take their defaults.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses settings that no client could work with.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.frame_max != 0 && self.frame_max < crate::protocol::frame::FRAME_MIN_SIZE {
+            return Err(format!(
+                "frame_max must be 0 or at least 4096, not {}",
+                self.frame_max
+            ));
+        }
+        if self.channel_max == 0 {
+            return Err("channel_max must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The handshake timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The close-ok wait.
+    pub fn close_timeout(&self) -> Duration {
+        Duration::from_millis(self.close_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_file_matches_the_defaults() {
+        let text = include_str!("../config/warren.toml");
+        assert_eq!(Config::parse(text), Ok(Config::default()));
+    }
+
+    #[test]
+    fn unknown_settings_and_bad_values_are_refused() {
+        assert!(Config::parse("colour = 1").is_err());
+        assert!(Config::parse("frame_max = 100").is_err());
+        let c = Config::parse("heartbeat = 5\nlisten = \"127.0.0.1:1\"");
+        assert_eq!(c.map(|c| (c.heartbeat, c.listen.port())), Ok((5, 1)));
+    }
+
+    #[test]
+    fn the_default_guest_hash_verifies() {
+        assert!(crate::broker::auth::verify_password(GUEST_HASH, "guest"));
+    }
+}

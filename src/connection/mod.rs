@@ -1,0 +1,520 @@
+//! One task per socket: the handshake, the channel table, heartbeats, and the batched writer.
+//!
+//! The task reads whatever the socket has, handles every complete frame in it, drains the queue
+//! events waiting in its inbox, and writes all resulting frames with one syscall.
+
+mod handshake;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use amq_protocol::protocol::{AMQPClass, channel, connection};
+use bytes::{Buf, BytesMut};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::broker::Broker;
+use crate::channel::{Channel, Ctx};
+use crate::protocol::error::Reply;
+use crate::protocol::frame::{Frame, parse_frame};
+use crate::protocol::method::{Method, decode};
+use crate::protocol::{AmqpError, ConnectionError, code, encode};
+use crate::queue::{QueueEvent, QueueEvent::Deliver};
+
+/// Past this many unwritten bytes the connection stops reading until the socket drains.
+const HIGH_WATER: usize = 4 * 1024 * 1024;
+/// Read chunk reserved per socket read.
+const READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    Open,
+    /// We sent `connection.close`; waiting for `close-ok` until the deadline.
+    Closing {
+        deadline: Instant,
+        desync: bool,
+    },
+    Done,
+}
+
+#[derive(Debug)]
+enum ChannelSlot {
+    Open(Box<Channel>),
+    /// We sent `channel.close` and wait for `close-ok`, discarding everything else.
+    Closing,
+}
+
+struct Connection {
+    ctx: Ctx,
+    peer: SocketAddr,
+    channels: HashMap<u16, ChannelSlot>,
+    channel_max: u16,
+    heartbeat: Duration,
+    state: State,
+    close_timeout: Duration,
+}
+
+/// Serves one client socket until it closes, the peer fails, or the broker shuts down.
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let timeout = broker.config.handshake_timeout();
+    let negotiated = tokio::select! {
+        r = tokio::time::timeout(timeout, handshake::run(&mut stream, &mut rbuf, &broker, peer)) => match r {
+            Ok(Ok(Some(n))) => n,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                debug!(%peer, cause = %e, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                info!(%peer, "handshake timed out, dropping connection");
+                return;
+            }
+        },
+        _ = shutdown.changed() => return,
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let conn_id = broker.next_connection_id();
+    let user = negotiated.user.clone();
+    let vhost_name = negotiated.vhost.name.clone();
+    info!(%peer, user = %user, vhost = %vhost_name, conn_id, "connection opened");
+    let mut conn = Connection {
+        close_timeout: broker.config.close_timeout(),
+        ctx: Ctx {
+            broker,
+            vhost: negotiated.vhost,
+            conn_id,
+            user: negotiated.user,
+            out: BytesMut::with_capacity(READ_CHUNK),
+            frame_max: negotiated.frame_max,
+            tx,
+            cancel_notify: negotiated.cancel_notify,
+        },
+        peer,
+        channels: HashMap::new(),
+        channel_max: negotiated.channel_max,
+        heartbeat: Duration::from_secs(u64::from(negotiated.heartbeat)),
+        state: State::Open,
+    };
+    let result = conn.run(&mut stream, rbuf, rx, &mut shutdown).await;
+    conn.cleanup();
+    match result {
+        Ok(()) => info!(%peer, user = %user, vhost = %vhost_name, conn_id, "connection closed"),
+        Err(e) => {
+            info!(%peer, user = %user, vhost = %vhost_name, conn_id, cause = %e, "connection lost")
+        }
+    }
+}
+
+impl Connection {
+    async fn run(
+        &mut self,
+        stream: &mut TcpStream,
+        mut rbuf: BytesMut,
+        mut rx: mpsc::UnboundedReceiver<QueueEvent>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> io::Result<()> {
+        let tick = if self.heartbeat.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            self.heartbeat / 2
+        };
+        let mut ticker = tokio::time::interval(
+            tick.min(Duration::from_millis(500))
+                .max(Duration::from_millis(100)),
+        );
+        let mut last_read = Instant::now();
+        let mut last_write = Instant::now();
+        // Frames already buffered from the handshake are handled before the first read.
+        self.process(&mut rbuf);
+        loop {
+            if !self.ctx.out.is_empty() && flush(stream, &mut self.ctx.out)? {
+                last_write = Instant::now();
+            }
+            if self.state == State::Done && self.ctx.out.is_empty() {
+                return Ok(());
+            }
+            let can_read = self.ctx.out.len() < HIGH_WATER && self.state != State::Done;
+            let interest = match (can_read, self.ctx.out.is_empty()) {
+                (true, true) => Interest::READABLE,
+                (true, false) => Interest::READABLE | Interest::WRITABLE,
+                (false, _) => Interest::WRITABLE,
+            };
+            let events_open = can_read && matches!(self.state, State::Open);
+            tokio::select! {
+                ready = stream.ready(interest) => {
+                    let ready = ready?;
+                    if ready.is_writable() && flush(stream, &mut self.ctx.out)? {
+                        last_write = Instant::now();
+                    }
+                    if ready.is_readable() && can_read {
+                        rbuf.reserve(READ_CHUNK);
+                        match stream.try_read_buf(&mut rbuf) {
+                            Ok(0) => return Ok(()),
+                            Ok(_) => {
+                                last_read = Instant::now();
+                                self.process(&mut rbuf);
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Some(event) = rx.recv(), if events_open => {
+                    self.handle_event(event);
+                    while self.ctx.out.len() < HIGH_WATER {
+                        let Ok(event) = rx.try_recv() else { break };
+                        self.handle_event(event);
+                    }
+                }
+                _ = ticker.tick() => {
+                    let now = Instant::now();
+                    if let State::Closing { deadline, .. } = self.state && now >= deadline {
+                        return Ok(());
+                    }
+                    if !self.heartbeat.is_zero() {
+                        if now.duration_since(last_read) > self.heartbeat * 2 {
+                            warn!(peer = %self.peer, "missed heartbeats from client, timeout: {}s", self.heartbeat.as_secs());
+                            return Err(io::Error::new(io::ErrorKind::TimedOut, "heartbeat timeout"));
+                        }
+                        if now.duration_since(last_write) >= self.heartbeat / 2 {
+                            encode::heartbeat(&mut self.ctx.out);
+                        }
+                    }
+                }
+                _ = shutdown.changed(), if self.state == State::Open => {
+                    self.close_connection(ConnectionError::new(
+                        code::CONNECTION_FORCED,
+                        "broker forced connection closure with reason 'shutdown'",
+                    ), false);
+                }
+            }
+        }
+    }
+
+    /// Handles every complete frame in the read buffer.
+    fn process(&mut self, rbuf: &mut BytesMut) {
+        loop {
+            if let State::Closing { desync: true, .. } | State::Done = self.state {
+                rbuf.clear();
+                return;
+            }
+            let frame = match parse_frame(rbuf, self.ctx.frame_max) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    self.close_connection(e, true);
+                    rbuf.clear();
+                    return;
+                }
+            };
+            if let Err(e) = self.handle_frame(frame) {
+                self.close_connection(e, false);
+            }
+        }
+        for slot in self.channels.values_mut() {
+            if let ChannelSlot::Open(ch) = slot {
+                ch.flush_confirms(&mut self.ctx);
+            }
+        }
+        if rbuf.is_empty() && rbuf.capacity() > 4 * READ_CHUNK {
+            *rbuf = BytesMut::with_capacity(READ_CHUNK);
+        }
+    }
+
+    fn handle_frame(&mut self, frame: Frame) -> Result<(), ConnectionError> {
+        if let State::Closing { .. } = self.state {
+            // After our connection.close, only close-ok (or the peer's own close) matters.
+            if let Frame::Method {
+                channel: 0,
+                payload,
+            } = frame
+                && let Ok(d) = decode(&payload)
+            {
+                match d.method {
+                    Method::Other(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => {
+                        self.state = State::Done;
+                    }
+                    Method::Other(AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {
+                        self.send_close_ok();
+                        self.state = State::Done;
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(());
+        }
+        match frame {
+            Frame::Heartbeat { channel: 0 } => Ok(()),
+            Frame::Heartbeat { .. } => Err(ConnectionError::unexpected_frame(
+                "type 8, all octets = <<>>",
+            )),
+            Frame::Method {
+                channel: 0,
+                payload,
+            } => {
+                let d = decode(&payload)?;
+                match d.method {
+                    Method::Other(AMQPClass::Connection(connection::AMQPMethod::Close(c))) => {
+                        debug!(peer = %self.peer, code = c.reply_code, text = %c.reply_text, "client closed connection");
+                        self.send_close_ok();
+                        self.state = State::Done;
+                        Ok(())
+                    }
+                    Method::Other(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => {
+                        self.state = State::Done;
+                        Ok(())
+                    }
+                    Method::Other(AMQPClass::Connection(
+                        connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_),
+                    )) => Ok(()),
+                    _ => Err(ConnectionError::new(
+                        code::CHANNEL_ERROR,
+                        "unexpected method in connection state running",
+                    )
+                    .on(d.class_id, d.method_id)),
+                }
+            }
+            Frame::Method { channel, payload } => {
+                let d = decode(&payload)?;
+                self.channel_method(channel, d)
+            }
+            Frame::Header { channel, payload } => {
+                self.channel_content(channel, |ch, ctx| ch.handle_header(ctx, payload))
+            }
+            Frame::Body { channel, payload } => {
+                self.channel_content(channel, |ch, ctx| ch.handle_body(ctx, payload))
+            }
+        }
+    }
+
+    fn channel_method(
+        &mut self,
+        id: u16,
+        d: crate::protocol::method::Decoded,
+    ) -> Result<(), ConnectionError> {
+        let (class_id, method_id) = (d.class_id, d.method_id);
+        let Some(slot) = self.channels.get_mut(&id) else {
+            if let Method::Other(AMQPClass::Channel(channel::AMQPMethod::Open(_))) = d.method {
+                if id > self.channel_max {
+                    return Err(ConnectionError::new(
+                        code::NOT_ALLOWED,
+                        format_args!(
+                            "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                            self.channels.len(),
+                            self.channel_max
+                        ),
+                    )
+                    .on(class_id, method_id));
+                }
+                self.channels
+                    .insert(id, ChannelSlot::Open(Box::new(Channel::new(id))));
+                self.ctx.send(
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+                );
+                return Ok(());
+            }
+            return Err(
+                ConnectionError::new(code::CHANNEL_ERROR, "expected 'channel.open'")
+                    .on(class_id, method_id),
+            );
+        };
+        match (slot, d.method) {
+            (slot, Method::Other(AMQPClass::Channel(channel::AMQPMethod::Close(_)))) => {
+                if let ChannelSlot::Open(ch) = slot {
+                    ch.close(&mut self.ctx);
+                }
+                self.channels.remove(&id);
+                self.ctx.send(
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                );
+                Ok(())
+            }
+            (
+                ChannelSlot::Closing,
+                Method::Other(AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))),
+            ) => {
+                self.channels.remove(&id);
+                Ok(())
+            }
+            (ChannelSlot::Closing, _) => Ok(()),
+            (ChannelSlot::Open(ch), method) => {
+                let r = ch.handle_method(
+                    &mut self.ctx,
+                    crate::protocol::method::Decoded {
+                        class_id,
+                        method_id,
+                        method,
+                    },
+                );
+                self.channel_result(id, r)
+            }
+        }
+    }
+
+    fn channel_content(
+        &mut self,
+        id: u16,
+        f: impl FnOnce(&mut Channel, &mut Ctx) -> Result<(), AmqpError>,
+    ) -> Result<(), ConnectionError> {
+        match self.channels.get_mut(&id) {
+            None => Err(ConnectionError::new(
+                code::CHANNEL_ERROR,
+                "expected 'channel.open'",
+            )),
+            Some(ChannelSlot::Closing) => Ok(()),
+            Some(ChannelSlot::Open(ch)) => {
+                let r = f(ch, &mut self.ctx);
+                self.channel_result(id, r)
+            }
+        }
+    }
+
+    /// Turns a channel's failure into `channel.close`, or passes a connection error up.
+    fn channel_result(&mut self, id: u16, r: Result<(), AmqpError>) -> Result<(), ConnectionError> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(AmqpError::Connection(e)) => Err(e),
+            Err(AmqpError::Channel(e)) => {
+                debug!(peer = %self.peer, channel = id, error = %e, "closing channel");
+                if let Some(ChannelSlot::Open(ch)) = self.channels.get_mut(&id) {
+                    ch.flush_confirms(&mut self.ctx);
+                    ch.close(&mut self.ctx);
+                }
+                self.channels.insert(id, ChannelSlot::Closing);
+                let Reply {
+                    reply_code,
+                    reply_text,
+                    class_id,
+                    method_id,
+                } = e.0;
+                self.ctx.send(
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                        reply_code,
+                        reply_text: reply_text.into(),
+                        class_id,
+                        method_id,
+                    })),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_event(&mut self, event: QueueEvent) {
+        match event {
+            Deliver {
+                channel,
+                consumer_tag,
+                queue,
+                message,
+            } => {
+                let undelivered = match self.channels.get_mut(&channel) {
+                    Some(ChannelSlot::Open(ch)) => {
+                        match ch.deliver(&mut self.ctx, &consumer_tag, queue, message) {
+                            Ok(()) => None,
+                            Err(back) => {
+                                ch.release_undelivered();
+                                Some(back)
+                            }
+                        }
+                    }
+                    _ => Some((queue, message)),
+                };
+                if let Some((queue, message)) = undelivered {
+                    queue.return_undelivered(message);
+                }
+            }
+            QueueEvent::Cancelled {
+                channel,
+                consumer_tag,
+            } => {
+                if let Some(ChannelSlot::Open(ch)) = self.channels.get_mut(&channel) {
+                    ch.consumer_cancelled(&mut self.ctx, &consumer_tag);
+                }
+            }
+        }
+    }
+
+    fn send_close_ok(&mut self) {
+        self.ctx.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+        );
+    }
+
+    /// Sends `connection.close` and waits (bounded) for the peer's `close-ok`.
+    fn close_connection(&mut self, e: ConnectionError, desync: bool) {
+        if self.state != State::Open {
+            return;
+        }
+        info!(peer = %self.peer, error = %e, "closing connection");
+        let Reply {
+            reply_code,
+            reply_text,
+            class_id,
+            method_id,
+        } = e.0;
+        self.ctx.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code,
+                reply_text: reply_text.into(),
+                class_id,
+                method_id,
+            })),
+        );
+        self.release_channels();
+        self.state = State::Closing {
+            deadline: Instant::now() + self.close_timeout,
+            desync,
+        };
+    }
+
+    fn release_channels(&mut self) {
+        for (_, slot) in self.channels.drain() {
+            if let ChannelSlot::Open(mut ch) = slot {
+                ch.close(&mut self.ctx);
+            }
+        }
+    }
+
+    fn cleanup(&mut self) {
+        self.release_channels();
+        self.ctx.vhost.drop_exclusive_queues(self.ctx.conn_id);
+    }
+}
+
+/// Writes as much of `out` as the socket takes now; true if anything was written.
+fn flush(stream: &TcpStream, out: &mut BytesMut) -> io::Result<bool> {
+    let mut wrote = false;
+    while !out.is_empty() {
+        match stream.try_write(out) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                out.advance(n);
+                wrote = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if out.is_empty() && out.capacity() > 4 * HIGH_WATER {
+        *out = BytesMut::with_capacity(READ_CHUNK);
+    }
+    Ok(wrote)
+}

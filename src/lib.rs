@@ -1,0 +1,23 @@
+//! Warren, an AMQP 0-9-1 message broker for RabbitMQ clients.
+//!
+//! The path of a message, top to bottom:
+//! - [`server`]: the accept loop and graceful shutdown.
+//! - [`connection`]: one task per socket: handshake, heartbeats, channel table, batched writes.
+//! - [`channel`]: the per-channel state machine: publish assembly, confirms, tx, consumers, acks.
+//! - [`broker`]: vhosts, users, exchanges, bindings and the router.
+//! - [`queue`]: one queue's messages and consumers.
+//! - [`store`]: durable storage.
+//! - [`protocol`]: frames, methods, content and reply codes (pure, no I/O).
+//! - [`config`]: settings from the TOML file and the command line.
+
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod protocol;
+pub mod queue;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use server::run;

@@ -1,0 +1,190 @@
+//! Messages as the broker holds them: property bytes kept as received, a few fields decoded.
+
+use std::ops::Range;
+
+use amq_protocol::types::FieldTable;
+use bytes::Bytes;
+
+use super::frame::{be_u16, be_u32, short_str};
+
+/// The fields of `basic` properties the broker acts on, found by one scan of the raw bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PropertiesInfo {
+    /// delivery-mode (2 = persistent), 0 when absent.
+    pub delivery_mode: u8,
+    /// priority, 0 when absent.
+    pub priority: u8,
+    /// Byte range of the headers table (including its length prefix).
+    pub headers: Option<Range<u32>>,
+    /// Byte range of the expiration short string's contents.
+    pub expiration: Option<Range<u32>>,
+    /// Byte range of the user-id short string's contents.
+    pub user_id: Option<Range<u32>>,
+}
+
+const FLAG_CONTENT_TYPE: u16 = 1 << 15;
+const FLAG_CONTENT_ENCODING: u16 = 1 << 14;
+const FLAG_HEADERS: u16 = 1 << 13;
+const FLAG_DELIVERY_MODE: u16 = 1 << 12;
+const FLAG_PRIORITY: u16 = 1 << 11;
+const FLAG_CORRELATION_ID: u16 = 1 << 10;
+const FLAG_REPLY_TO: u16 = 1 << 9;
+const FLAG_EXPIRATION: u16 = 1 << 8;
+const FLAG_MESSAGE_ID: u16 = 1 << 7;
+const FLAG_TIMESTAMP: u16 = 1 << 6;
+const FLAG_TYPE: u16 = 1 << 5;
+const FLAG_USER_ID: u16 = 1 << 4;
+const FLAG_APP_ID: u16 = 1 << 3;
+const FLAG_CLUSTER_ID: u16 = 1 << 2;
+
+fn range(start: usize, end: usize) -> Option<Range<u32>> {
+    Some(u32::try_from(start).ok()?..u32::try_from(end).ok()?)
+}
+
+impl PropertiesInfo {
+    /// Scans property flags and list; `None` when the bytes are malformed.
+    pub fn scan(props: &[u8]) -> Option<Self> {
+        let flags = be_u16(props, 0)?;
+        // Basic has 14 properties: a continuation word would describe properties that do not exist.
+        if flags & 1 != 0 {
+            return None;
+        }
+        let mut info = Self::default();
+        let mut pos = 2;
+        let skip_short = |pos: usize| short_str(props, pos).map(|(_, next)| next);
+        if flags & FLAG_CONTENT_TYPE != 0 {
+            pos = skip_short(pos)?;
+        }
+        if flags & FLAG_CONTENT_ENCODING != 0 {
+            pos = skip_short(pos)?;
+        }
+        if flags & FLAG_HEADERS != 0 {
+            let len = usize::try_from(be_u32(props, pos)?).ok()?;
+            let end = pos.checked_add(4)?.checked_add(len)?;
+            if end > props.len() {
+                return None;
+            }
+            info.headers = range(pos, end);
+            pos = end;
+        }
+        if flags & FLAG_DELIVERY_MODE != 0 {
+            info.delivery_mode = *props.get(pos)?;
+            pos += 1;
+        }
+        if flags & FLAG_PRIORITY != 0 {
+            info.priority = *props.get(pos)?;
+            pos += 1;
+        }
+        if flags & FLAG_CORRELATION_ID != 0 {
+            pos = skip_short(pos)?;
+        }
+        if flags & FLAG_REPLY_TO != 0 {
+            pos = skip_short(pos)?;
+        }
+        if flags & FLAG_EXPIRATION != 0 {
+            let (s, next) = short_str(props, pos)?;
+            info.expiration = range(next - s.len(), next);
+            pos = next;
+        }
+        if flags & FLAG_MESSAGE_ID != 0 {
+            pos = skip_short(pos)?;
+        }
+        if flags & FLAG_TIMESTAMP != 0 {
+            pos += 8;
+        }
+        if flags & FLAG_TYPE != 0 {
+            pos = skip_short(pos)?;
+        }
+        if flags & FLAG_USER_ID != 0 {
+            let (s, next) = short_str(props, pos)?;
+            info.user_id = range(next - s.len(), next);
+            pos = next;
+        }
+        if flags & FLAG_APP_ID != 0 {
+            pos = skip_short(pos)?;
+        }
+        if flags & FLAG_CLUSTER_ID != 0 {
+            pos = skip_short(pos)?;
+        }
+        (pos <= props.len()).then_some(info)
+    }
+}
+
+/// A published message: routed once, shared by every queue and delivery through an `Arc`.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The exchange it was published to.
+    pub exchange: Bytes,
+    /// Its routing key.
+    pub routing_key: Bytes,
+    /// Property flags and list, exactly as the publisher sent them.
+    pub properties: Bytes,
+    /// The decoded fields the broker needs.
+    pub info: PropertiesInfo,
+    /// The body, sliced from the read buffer when it came in one frame.
+    pub body: Bytes,
+}
+
+impl Message {
+    /// Whether the publisher asked for delivery-mode 2.
+    pub fn persistent(&self) -> bool {
+        self.info.delivery_mode == 2
+    }
+
+    fn slice(&self, r: &Option<Range<u32>>) -> Option<&[u8]> {
+        let r = r.as_ref()?;
+        self.properties
+            .get(usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?)
+    }
+
+    /// The expiration property's raw contents.
+    pub fn expiration(&self) -> Option<&[u8]> {
+        self.slice(&self.info.expiration)
+    }
+
+    /// The user-id property's raw contents.
+    pub fn user_id(&self) -> Option<&[u8]> {
+        self.slice(&self.info.user_id)
+    }
+
+    /// The headers table, decoded on demand (headers exchanges, dead-lettering).
+    pub fn headers(&self) -> Option<FieldTable> {
+        let raw = self.slice(&self.info.headers)?;
+        amq_protocol::types::parsing::parse_field_table(raw)
+            .ok()
+            .map(|(_, t)| t)
+    }
+
+    /// The routing key as text (routing keys are UTF-8 in practice; others never match a pattern).
+    pub fn routing_key_str(&self) -> &str {
+        std::str::from_utf8(&self.routing_key).unwrap_or("\u{fffd}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_delivery_mode_priority_and_expiration() {
+        // flags: delivery-mode, priority, expiration
+        let flags = FLAG_DELIVERY_MODE | FLAG_PRIORITY | FLAG_EXPIRATION;
+        let mut p = flags.to_be_bytes().to_vec();
+        p.extend_from_slice(&[2, 7, 4]);
+        p.extend_from_slice(b"1000");
+        let info = PropertiesInfo::scan(&p);
+        assert_eq!(info.as_ref().map(|i| i.delivery_mode), Some(2));
+        assert_eq!(info.as_ref().map(|i| i.priority), Some(7));
+        assert_eq!(info.and_then(|i| i.expiration), Some(5..9));
+    }
+
+    #[test]
+    fn refuses_truncated_properties() {
+        let flags = FLAG_CONTENT_TYPE;
+        let mut p = flags.to_be_bytes().to_vec();
+        p.extend_from_slice(&[10, b'a']);
+        assert_eq!(PropertiesInfo::scan(&p), None);
+        assert_eq!(PropertiesInfo::scan(&[0]), None);
+        assert!(PropertiesInfo::scan(&[0, 0]).is_some());
+    }
+}

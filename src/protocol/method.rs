@@ -1,0 +1,182 @@
+//! Method frame decoding: the hot methods by hand (no allocation), the rest through amq-protocol.
+
+use amq_protocol::protocol::{AMQPClass, parse_class};
+use bytes::Bytes;
+
+use super::error::ConnectionError;
+use super::frame::{be_u16, be_u32, be_u64, short_str};
+
+/// Class id of `basic`.
+pub const CLASS_BASIC: u16 = 60;
+/// Method id of `basic.publish`.
+pub const BASIC_PUBLISH: u16 = 40;
+/// Method id of `basic.ack`.
+pub const BASIC_ACK: u16 = 80;
+/// Method id of `basic.qos`.
+pub const BASIC_QOS: u16 = 10;
+
+/// A decoded method.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Method {
+    /// `basic.publish`, with names sliced from the frame.
+    Publish {
+        /// Exchange name bytes.
+        exchange: Bytes,
+        /// Routing key bytes (any octets, as RabbitMQ allows).
+        routing_key: Bytes,
+        /// Return the message if it cannot be routed.
+        mandatory: bool,
+        /// Refused by RabbitMQ with 540.
+        immediate: bool,
+    },
+    /// `basic.ack` from a consumer.
+    Ack {
+        /// Delivery tag.
+        delivery_tag: u64,
+        /// Everything up to and including the tag.
+        multiple: bool,
+    },
+    /// `basic.qos`, decoded by hand because amq-protocol drops prefetch-size.
+    Qos {
+        /// Refused by RabbitMQ with 540 unless 0.
+        prefetch_size: u32,
+        /// Unacked deliveries allowed.
+        prefetch_count: u16,
+        /// Per channel rather than per consumer.
+        global: bool,
+    },
+    /// Any other method.
+    Other(AMQPClass),
+}
+
+/// A decoded method with the ids it came with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// Class id.
+    pub class_id: u16,
+    /// Method id.
+    pub method_id: u16,
+    /// The method.
+    pub method: Method,
+}
+
+fn syntax(class_id: u16, method_id: u16, payload: &[u8]) -> ConnectionError {
+    let shown = &payload[..payload.len().min(32)];
+    ConnectionError::new(
+        super::error::code::FRAME_ERROR,
+        format_args!("cannot decode {shown:?}"),
+    )
+    .on(class_id, method_id)
+}
+
+/// Decodes one method frame's payload.
+pub fn decode(payload: &Bytes) -> Result<Decoded, ConnectionError> {
+    let (Some(class_id), Some(method_id)) = (be_u16(payload, 0), be_u16(payload, 2)) else {
+        return Err(syntax(0, 0, payload));
+    };
+    let bad = || syntax(class_id, method_id, payload);
+    let method = match (class_id, method_id) {
+        (CLASS_BASIC, BASIC_PUBLISH) => {
+            // reserved-1 (u16), exchange, routing-key, bits
+            let (ex, pos) = short_str(payload, 6).ok_or_else(bad)?;
+            let ex_range = pos - ex.len()..pos;
+            let (rk, pos) = short_str(payload, pos).ok_or_else(bad)?;
+            let rk_range = pos - rk.len()..pos;
+            let bits = *payload.get(pos).ok_or_else(bad)?;
+            Method::Publish {
+                exchange: payload.slice(ex_range),
+                routing_key: payload.slice(rk_range),
+                mandatory: bits & 1 != 0,
+                immediate: bits & 2 != 0,
+            }
+        }
+        (CLASS_BASIC, BASIC_ACK) => {
+            let delivery_tag = be_u64(payload, 4).ok_or_else(bad)?;
+            let bits = *payload.get(12).ok_or_else(bad)?;
+            Method::Ack {
+                delivery_tag,
+                multiple: bits & 1 != 0,
+            }
+        }
+        (CLASS_BASIC, BASIC_QOS) => Method::Qos {
+            prefetch_size: be_u32(payload, 4).ok_or_else(bad)?,
+            prefetch_count: be_u16(payload, 8).ok_or_else(bad)?,
+            global: payload.get(10).ok_or_else(bad)? & 1 != 0,
+        },
+        _ => match parse_class(&payload[..]) {
+            Ok((_, class)) => Method::Other(class),
+            Err(_) => {
+                return Err(if known_method(class_id, method_id) {
+                    bad()
+                } else {
+                    ConnectionError::new(
+                        super::error::code::COMMAND_INVALID,
+                        format_args!("unknown method {class_id}.{method_id}"),
+                    )
+                    .on(class_id, method_id)
+                });
+            }
+        },
+    };
+    Ok(Decoded {
+        class_id,
+        method_id,
+        method,
+    })
+}
+
+fn known_method(class_id: u16, method_id: u16) -> bool {
+    let methods: &[u16] = match class_id {
+        10 => &[10, 11, 20, 21, 30, 31, 40, 41, 50, 51, 60, 61, 70, 71],
+        20 => &[10, 11, 20, 21, 40, 41],
+        30 => &[10, 11],
+        40 => &[10, 11, 20, 21, 30, 31, 40, 51],
+        50 => &[10, 11, 20, 21, 30, 31, 40, 41, 50, 51],
+        60 => &[
+            10, 11, 20, 21, 30, 31, 40, 50, 60, 70, 71, 72, 80, 90, 100, 110, 111, 120,
+        ],
+        85 => &[10, 11],
+        90 => &[10, 11, 20, 21, 30, 31],
+        _ => &[],
+    };
+    methods.contains(&method_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_publish_without_copying_names() {
+        let mut p = vec![0, 60, 0, 40, 0, 0, 3];
+        p.extend_from_slice(b"amq");
+        p.push(2);
+        p.extend_from_slice(&[0xff, 0xfe]);
+        p.push(1);
+        let d = decode(&Bytes::from(p));
+        let Ok(Decoded {
+            method:
+                Method::Publish {
+                    exchange,
+                    routing_key,
+                    mandatory,
+                    immediate,
+                },
+            ..
+        }) = d
+        else {
+            panic!("not a publish: {d:?}");
+        };
+        assert_eq!(&exchange[..], b"amq");
+        assert_eq!(&routing_key[..], &[0xff, 0xfe]);
+        assert!(mandatory && !immediate);
+    }
+
+    #[test]
+    fn truncated_methods_are_frame_errors() {
+        let e = decode(&Bytes::from_static(&[0, 60, 0, 40, 0])).err();
+        assert_eq!(e.map(|e| e.code()), Some(501));
+        let e = decode(&Bytes::from_static(&[0, 99, 0, 1])).err();
+        assert_eq!(e.map(|e| e.code()), Some(503));
+    }
+}

@@ -1,0 +1,10 @@
+//! The wire: frames, methods, content assembly and reply codes. Pure: no I/O, no broker state.
+
+pub mod content;
+pub mod encode;
+pub mod error;
+pub mod frame;
+pub mod method;
+
+pub use content::{Message, PropertiesInfo};
+pub use error::{AmqpError, ChannelError, ConnectionError, code};
