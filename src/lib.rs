@@ -10,6 +10,8 @@
 //! - [`protocol`]: frames, methods, content and reply codes (pure, no I/O).
 //! - [`config`]: settings from the TOML file and the command line.
 
+#![forbid(unsafe_code)]
+
 pub mod broker;
 pub mod channel;
 pub mod config;

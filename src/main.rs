@@ -1,5 +1,7 @@
 //! The `warren` command line: parse flags, load settings, set up logging, run the broker.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -154,7 +154,7 @@ impl<'a, T> StateSet<'a, T> {
     fn add(&mut self, node: &'a Node<T>, in_hash: bool) {
         let mut state = State { node, in_hash };
         loop {
-            if false {
+            if state.in_hash && self.contains_hash(state.node) {
                 return;
             }
             self.push(state);
