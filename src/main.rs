@@ -104,13 +104,6 @@ fn serve(settings: Config) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        if let Err(e) = warren::store::Store::open(&settings.data_dir) {
-            eprintln!(
-                "warren: cannot use data dir {}: {e}",
-                settings.data_dir.display()
-            );
-            return ExitCode::FAILURE;
-        }
         let listener = match tokio::net::TcpListener::bind(settings.listen).await {
             Ok(l) => l,
             Err(e) => {

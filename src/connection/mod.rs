@@ -165,6 +165,9 @@ impl Connection {
                             Ok(_) => {
                                 last_read = Instant::now();
                                 self.process(&mut rbuf);
+                                // A publisher with data always ready would otherwise keep the
+                                // consumers it wakes (queued behind it on this worker) from running.
+                                tokio::task::yield_now().await;
                             }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                             Err(e) => return Err(e),
