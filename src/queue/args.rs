@@ -1,0 +1,406 @@
+//! Queue arguments read as RabbitMQ reads them: known ones typed and checked (406 with RabbitMQ's
+//! text on a wrong type or value), unknown ones accepted and ignored.
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+
+use crate::protocol::ChannelError;
+
+/// What happens when a length limit is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest message.
+    #[default]
+    DropHead,
+    /// Refuse the new message (nack it under confirms).
+    RejectPublish,
+    /// Refuse the new message and dead-letter it.
+    RejectPublishDlx,
+}
+
+/// The queue implementation a client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    /// RabbitMQ's classic queue.
+    #[default]
+    Classic,
+    /// A quorum queue, on one node: durable, fsync before confirm, delivery limits.
+    Quorum,
+}
+
+/// The arguments of a queue that change its behaviour.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueArgs {
+    /// `x-message-ttl` in milliseconds.
+    pub message_ttl: Option<u64>,
+    /// `x-expires` in milliseconds.
+    pub expires: Option<u64>,
+    /// `x-max-length`.
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`.
+    pub max_length_bytes: Option<u64>,
+    /// `x-overflow`.
+    pub overflow: Overflow,
+    /// `x-dead-letter-exchange`.
+    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-routing-key`.
+    pub dead_letter_routing_key: Option<String>,
+    /// `x-max-priority`.
+    pub max_priority: Option<u8>,
+    /// `x-single-active-consumer`.
+    pub single_active_consumer: bool,
+    /// `x-queue-type`.
+    pub queue_type: QueueType,
+    /// `x-delivery-limit` (quorum queues).
+    pub delivery_limit: Option<u64>,
+}
+
+/// RabbitMQ's name for a field-table value type, as its error texts print it.
+pub fn type_name(v: &AMQPValue) -> &'static str {
+    match v {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) => "shortstr",
+        AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
+    }
+}
+
+/// The integer in a value of one of the integer types RabbitMQ accepts for numeric arguments.
+pub fn int_value(v: &AMQPValue) -> Option<i64> {
+    Some(match v {
+        AMQPValue::ShortShortInt(n) => i64::from(*n),
+        AMQPValue::ShortShortUInt(n) => i64::from(*n),
+        AMQPValue::ShortInt(n) => i64::from(*n),
+        AMQPValue::ShortUInt(n) => i64::from(*n),
+        AMQPValue::LongInt(n) => i64::from(*n),
+        AMQPValue::LongUInt(n) => i64::from(*n),
+        AMQPValue::LongLongInt(n) => *n,
+        _ => return None,
+    })
+}
+
+/// The text in a string value (long or short).
+pub fn str_value(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// RabbitMQ's largest supported `x-max-priority`.
+pub const MAX_SUPPORTED_PRIORITY: i64 = 255;
+
+/// What a queue was declared with, beyond its arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct Declared<'a> {
+    /// Queue name.
+    pub name: &'a str,
+    /// Vhost name.
+    pub vhost: &'a str,
+    /// Durable flag.
+    pub durable: bool,
+    /// Exclusive flag.
+    pub exclusive: bool,
+    /// Auto-delete flag.
+    pub auto_delete: bool,
+}
+
+impl QueueArgs {
+    /// Reads and checks a declaration's arguments.
+    pub fn parse(args: &FieldTable, d: Declared<'_>) -> Result<Self, ChannelError> {
+        let invalid = |key: &str, why: &dyn std::fmt::Display| {
+            ChannelError::precondition(format_args!(
+                "invalid arg '{key}' for queue '{}' in vhost '{}': {why}",
+                d.name, d.vhost
+            ))
+        };
+        let get = |key: &str| args.inner().get(key);
+        let int = |key: &str| -> Result<Option<i64>, ChannelError> {
+            match get(key) {
+                None => Ok(None),
+                Some(v) => match int_value(v) {
+                    Some(n) => Ok(Some(n)),
+                    None => Err(invalid(
+                        key,
+                        &format_args!("\"expected integer, got {}\"", type_name(v)),
+                    )),
+                },
+            }
+        };
+        let non_neg = |key: &str| -> Result<Option<u64>, ChannelError> {
+            match int(key)? {
+                None => Ok(None),
+                Some(n) => u64::try_from(n)
+                    .map(Some)
+                    .map_err(|_| invalid(key, &format_args!("{{value_negative,{n}}}"))),
+            }
+        };
+        let mut out = Self::default();
+        if let Some(v) = get("x-queue-type") {
+            out.queue_type = match str_value(v).as_deref() {
+                Some("classic") => QueueType::Classic,
+                Some("quorum") => QueueType::Quorum,
+                Some("stream") => {
+                    return Err(ChannelError::precondition(format_args!(
+                        "invalid arg 'x-queue-type' for queue '{}' in vhost '{}': streams are not supported by Warren yet",
+                        d.name, d.vhost
+                    )));
+                }
+                Some(other) => {
+                    return Err(invalid(
+                        "x-queue-type",
+                        &format_args!("\"unsupported queue type '{other}'\""),
+                    ));
+                }
+                None => {
+                    return Err(invalid(
+                        "x-queue-type",
+                        &format_args!("{{unacceptable_type,{}}}", type_name(v)),
+                    ));
+                }
+            };
+        }
+        if out.queue_type == QueueType::Quorum {
+            let property = if !d.durable {
+                Some("non-durable")
+            } else if d.exclusive {
+                Some("exclusive-owner")
+            } else if d.auto_delete {
+                Some("auto-delete")
+            } else {
+                None
+            };
+            if let Some(p) = property {
+                return Err(ChannelError::precondition(format_args!(
+                    "invalid property '{p}' for queue '{}' in vhost '{}'",
+                    d.name, d.vhost
+                )));
+            }
+            out.delivery_limit = non_neg("x-delivery-limit")?;
+        } else if get("x-delivery-limit").is_some() {
+            return Err(ChannelError::precondition(format_args!(
+                "invalid arg 'x-delivery-limit' for queue '{}' in vhost '{}' of queue type rabbit_classic_queue",
+                d.name, d.vhost
+            )));
+        }
+        if let Some(n) = int("x-expires")? {
+            if n == 0 {
+                return Err(invalid("x-expires", &format_args!("{{value_zero,0}}")));
+            }
+            out.expires = Some(
+                u64::try_from(n)
+                    .map_err(|_| invalid("x-expires", &format_args!("{{value_negative,{n}}}")))?,
+            );
+        }
+        out.message_ttl = non_neg("x-message-ttl")?;
+        out.max_length = non_neg("x-max-length")?;
+        out.max_length_bytes = non_neg("x-max-length-bytes")?;
+        if let Some(p) = non_neg("x-max-priority")? {
+            if p > 255 {
+                return Err(invalid(
+                    "x-max-priority",
+                    &format_args!("{{max_value_exceeded,{p}}}"),
+                ));
+            }
+            out.max_priority = u8::try_from(p).ok();
+        }
+        if let Some(v) = get("x-single-active-consumer") {
+            match v {
+                AMQPValue::Boolean(b) => out.single_active_consumer = *b,
+                other => {
+                    return Err(invalid(
+                        "x-single-active-consumer",
+                        &format_args!("{{unacceptable_type,{}}}", type_name(other)),
+                    ));
+                }
+            }
+        }
+        if let Some(v) = get("x-overflow") {
+            out.overflow = match str_value(v).as_deref() {
+                Some("drop-head") => Overflow::DropHead,
+                Some("reject-publish") => Overflow::RejectPublish,
+                Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+                _ => return Err(invalid("x-overflow", &"invalid_overflow")),
+            };
+        }
+        if let Some(v) = get("x-dead-letter-exchange") {
+            match v {
+                AMQPValue::LongString(_) | AMQPValue::ShortString(_) => {
+                    out.dead_letter_exchange = str_value(v);
+                }
+                other => {
+                    return Err(ChannelError::precondition(format_args!(
+                        "invalid type '{}' for arg 'x-dead-letter-exchange' in queue '{}' in vhost '{}'",
+                        type_name(other),
+                        d.name,
+                        d.vhost
+                    )));
+                }
+            }
+        }
+        if let Some(v) = get("x-dead-letter-routing-key") {
+            if out.dead_letter_exchange.is_none() {
+                return Err(invalid(
+                    "x-dead-letter-routing-key",
+                    &"routing_key_but_no_dlx_defined",
+                ));
+            }
+            match str_value(v) {
+                Some(s) => out.dead_letter_routing_key = Some(s),
+                None => {
+                    return Err(invalid(
+                        "x-dead-letter-routing-key",
+                        &format_args!("{{unacceptable_type,{}}}", type_name(v)),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declared() -> Declared<'static> {
+        Declared {
+            name: "q",
+            vhost: "/",
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+        }
+    }
+
+    fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in pairs {
+            t.insert((*k).into(), v.clone());
+        }
+        t
+    }
+
+    fn err(pairs: &[(&str, AMQPValue)], d: Declared<'_>) -> String {
+        QueueArgs::parse(&table(pairs), d)
+            .err()
+            .map(|e| e.0.reply_text)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn wrong_values_get_rabbitmq_texts() {
+        let prefix = "PRECONDITION_FAILED - invalid arg";
+        assert_eq!(
+            err(&[("x-max-length", AMQPValue::LongInt(-1))], declared()),
+            format!("{prefix} 'x-max-length' for queue 'q' in vhost '/': {{value_negative,-1}}")
+        );
+        assert_eq!(
+            err(
+                &[("x-max-length", AMQPValue::LongString("x".into()))],
+                declared()
+            ),
+            format!(
+                "{prefix} 'x-max-length' for queue 'q' in vhost '/': \"expected integer, got longstr\""
+            )
+        );
+        assert_eq!(
+            err(&[("x-expires", AMQPValue::LongInt(0))], declared()),
+            format!("{prefix} 'x-expires' for queue 'q' in vhost '/': {{value_zero,0}}")
+        );
+        assert_eq!(
+            err(&[("x-max-priority", AMQPValue::LongInt(300))], declared()),
+            format!(
+                "{prefix} 'x-max-priority' for queue 'q' in vhost '/': {{max_value_exceeded,300}}"
+            )
+        );
+        assert_eq!(
+            err(
+                &[("x-single-active-consumer", AMQPValue::LongInt(1))],
+                declared()
+            ),
+            format!(
+                "{prefix} 'x-single-active-consumer' for queue 'q' in vhost '/': {{unacceptable_type,signedint}}"
+            )
+        );
+        assert_eq!(
+            err(
+                &[("x-overflow", AMQPValue::LongString("bogus".into()))],
+                declared()
+            ),
+            format!("{prefix} 'x-overflow' for queue 'q' in vhost '/': invalid_overflow")
+        );
+        assert_eq!(
+            err(
+                &[(
+                    "x-dead-letter-routing-key",
+                    AMQPValue::LongString("k".into())
+                )],
+                declared()
+            ),
+            format!(
+                "{prefix} 'x-dead-letter-routing-key' for queue 'q' in vhost '/': routing_key_but_no_dlx_defined"
+            )
+        );
+    }
+
+    #[test]
+    fn quorum_queues_refuse_what_rabbitmq_refuses() {
+        let quorum = [("x-queue-type", AMQPValue::LongString("quorum".into()))];
+        let mut d = declared();
+        d.durable = false;
+        assert_eq!(
+            err(&quorum, d),
+            "PRECONDITION_FAILED - invalid property 'non-durable' for queue 'q' in vhost '/'"
+        );
+        let mut d = declared();
+        d.exclusive = true;
+        assert!(err(&quorum, d).contains("'exclusive-owner'"));
+        let ok = QueueArgs::parse(
+            &table(&[
+                ("x-queue-type", AMQPValue::LongString("quorum".into())),
+                ("x-delivery-limit", AMQPValue::LongInt(3)),
+            ]),
+            declared(),
+        );
+        assert_eq!(ok.map(|a| a.delivery_limit), Ok(Some(3)));
+        assert!(
+            err(&[("x-delivery-limit", AMQPValue::LongInt(3))], declared())
+                .contains("of queue type rabbit_classic_queue")
+        );
+    }
+
+    #[test]
+    fn unknown_arguments_are_ignored_and_known_ones_read() {
+        let a = QueueArgs::parse(
+            &table(&[
+                ("x-queue-mode", AMQPValue::LongString("lazy".into())),
+                ("x-message-ttl", AMQPValue::LongLongInt(1500)),
+                ("x-overflow", AMQPValue::LongString("reject-publish".into())),
+                (
+                    "x-dead-letter-exchange",
+                    AMQPValue::LongString("dlx".into()),
+                ),
+            ]),
+            declared(),
+        )
+        .expect("valid");
+        assert_eq!(a.message_ttl, Some(1500));
+        assert_eq!(a.overflow, Overflow::RejectPublish);
+        assert_eq!(a.dead_letter_exchange.as_deref(), Some("dlx"));
+    }
+}
