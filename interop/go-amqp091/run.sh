@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Runs amqp091-go's own integration tests against a running broker.
+# Usage: interop/go-amqp091/run.sh amqp://guest:guest@127.0.0.1:5672/%2f
+#
+# The client and its test files come from Debian (golang-github-rabbitmq-amqp091-go-dev, which
+# ships the sources under /usr/share/gocode), built with Debian's Go in GOPATH mode: there is no
+# Go module proxy to fetch from. The test binary is built once with the `integration` build tag,
+# then every broker test (the Test and Example functions of the files that need a broker: those
+# tagged `integration`, and those reading AMQP_URL) runs in its own process with a timeout, so a
+# hang or a crash counts against that test only. The tests read the broker from AMQP_URL.
+# Each test prints "ok NAME" or "FAIL NAME: REASON"; the last line is "N passed, N failed", and the
+# exit status is non-zero when any test failed.
+set -euo pipefail
+
+# Debian 12 (bookworm) ships amqp091-go 1.5.0-2, goleak 1.2.0-1 and Go 1.19.
+DEBS=(golang-go golang-github-rabbitmq-amqp091-go-dev golang-uber-goleak-dev)
+PKG=github.com/rabbitmq/amqp091-go
+SRC=/usr/share/gocode/src/$PKG
+TEST_TIMEOUT=60 # seconds per test, unless listed below
+declare -A TIMEOUTS=(
+    # opens and closes 80,000 channels: about 40 s against RabbitMQ 3.10 on 2 cores
+    [TestChannelCounterShouldNotPanicIssue136]=150
+)
+# Tests that fail against RabbitMQ too may be listed here, each with the reason. None do.
+declare -A EXCLUDED=()
+
+url=${1:?usage: run.sh AMQP_URL}
+cache=${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/warren-interop
+work=$(mktemp -d "${TMPDIR:-/tmp}/go-amqp091.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+deb_version() {
+    dpkg-query -W -f='${Status} ${Version}\n' "$1" 2>/dev/null | sed -n 's/^install ok installed //p'
+}
+
+# Installs the missing Debian packages non-interactively; runs `apt-get update` only when the
+# first attempt fails (the package lists may be missing or stale). apt's output goes to a log,
+# shown only when the install fails.
+ensure_debs() {
+    local missing=() p
+    for p in "$@"; do
+        [[ -n $(deb_version "$p") ]] || missing+=("$p")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    local apt=(apt-get -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends)
+    if [[ $(id -u) != 0 ]]; then apt=(sudo -n "${apt[@]}"); fi
+    local log
+    log=$(mktemp)
+    echo "installing ${missing[*]} (apt-get)"
+    if DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "${missing[@]}" >"$log" 2>&1 ||
+        { DEBIAN_FRONTEND=noninteractive "${apt[@]}" update >>"$log" 2>&1 &&
+            DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "${missing[@]}" >>"$log" 2>&1; }; then
+        rm -f "$log"
+        return 0
+    fi
+    tail -n 20 "$log" >&2
+    rm -f "$log"
+    return 1
+}
+
+setup() {
+    ensure_debs "${DEBS[@]}" || return 1
+    [[ -f $SRC/integration_test.go ]] || { echo "no $SRC/integration_test.go" >&2; return 1; }
+    mkdir -p "$cache"
+    # GOPATH mode: the sources stay where Debian put them; only the build cache is written.
+    GO111MODULE=off GOFLAGS= GOPATH=/usr/share/gocode GOCACHE=$cache/go-build \
+        go test -c -tags integration -o "$work/amqp091.test" "$PKG" >&2
+}
+
+if ! setup; then
+    echo "FAIL setup: could not install ${DEBS[*]} or build the amqp091-go integration tests"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+# Whatever happens below, the last line is the summary.
+set +e
+passed=0
+failed=0
+summary=0
+trap 'rm -rf "$work"; if ((!summary)); then echo "FAIL runner: run.sh stopped early"; echo "$passed passed, $((failed + 1)) failed"; fi' EXIT
+echo "$(go version | cut -d' ' -f3-), amqp091-go $(deb_version golang-github-rabbitmq-amqp091-go-dev)," \
+    "goleak $(deb_version golang-uber-goleak-dev)"
+
+# The broker tests, in source order.
+tests=()
+for f in "$SRC"/*_test.go; do
+    grep -Eq '^//go:build .*integration|AMQP_URL' "$f" || continue
+    while read -r t; do
+        [[ $t == TestMain ]] || tests+=("$t")
+    done < <(sed -nE 's/^func ((Test|Example)[A-Za-z0-9_]*)\(.*/\1/p' "$f")
+done
+listed=" $("$work/amqp091.test" -test.list '.*' 2>/dev/null | tr '\n' ' ') "
+if ((${#tests[@]} == 0)); then
+    echo "FAIL setup: found no broker tests in $SRC"
+    failed=1
+fi
+
+# Why a test failed: its last `file.go:LINE:` message before "--- FAIL" (t.Fatal's, usually),
+# else its first line of output.
+failure_reason() {
+    local r
+    r=$(sed -n '1,/^--- FAIL/p' "$1" | grep -E '^[[:space:]]+[A-Za-z0-9_]+\.go:[0-9]+: ' | tail -n 1)
+    [[ -n $r ]] || r=$(grep -Ev '^(=== RUN|--- FAIL|FAIL|PASS|exit status)|^[[:space:]]*$' "$1" | head -n 1)
+    sed -E 's/^[[:space:]]+//' <<<"$r" | cut -c1-300
+}
+
+export AMQP_URL=$url
+for t in "${tests[@]}"; do
+    if [[ -n ${EXCLUDED[$t]:-} ]]; then
+        echo "excluded $t: ${EXCLUDED[$t]}"
+        continue
+    fi
+    limit=${TIMEOUTS[$t]:-$TEST_TIMEOUT}
+    log=$work/$t.log
+    started=$(date +%s.%N)
+    if [[ $listed != *" $t "* ]]; then
+        echo "test $t is not in the test binary" >"$log"
+        status=1
+    else
+        (cd "$work" && timeout --kill-after=5 "$limit" ./amqp091.test -test.v -test.run "^$t\$") \
+            >"$log" 2>&1 </dev/null
+        status=$?
+    fi
+    seconds=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    if [[ $status == 0 ]] && grep -q -- "^--- PASS: $t " "$log"; then
+        echo "ok $t"
+        passed=$((passed + 1))
+    else
+        if [[ $status == 124 || $status == 137 ]]; then
+            reason="no result within $limit s"
+        elif grep -q '^goleak: ' "$log"; then
+            # goleak (TestMain) found goroutines still running after the test, e.g. a connection
+            # the test left open
+            leaked=$(grep -oE '^ ?\[?Goroutine [0-9]+ in state [^,]+, with [^ ]+ on top' "$log" |
+                sed -E 's/^ ?\[?Goroutine [0-9]+ in state ([^,]+), with ([^ ]+) on top/\2 (\1)/' |
+                head -n 3 | paste -sd ';' | sed 's/;/; /g')
+            reason="goleak: goroutines left running: ${leaked:-see the log}"
+            grep -q -- "^--- PASS: $t " "$log" && reason="the test passed, then $reason"
+        else
+            reason=$(failure_reason "$log")
+            reason="${reason:-exit status $status}"
+        fi
+        echo "FAIL $t: $reason"
+        # the first lines of its output (repeats folded), for the log of the run
+        grep -Ev '^[[:space:]]*$|^=== RUN' "$log" | uniq | head -n 25 | sed 's/^/   | /' >&2
+        failed=$((failed + 1))
+    fi
+    if awk -v s="$seconds" 'BEGIN { exit !(s > 5) }'; then
+        echo "   ($t took $seconds s)"
+    fi
+done
+summary=1
+echo "$passed passed, $failed failed"
+((failed == 0))

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Runs the RabbitMQ Java client interop checks against a running broker.
+# Usage: interop/java-amqp-client/run.sh amqp://guest:guest@127.0.0.1:5672/%2f
+#
+# The client comes from Debian (librabbitmq-client-java, with slf4j from libslf4j-java): there is
+# no Maven repository to fetch from. InteropChecks.java is compiled with the machine's javac (JDK
+# 17) into a temp dir and run. The automatic-recovery check restarts the broker with
+# $WARREN_RESTART_CMD (exported by interop/run-all.sh) and is skipped when that is unset.
+# The last line printed is "N passed, N failed", and the exit status is non-zero when any check
+# failed.
+set -euo pipefail
+
+# Debian 12 (bookworm) ships amqp-client 5.0.0-1.1 and slf4j 1.7.32-1.
+DEBS=(librabbitmq-client-java libslf4j-java)
+JARS=/usr/share/java/amqp-client.jar:/usr/share/java/slf4j-api.jar:/usr/share/java/slf4j-simple.jar
+
+url=${1:?usage: run.sh AMQP_URL}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+work=$(mktemp -d "${TMPDIR:-/tmp}/java-amqp-client.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+deb_version() {
+    dpkg-query -W -f='${Status} ${Version}\n' "$1" 2>/dev/null | sed -n 's/^install ok installed //p'
+}
+
+# Installs the missing Debian packages non-interactively; runs `apt-get update` only when the
+# first attempt fails (the package lists may be missing or stale). apt's output goes to a log,
+# shown only when the install fails.
+ensure_debs() {
+    local missing=() p
+    for p in "$@"; do
+        [[ -n $(deb_version "$p") ]] || missing+=("$p")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    local apt=(apt-get -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends)
+    if [[ $(id -u) != 0 ]]; then apt=(sudo -n "${apt[@]}"); fi
+    local log
+    log=$(mktemp)
+    echo "installing ${missing[*]} (apt-get)"
+    if DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "${missing[@]}" >"$log" 2>&1 ||
+        { DEBIAN_FRONTEND=noninteractive "${apt[@]}" update >>"$log" 2>&1 &&
+            DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "${missing[@]}" >>"$log" 2>&1; }; then
+        rm -f "$log"
+        return 0
+    fi
+    tail -n 20 "$log" >&2
+    rm -f "$log"
+    return 1
+}
+
+setup() {
+    command -v javac >/dev/null || DEBS+=(openjdk-17-jdk-headless)
+    ensure_debs "${DEBS[@]}" || return 1
+    javac -nowarn -d "$work" -cp "$JARS" "$here/InteropChecks.java" >&2
+}
+
+if ! setup; then
+    echo "FAIL setup: could not install ${DEBS[*]} or compile InteropChecks.java"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+echo "$(javac -version 2>&1), amqp-client $(deb_version librabbitmq-client-java)," \
+    "slf4j $(deb_version libslf4j-java)"
+
+# The checks print the final line themselves; if the JVM dies before that, say so in the same format.
+set +e
+out=$work/out
+java -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -Dorg.slf4j.simpleLogger.logFile=System.err \
+    -cp "$work:$JARS" InteropChecks "$url" </dev/null | tee "$out"
+status=${PIPESTATUS[0]}
+set -e
+if ! tail -n 1 "$out" | grep -Eq '^[0-9]+ passed, [0-9]+ failed$'; then
+    passed=$(grep -c '^ok ' "$out" || true)
+    failed=$(grep -c '^FAIL ' "$out" || true)
+    echo "FAIL runner: InteropChecks exited with status $status before its summary"
+    echo "$passed passed, $((failed + 1)) failed"
+    status=1
+fi
+exit "$status"
