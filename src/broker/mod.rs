@@ -147,54 +147,149 @@ fn bool_text(b: bool) -> &'static str {
     if b { "'true'" } else { "'false'" }
 }
 
-fn value_text(v: Option<&AMQPValue>) -> String {
+/// The arguments RabbitMQ compares when a classic queue is redeclared; others may differ.
+const QUEUE_EQUIVALENCE_ARGS: [&str; 14] = [
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-queue-master-locator",
+    "x-queue-leader-locator",
+];
+
+/// The only argument RabbitMQ compares when an exchange is redeclared.
+const EXCHANGE_EQUIVALENCE_ARGS: [&str; 1] = ["alternate-exchange"];
+
+/// RabbitMQ's name for a field's wire type (its table parser's atoms).
+fn type_name(v: &AMQPValue) -> &'static str {
     match v {
-        None => "none".into(),
-        Some(v) => {
-            let (ty, shown) = match v {
-                AMQPValue::LongString(s) => (
-                    "longstr",
-                    String::from_utf8_lossy(s.as_bytes()).into_owned(),
-                ),
-                AMQPValue::ShortString(s) => ("shortstr", s.to_string()),
-                AMQPValue::Boolean(b) => ("bool", b.to_string()),
-                AMQPValue::ShortShortInt(n) => ("byte", n.to_string()),
-                AMQPValue::ShortInt(n) => ("short", n.to_string()),
-                AMQPValue::LongInt(n) => ("signedint", n.to_string()),
-                AMQPValue::LongLongInt(n) => ("long", n.to_string()),
-                AMQPValue::ShortShortUInt(n) => ("unsignedbyte", n.to_string()),
-                AMQPValue::ShortUInt(n) => ("unsignedshort", n.to_string()),
-                AMQPValue::LongUInt(n) => ("unsignedint", n.to_string()),
-                other => ("table", format!("{other:?}")),
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
+    }
+}
+
+/// A value as Erlang's `~ts`/`~tp` prints it in RabbitMQ's equivalence errors (scalars exactly,
+/// containers approximately: nobody reads those).
+fn shown(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        AMQPValue::ByteArray(b) => String::from_utf8_lossy(b.as_slice()).into_owned(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Timestamp(n) => n.to_string(),
+        AMQPValue::Float(f) => format!("{f:?}"),
+        AMQPValue::Double(f) => format!("{f:?}"),
+        AMQPValue::DecimalValue(d) => format!("{{{},{}}}", d.scale, d.value),
+        AMQPValue::Void => "undefined".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// RabbitMQ's `type_class`: integers of any width compare by value, as do both float widths.
+fn comparable(v: &AMQPValue) -> (&'static str, Option<i128>, Option<f64>) {
+    match v {
+        AMQPValue::ShortShortInt(n) => ("int", Some((*n).into()), None),
+        AMQPValue::ShortShortUInt(n) => ("int", Some((*n).into()), None),
+        AMQPValue::ShortInt(n) => ("int", Some((*n).into()), None),
+        AMQPValue::ShortUInt(n) => ("int", Some((*n).into()), None),
+        AMQPValue::LongInt(n) => ("int", Some((*n).into()), None),
+        AMQPValue::LongUInt(n) => ("int", Some((*n).into()), None),
+        AMQPValue::LongLongInt(n) => ("int", Some((*n).into()), None),
+        AMQPValue::Float(f) => ("float", None, Some((*f).into())),
+        AMQPValue::Double(f) => ("float", None, Some(*f)),
+        other => (type_name(other), None, None),
+    }
+}
+
+fn equivalent(current: &AMQPValue, received: &AMQPValue) -> bool {
+    match (comparable(current), comparable(received)) {
+        ((c, Some(a), _), (r, Some(b), _)) => c == r && a == b,
+        ((c, _, Some(a)), (r, _, Some(b))) => c == r && a == b,
+        _ => {
+            let bytes = |v: &AMQPValue| match v {
+                AMQPValue::LongString(s) => Some(s.as_bytes().to_vec()),
+                AMQPValue::ShortString(s) => Some(s.as_str().as_bytes().to_vec()),
+                _ => None,
             };
-            format!("the value '{shown}' of type '{ty}'")
+            match (bytes(current), bytes(received)) {
+                (Some(a), Some(b)) => a == b,
+                _ => current == received,
+            }
         }
     }
 }
 
-/// Compares declared arguments as RabbitMQ does: every key either side, by value.
+/// Compares the arguments RabbitMQ compares (`keys`), with its texts: raw values when both
+/// sides have one, typed values against `none` when one side lacks it.
 fn check_arguments(
+    keys: &[&str],
     kind: &str,
     name: &str,
     vhost: &str,
     current: &FieldTable,
     received: &FieldTable,
 ) -> Result<(), ChannelError> {
-    let keys = current.inner().keys().chain(received.inner().keys());
-    for key in keys {
+    for &key in keys {
         let (c, r) = (current.inner().get(key), received.inner().get(key));
-        if c != r {
-            return Err(ChannelError::inequivalent(
-                key.as_str(),
-                kind,
-                name,
-                vhost,
-                value_text(r),
-                value_text(c),
-            ));
-        }
+        let (received_text, current_text) = match (c, r) {
+            (None, None) => continue,
+            (Some(c), Some(r)) if equivalent(c, r) => continue,
+            (Some(c), Some(r)) => (format!("'{}'", shown(r)), format!("'{}'", shown(c))),
+            // A classic queue declared without x-queue-type is one declared with 'classic'.
+            (None, Some(AMQPValue::LongString(s))) | (Some(AMQPValue::LongString(s)), None)
+                if key == "x-queue-type" && s.as_bytes() == b"classic" =>
+            {
+                continue;
+            }
+            (c, r) => (typed(r), typed(c)),
+        };
+        return Err(ChannelError::inequivalent(
+            key,
+            kind,
+            name,
+            vhost,
+            received_text,
+            current_text,
+        ));
     }
     Ok(())
+}
+
+fn typed(v: Option<&AMQPValue>) -> String {
+    match v {
+        None => "none".into(),
+        Some(v) => format!("the value '{}' of type '{}'", shown(v), type_name(v)),
+    }
 }
 
 impl VHost {
@@ -264,7 +359,14 @@ impl VHost {
             if x.internal != d.internal {
                 return Err(ex("internal", bool_text(d.internal), bool_text(x.internal)).into());
             }
-            check_arguments("exchange", &d.name, &self.name, &x.arguments, &d.arguments)?;
+            check_arguments(
+                &EXCHANGE_EQUIVALENCE_ARGS,
+                "exchange",
+                &d.name,
+                &self.name,
+                &x.arguments,
+                &d.arguments,
+            )?;
             return Ok(());
         }
         if d.name.starts_with("amq.") {
@@ -309,15 +411,12 @@ impl VHost {
             ));
         }
         let mut t = self.topology.write();
+        // Deleting an absent exchange succeeds in RabbitMQ (`ensure_deleted`).
         let Some(x) = t.exchanges.get(name) else {
-            return Err(ChannelError::no_exchange(name, &self.name));
+            return Ok(());
         };
-        let is_destination = t.exchanges.values().any(|o| {
-            o.bindings()
-                .iter()
-                .any(|b| matches!(&b.destination, Destination::Exchange(e) if &**e == name))
-        });
-        if if_unused && (!x.bindings().is_empty() || is_destination) {
+        // Only bindings from the exchange count as use; bindings to it do not (RabbitMQ).
+        if if_unused && !x.bindings().is_empty() {
             return Err(ChannelError::precondition(format_args!(
                 "exchange '{name}' in vhost '{}' in use",
                 self.name
@@ -365,17 +464,19 @@ impl VHost {
                         bool_text(c),
                     )
                 };
-                if q.options.durable != d.durable {
-                    return Err(ex("durable", d.durable, q.options.durable));
-                }
+                // RabbitMQ checks exclusivity before the other properties.
                 let exclusive = q.options.exclusive_owner.is_some();
                 if exclusive != d.exclusive {
                     return Err(Self::locked(q));
+                }
+                if q.options.durable != d.durable {
+                    return Err(ex("durable", d.durable, q.options.durable));
                 }
                 if q.options.auto_delete != d.auto_delete {
                     return Err(ex("auto_delete", d.auto_delete, q.options.auto_delete));
                 }
                 check_arguments(
+                    &QUEUE_EQUIVALENCE_ARGS,
                     "queue",
                     &d.name,
                     &self.name,
@@ -453,8 +554,9 @@ impl VHost {
         if_empty: bool,
     ) -> Result<u32, ChannelError> {
         let mut t = self.topology.write();
+        // Deleting an absent queue succeeds with a count of 0, as in RabbitMQ.
         let Some(q) = t.queues.get(name).cloned() else {
-            return Err(ChannelError::no_queue(name, &self.name));
+            return Ok(0);
         };
         if !q.accessible_by(conn_id) {
             return Err(Self::locked(&q));
@@ -563,7 +665,11 @@ impl VHost {
     /// Removes a binding (absent bindings are fine, as in RabbitMQ).
     pub fn unbind(&self, source: &str, binding: &Binding) -> Result<(), ChannelError> {
         let mut t = self.topology.write();
-        self.check_bind_target(&t, source, &binding.destination)?;
+        match self.check_bind_target(&t, source, &binding.destination) {
+            // Unbinding from or to an absent exchange is already done, as RabbitMQ sees it.
+            Err(e) if e.code() == code::NOT_FOUND => return Ok(()),
+            r => r?,
+        }
         let mut emptied = false;
         if let Some(x) = t.exchanges.get_mut(source) {
             emptied = x.unbind(binding) && x.auto_delete && x.bindings().is_empty();
@@ -614,53 +720,43 @@ impl VHost {
         };
         let mut headers_cache: Option<Option<FieldTable>> = None;
         let mut headers = || headers_cache.get_or_insert_with(|| msg.headers()).clone();
-        let mut visited: Vec<Arc<str>> = Vec::new();
-        Self::route_exchange(&t, x, rk, &mut headers, out, &mut visited);
-        Ok(())
-    }
-
-    fn route_exchange(
-        t: &Topology,
-        x: &Exchange,
-        rk: &str,
-        headers: &mut dyn FnMut() -> Option<FieldTable>,
-        out: &mut Vec<Arc<Queue>>,
-        visited: &mut Vec<Arc<str>>,
-    ) {
-        let before = out.len();
+        let start = out.len();
+        // RabbitMQ's worklist: every exchange is routed through at most once, so cycles end
+        // and diamonds cost nothing extra; an exchange's AE joins the worklist only when the
+        // exchange's own bindings matched nothing at all (not even another exchange).
+        let mut seen: Vec<Arc<str>> = vec![x.name.clone()];
+        let mut work: Vec<&Exchange> = vec![x];
         let mut next: Vec<Arc<str>> = Vec::new();
-        x.route(rk, headers, &mut |d| match d {
-            Destination::Queue(q) => {
-                if !out.iter().any(|o| Arc::ptr_eq(o, q)) {
-                    out.push(q.clone());
+        while let Some(x) = work.pop() {
+            let mut matched = false;
+            x.route(rk, &mut headers, &mut |d| {
+                matched = true;
+                match d {
+                    Destination::Queue(q) => out.push(q.clone()),
+                    Destination::Exchange(e) => next.push(e.clone()),
                 }
+            });
+            if !matched && let Some(ae) = x.alternate_exchange() {
+                next.push(ae.into());
             }
-            Destination::Exchange(e) => {
-                if !next.contains(e) {
-                    next.push(e.clone());
+            for name in next.drain(..) {
+                if seen.contains(&name) {
+                    continue;
                 }
-            }
-        });
-        let mut routed_any = out.len() > before;
-        for e in next {
-            if visited.contains(&e) || *e == *x.name {
-                continue;
-            }
-            visited.push(x.name.clone());
-            if let Some(dx) = t.exchanges.get(&*e) {
-                let n = out.len();
-                Self::route_exchange(t, dx, rk, headers, out, visited);
-                routed_any |= out.len() > n;
+                if let Some(dx) = t.exchanges.get(&*name) {
+                    work.push(dx);
+                }
+                seen.push(name);
             }
         }
-        if !routed_any
-            && let Some(ae) = x.alternate_exchange()
-            && !visited.iter().any(|v| &**v == ae)
-            && let Some(ax) = t.exchanges.get(ae)
-        {
-            visited.push(x.name.clone());
-            Self::route_exchange(t, ax, rk, headers, out, visited);
+        // A queue reached through several bindings gets the message once.
+        if out.len() - start > 1 {
+            out[start..].sort_unstable_by_key(|q| Arc::as_ptr(q).addr());
+            let mut routed = out.split_off(start);
+            routed.dedup_by(|a, b| Arc::ptr_eq(a, b));
+            out.append(&mut routed);
         }
+        Ok(())
     }
 
     /// Number of queues (for tests and logs).

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use amq_protocol::protocol::{AMQPClass, basic};
 use bytes::Bytes;
 
-use super::{Assembly, Channel, ChannelConsumer, Ctx, TxOp, Unacked, requeue_all};
+use super::{Assembly, Channel, ChannelConsumer, Ctx, TxOp, Unacked, requeue_all, route};
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code, encode};
-use crate::queue::{Consumer, Credit, Queue, QueuedMessage};
+use crate::queue::{Consumer, Credit, InFlight, Queue};
 
 fn random_tag(prefix: &str) -> String {
     use base64::Engine;
@@ -44,27 +44,39 @@ impl Channel {
         msg: Arc<Message>,
         mandatory: bool,
     ) -> Result<(), AmqpError> {
-        let exchange = std::str::from_utf8(&msg.exchange).unwrap_or("\u{fffd}");
-        ctx.vhost.check_publish(exchange)?;
-        self.route_buf.clear();
-        ctx.vhost.route(exchange, &msg, &mut self.route_buf)?;
-        if self.route_buf.is_empty() && mandatory {
+        let mut queues = std::mem::take(&mut self.route_buf);
+        let routed = route(ctx, &msg, &mut queues);
+        if routed.is_ok() {
+            self.hand_over(ctx, &msg, mandatory, &mut queues);
+        }
+        self.route_buf = queues;
+        routed
+    }
+
+    /// Hands a routed message to its queues (or back to its publisher) and counts its confirm.
+    pub(super) fn hand_over(
+        &mut self,
+        ctx: &mut Ctx,
+        msg: &Arc<Message>,
+        mandatory: bool,
+        queues: &mut Vec<Arc<Queue>>,
+    ) {
+        if queues.is_empty() && mandatory {
             encode::basic_return(
                 &mut ctx.out,
                 self.id,
                 code::NO_ROUTE,
                 "NO_ROUTE",
-                &msg,
+                msg,
                 ctx.frame_max,
             );
         }
-        for q in self.route_buf.drain(..) {
+        for q in queues.drain(..) {
             q.publish(msg.clone());
         }
         if self.confirm {
             self.publish_seq += 1;
         }
-        Ok(())
     }
 
     pub(super) fn qos(
@@ -241,16 +253,19 @@ impl Channel {
         Ok(())
     }
 
-    /// Writes a delivery a queue sent; false if the consumer is gone (the caller requeues).
+    /// Writes a delivery a queue sent; gives it back if the consumer is gone (the caller requeues).
     pub fn deliver(
         &mut self,
         ctx: &mut Ctx,
         consumer_tag: &Arc<str>,
         queue: Arc<Queue>,
-        message: QueuedMessage,
-    ) -> Result<(), (Arc<Queue>, QueuedMessage)> {
+        message: InFlight,
+    ) -> Result<(), (Arc<Queue>, InFlight)> {
         let Some(c) = self.consumers.get(consumer_tag) else {
             return Err((queue, message));
+        };
+        let Some(message) = message.take() else {
+            return Ok(());
         };
         let tag = self.next_delivery_tag;
         self.next_delivery_tag += 1;
@@ -301,6 +316,8 @@ impl Channel {
         }
     }
 
+    /// Acks, rejects or nacks: takes the named deliveries out of the unacked list now (an unknown
+    /// tag fails here, even in a transaction) and settles them now or on commit.
     pub(super) fn settle(
         &mut self,
         tag: u64,
@@ -308,48 +325,36 @@ impl Channel {
         ack: bool,
         requeue: bool,
     ) -> Result<(), AmqpError> {
+        let settled = self.collect(tag, multiple)?;
         if let Some(ops) = &mut self.tx {
-            if !self
-                .unacked
-                .iter()
-                .any(|u| u.tag == tag || (multiple && tag == 0))
-            {
-                return Err(unknown_tag(tag).into());
-            }
             ops.push(TxOp::Settle {
-                tag,
-                multiple,
+                settled,
                 ack,
                 requeue,
             });
             return Ok(());
         }
-        self.apply_settle(tag, multiple, ack, requeue)
+        self.apply_settled(settled, ack, requeue);
+        Ok(())
     }
 
-    pub(super) fn apply_settle(
-        &mut self,
-        tag: u64,
-        multiple: bool,
-        ack: bool,
-        requeue: bool,
-    ) -> Result<(), AmqpError> {
-        let settled: Vec<Unacked> = if multiple {
-            let n = if tag == 0 {
-                self.unacked.len()
-            } else {
-                self.unacked.partition_point(|u| u.tag <= tag)
-            };
-            if n == 0 && tag != 0 {
-                return Err(unknown_tag(tag).into());
-            }
-            self.unacked.drain(..n).collect()
-        } else {
-            let Ok(i) = self.unacked.binary_search_by_key(&tag, |u| u.tag) else {
-                return Err(unknown_tag(tag).into());
-            };
-            self.unacked.remove(i).into_iter().collect()
+    /// RabbitMQ's `collect_acks`: `multiple` with tag 0 means every delivery; otherwise the tag
+    /// itself must be outstanding, and `multiple` adds every earlier one.
+    fn collect(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, ChannelError> {
+        if multiple && tag == 0 {
+            return Ok(self.unacked.drain(..).collect());
+        }
+        let Ok(i) = self.unacked.binary_search_by_key(&tag, |u| u.tag) else {
+            return Err(unknown_tag(tag));
         };
+        if multiple {
+            Ok(self.unacked.drain(..=i).collect())
+        } else {
+            Ok(self.unacked.remove(i).into_iter().collect())
+        }
+    }
+
+    pub(super) fn apply_settled(&mut self, settled: Vec<Unacked>, ack: bool, requeue: bool) {
         self.release_credit(&settled);
         if !ack && requeue {
             requeue_all(settled);
@@ -370,7 +375,6 @@ impl Channel {
         {
             self.kick_consumers();
         }
-        Ok(())
     }
 }
 

@@ -85,16 +85,19 @@ enum Assembly {
     },
 }
 
-/// A publish or ack held back until `tx.commit`.
+/// A publish or settlement held back until `tx.commit`. As in RabbitMQ, a publish is checked and
+/// routed when it arrives and handed to its queues on commit; a settlement takes its deliveries
+/// out of the unacked list at once (a second ack of one is an unknown tag) and a rollback puts
+/// them back.
 #[derive(Debug)]
 enum TxOp {
     Publish {
         msg: Arc<Message>,
         mandatory: bool,
+        queues: Vec<Arc<Queue>>,
     },
     Settle {
-        tag: u64,
-        multiple: bool,
+        settled: Vec<Unacked>,
         ack: bool,
         requeue: bool,
     },
@@ -246,15 +249,16 @@ impl Channel {
                 };
                 for op in ops {
                     match op {
-                        TxOp::Publish { msg, mandatory } => {
-                            self.deliver_published(ctx, msg, mandatory)?
-                        }
+                        TxOp::Publish {
+                            msg,
+                            mandatory,
+                            mut queues,
+                        } => self.hand_over(ctx, &msg, mandatory, &mut queues),
                         TxOp::Settle {
-                            tag,
-                            multiple,
+                            settled,
                             ack,
                             requeue,
-                        } => self.apply_settle(tag, multiple, ack, requeue)?,
+                        } => self.apply_settled(settled, ack, requeue),
                     }
                 }
                 ctx.send(
@@ -264,9 +268,10 @@ impl Channel {
                 Ok(())
             }
             tx::AMQPMethod::Rollback(_) => {
-                if self.tx.replace(Vec::new()).is_none() {
+                let Some(ops) = self.tx.replace(Vec::new()) else {
                     return Err(ChannelError::precondition("channel is not transactional").into());
-                }
+                };
+                self.unsettle(ops);
                 ctx.send(
                     self.id,
                     AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
@@ -389,12 +394,35 @@ impl Channel {
             .on(60, 40)
             .into());
         }
-        if let Some(ops) = &mut self.tx {
-            ops.push(TxOp::Publish { msg, mandatory });
+        if self.tx.is_some() {
+            let mut queues = Vec::new();
+            route(ctx, &msg, &mut queues).map_err(|e| e.on(60, 40))?;
+            if let Some(ops) = &mut self.tx {
+                ops.push(TxOp::Publish {
+                    msg,
+                    mandatory,
+                    queues,
+                });
+            }
             return Ok(());
         }
         self.deliver_published(ctx, msg, mandatory)
             .map_err(|e| e.on(60, 40))
+    }
+
+    /// Puts the deliveries that uncommitted settlements took back among the unacked, in order.
+    fn unsettle(&mut self, ops: Vec<TxOp>) {
+        let before = self.unacked.len();
+        for op in ops {
+            if let TxOp::Settle { settled, .. } = op {
+                self.unacked.extend(settled);
+            }
+        }
+        if self.unacked.len() > before {
+            self.unacked
+                .make_contiguous()
+                .sort_unstable_by_key(|u| u.tag);
+        }
     }
 
     /// Sends the confirms earned since the last batch, as one `multiple` ack where it can.
@@ -410,18 +438,33 @@ impl Channel {
     /// consumers are cancelled (auto-delete queues may go with them).
     pub fn close(&mut self, ctx: &mut Ctx) {
         self.assembly = Assembly::Idle;
-        let unacked: Vec<Unacked> = self.unacked.drain(..).collect();
-        requeue_all(unacked);
+        // Consumers go first, so the requeued messages are not offered straight back to them.
         let consumers: Vec<(Arc<str>, ChannelConsumer)> = self.consumers.drain().collect();
         for (tag, c) in consumers {
             if c.queue.remove_consumer(ctx.conn_id, self.id, &tag) {
                 ctx.vhost.drop_queue(&c.queue);
             }
         }
+        // Settlements of an open transaction never happened: those deliveries come back too.
+        if let Some(ops) = self.tx.take() {
+            self.unsettle(ops);
+        }
+        let unacked: Vec<Unacked> = self.unacked.drain(..).collect();
+        requeue_all(unacked);
     }
 }
 
-/// Requeues deliveries, grouped by queue so each queue is locked once.
+/// Checks that the message's exchange can take it and collects the queues it routes to.
+fn route(ctx: &Ctx, msg: &Message, queues: &mut Vec<Arc<Queue>>) -> Result<(), AmqpError> {
+    let exchange = std::str::from_utf8(&msg.exchange).unwrap_or("\u{fffd}");
+    ctx.vhost.check_publish(exchange)?;
+    queues.clear();
+    ctx.vhost.route(exchange, msg, queues)?;
+    Ok(())
+}
+
+/// Requeues deliveries, grouped by queue so each queue is locked once. Credit is the caller's
+/// business: a closing channel has none to give back.
 fn requeue_all(mut unacked: Vec<Unacked>) {
     while let Some(first) = unacked.pop() {
         let q = first.queue.clone();
@@ -432,11 +475,6 @@ fn requeue_all(mut unacked: Vec<Unacked>) {
                 batch.push(unacked.swap_remove(i));
             } else {
                 i += 1;
-            }
-        }
-        for u in &batch {
-            if let Some(c) = &u.credit {
-                c.release(1);
             }
         }
         q.requeue(batch.into_iter().map(|u| u.message));

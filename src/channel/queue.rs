@@ -5,7 +5,7 @@ use amq_protocol::protocol::{AMQPClass, queue};
 use super::{Channel, Ctx};
 use crate::broker::QueueDeclare;
 use crate::broker::exchange::{Binding, Destination};
-use crate::protocol::{AmqpError, ConnectionError};
+use crate::protocol::{AmqpError, ConnectionError, code};
 
 impl Channel {
     pub(super) fn queue(&mut self, ctx: &mut Ctx, m: queue::AMQPMethod) -> Result<(), AmqpError> {
@@ -16,11 +16,9 @@ impl Channel {
         };
         match m {
             queue::AMQPMethod::Declare(d) => {
-                let name = if d.queue.as_str().is_empty() && d.passive {
-                    self.queue_name_or_empty()
-                } else {
-                    d.queue.to_string()
-                };
+                // No "last declared queue" shortcut here, not even for passive declares:
+                // RabbitMQ answers 404 for the queue named ''.
+                let name = d.queue.to_string();
                 let declared = ctx.vhost.declare_queue(
                     &QueueDeclare {
                         name,
@@ -56,12 +54,20 @@ impl Channel {
             }
             queue::AMQPMethod::Unbind(b) => {
                 let name = self.queue_name(b.queue.as_str())?;
-                let binding = Binding {
-                    destination: Destination::Queue(ctx.vhost.queue(&name, ctx.conn_id)?),
-                    routing_key: b.routing_key.to_string(),
-                    arguments: b.arguments,
-                };
-                ctx.vhost.unbind(b.exchange.as_str(), &binding)?;
+                // Unbinding an absent queue is already done, as RabbitMQ sees it.
+                match ctx.vhost.queue(&name, ctx.conn_id) {
+                    Ok(q) => {
+                        let binding = Binding {
+                            destination: Destination::Queue(q),
+                            routing_key: self
+                                .routing_key_or_queue(b.routing_key.as_str(), b.queue.as_str()),
+                            arguments: b.arguments,
+                        };
+                        ctx.vhost.unbind(b.exchange.as_str(), &binding)?;
+                    }
+                    Err(e) if e.code() == code::NOT_FOUND => {}
+                    Err(e) => return Err(e.into()),
+                }
                 reply(ctx, false, queue::AMQPMethod::UnbindOk(queue::UnbindOk {}));
             }
             queue::AMQPMethod::Purge(p) => {

@@ -16,6 +16,9 @@ use crate::protocol::frame::{FRAME_MIN_SIZE, Frame, PROTOCOL_HEADER, parse_frame
 use crate::protocol::method::{Method, decode};
 use crate::protocol::{ConnectionError, code, encode};
 
+/// The AMQP 0-9 protocol header.
+const PROTOCOL_HEADER_0_9: &[u8; 8] = b"AMQP\x01\x01\x00\x09";
+
 /// What the handshake settled.
 pub(super) struct Negotiated {
     pub user: String,
@@ -144,7 +147,12 @@ macro_rules! expect {
 }
 
 fn negotiate(field: &str, server: u32, client: u32, min: u32) -> Result<u32, ConnectionError> {
-    let detail = if client == 0 { " (no limit)" } else { "" };
+    // RabbitMQ explains a zero only for channel_max.
+    let detail = if client == 0 && field == "channel_max" {
+        " (no limit)"
+    } else {
+        ""
+    };
     let fail = |dir: &str, bound: &str, limit: u32| {
         ConnectionError::new(
             code::NOT_ALLOWED,
@@ -175,7 +183,8 @@ pub(super) async fn run(
             return Ok(None);
         }
     }
-    if &rbuf[..8] != PROTOCOL_HEADER {
+    // RabbitMQ serves the 0-9 header as 0-9-1: the two differ in nothing a client relies on.
+    if &rbuf[..8] != PROTOCOL_HEADER && &rbuf[..8] != PROTOCOL_HEADER_0_9 {
         info!(%peer, "refused a client that does not speak AMQP 0-9-1");
         stream.write_all(PROTOCOL_HEADER).await?;
         return Ok(None);
@@ -214,10 +223,13 @@ pub(super) async fn run(
             .await;
         }
     };
+    // A dual-stack listener shows an IPv4 client as ::ffff:a.b.c.d; the loopback rule must see
+    // 127.0.0.1 there, as RabbitMQ does.
+    let canonical_peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let login = credentials
         .as_ref()
         .ok_or(LoginError::Refused)
-        .and_then(|(u, p)| broker.login(u, p, peer));
+        .and_then(|(u, p)| broker.login(u, p, canonical_peer));
     let user = match login {
         Ok(u) => u.clone(),
         Err(why) => {
@@ -231,8 +243,7 @@ pub(super) async fn run(
                         format!(
                             "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
                         ),
-                    )
-                    .on(10, 11),
+                    ),
                 )
                 .await;
             }
@@ -320,8 +331,20 @@ mod tests {
         assert_eq!(
             e.as_deref(),
             Some(
-                "NOT_ALLOWED - negotiated frame_max = 0 (no limit) is higher than the maximum allowed value (131072)"
+                "NOT_ALLOWED - negotiated frame_max = 0 is higher than the maximum allowed value (131072)"
             )
+        );
+        let e = negotiate("channel_max", 2047, 0, 1)
+            .err()
+            .map(|e| (e.0.reply_text, e.0.class_id, e.0.method_id));
+        assert_eq!(
+            e,
+            Some((
+                "NOT_ALLOWED - negotiated channel_max = 0 (no limit) is higher than the maximum allowed value (2047)"
+                    .to_string(),
+                10,
+                30
+            ))
         );
         let e = negotiate("frame_max", 131072, 1024, 4096)
             .err()

@@ -213,13 +213,20 @@ impl Connection {
                 rbuf.clear();
                 return;
             }
+            let before = rbuf.len();
             let frame = match parse_frame(rbuf, self.ctx.frame_max) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
-                    self.close_connection(e, true);
-                    rbuf.clear();
-                    return;
+                    // A frame the parser consumed leaves the stream in step: close-ok can follow.
+                    let in_step = rbuf.len() < before;
+                    self.close_connection(e, !in_step);
+                    if !in_step {
+                        self.lose_step();
+                        rbuf.clear();
+                        return;
+                    }
+                    continue;
                 }
             };
             if let Err(e) = self.handle_frame(frame) {
@@ -302,6 +309,22 @@ impl Connection {
         }
     }
 
+    /// RabbitMQ bounds how many channels are open, not their numbers, and checks it for any frame
+    /// on a channel it does not know yet, before looking at the frame.
+    fn check_channel_count(&self) -> Result<(), ConnectionError> {
+        let open = self.channels.len();
+        if self.channel_max != 0 && open >= usize::from(self.channel_max) {
+            return Err(ConnectionError::new(
+                code::NOT_ALLOWED,
+                format_args!(
+                    "number of channels opened ({open}) has reached the negotiated channel_max ({})",
+                    self.channel_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn channel_method(
         &mut self,
         id: u16,
@@ -309,18 +332,8 @@ impl Connection {
     ) -> Result<(), ConnectionError> {
         let (class_id, method_id) = (d.class_id, d.method_id);
         let Some(slot) = self.channels.get_mut(&id) else {
+            self.check_channel_count()?;
             if let Method::Other(AMQPClass::Channel(channel::AMQPMethod::Open(_))) = d.method {
-                if id > self.channel_max {
-                    return Err(ConnectionError::new(
-                        code::NOT_ALLOWED,
-                        format_args!(
-                            "number of channels opened ({}) has reached the negotiated channel_max ({})",
-                            self.channels.len(),
-                            self.channel_max
-                        ),
-                    )
-                    .on(class_id, method_id));
-                }
                 self.channels
                     .insert(id, ChannelSlot::Open(Box::new(Channel::new(id))));
                 self.ctx.send(
@@ -374,10 +387,12 @@ impl Connection {
         f: impl FnOnce(&mut Channel, &mut Ctx) -> Result<(), AmqpError>,
     ) -> Result<(), ConnectionError> {
         match self.channels.get_mut(&id) {
-            None => Err(ConnectionError::new(
-                code::CHANNEL_ERROR,
-                "expected 'channel.open'",
-            )),
+            None => {
+                self.check_channel_count()?;
+                Err(ConnectionError::unexpected_frame(
+                    "expected method frame, got non method frame instead",
+                ))
+            }
             Some(ChannelSlot::Closing) => Ok(()),
             Some(ChannelSlot::Open(ch)) => {
                 let r = f(ch, &mut self.ctx);
@@ -486,6 +501,14 @@ impl Connection {
             deadline: Instant::now() + self.close_timeout,
             desync,
         };
+    }
+
+    /// After a framing error that leaves the stream out of step, no later frame can be trusted,
+    /// not even a close-ok: the connection waits out its close timeout.
+    fn lose_step(&mut self) {
+        if let State::Closing { desync, .. } = &mut self.state {
+            *desync = true;
+        }
     }
 
     fn release_channels(&mut self) {

@@ -85,13 +85,14 @@ pub struct Reply {
 impl Reply {
     fn new(reply_code: u16, detail: impl fmt::Display) -> Self {
         let mut reply_text = format!("{} - {}", code_name(reply_code), detail);
-        // A reply text is a short string on the wire.
+        // A reply text is a short string on the wire; RabbitMQ keeps 252 octets and marks the cut.
         if reply_text.len() > 255 {
-            let mut cut = 255;
+            let mut cut = 252;
             while !reply_text.is_char_boundary(cut) {
                 cut -= 1;
             }
             reply_text.truncate(cut);
+            reply_text.push_str("...");
         }
         Self {
             reply_code,
@@ -259,5 +260,14 @@ mod tests {
     fn long_texts_are_cut_to_a_short_string() {
         let e = ConnectionError::frame_error("é".repeat(300));
         assert!(e.0.reply_text.len() <= 255);
+        assert!(e.0.reply_text.ends_with("..."));
+        let e = ConnectionError::frame_error("x".repeat(300));
+        assert_eq!(e.0.reply_text.len(), 255);
+        assert_eq!(&e.0.reply_text[245..], "xxxxxxx...");
+        let e = ConnectionError::frame_error("x".repeat(255 - "FRAME_ERROR - ".len()));
+        assert!(
+            !e.0.reply_text.ends_with("..."),
+            "a text that fits is kept whole"
+        );
     }
 }

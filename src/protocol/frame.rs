@@ -1,5 +1,7 @@
 //! The frame codec: the 7-byte header is checked against frame-max before a payload is buffered.
 
+use std::fmt;
+
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::error::ConnectionError;
@@ -52,7 +54,15 @@ pub enum Frame {
     },
 }
 
+/// Largest part of a frame reserved ahead of its bytes arriving: past it the buffer grows only as
+/// the peer actually sends, so a header claiming a huge size costs the broker nothing.
+const RESERVE_AHEAD: usize = 1 << 20;
+
 /// Takes one complete frame off the front of `buf`; `Ok(None)` means more bytes are needed.
+///
+/// On an error the frame is consumed when the stream is still in step after it (an unknown frame
+/// type: its length was honest), and left in `buf` when it is not (a size over `frame_max`, a bad
+/// frame-end octet), so the caller can tell whether a later `close-ok` could still be read.
 pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, ConnectionError> {
     if buf.len() < 7 {
         return Ok(None);
@@ -60,43 +70,124 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
     let kind = buf[0];
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]);
-    if !matches!(
-        kind,
-        FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
-    ) {
-        return Err(ConnectionError::frame_error(format_args!(
-            "type {kind}, first 16 octets = {:?}: unknown_frame",
-            &buf[7..buf.len().min(23)]
-        )));
+    // RabbitMQ lets a payload reach frame_max itself, because clients often forget the 8 octets of
+    // frame overhead; it still names the limit without them.
+    if frame_max != 0 && size > frame_max {
+        let limit = frame_max.saturating_sub(FRAME_OVERHEAD);
+        return Err(frame_error(
+            kind,
+            &[],
+            format_args!("{{frame_too_large,{size},{limit}}}"),
+        ));
     }
-    let limit = frame_max.saturating_sub(FRAME_OVERHEAD);
-    if frame_max != 0 && size > limit {
-        return Err(ConnectionError::frame_error(format_args!(
-            "type {kind}, first 16 octets = <<>>: {{frame_too_large,{size},{limit}}}"
-        )));
-    }
-    let Ok(size) = usize::try_from(size) else {
-        return Err(ConnectionError::frame_error("frame size out of range"));
+    let Some(total) = usize::try_from(size)
+        .ok()
+        .and_then(|size| size.checked_add(8))
+    else {
+        return Err(frame_error(kind, &[], "frame_too_large"));
     };
-    let total = 7 + size + 1;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
-    if buf[total - 1] != FRAME_END {
-        return Err(ConnectionError::frame_error(format_args!(
-            "type {kind}, channel {channel}: invalid_frame_end_marker"
-        )));
+    let end = buf[total - 1];
+    if end != FRAME_END {
+        return Err(frame_error(
+            kind,
+            &buf[7..total - 1],
+            format_args!("{{invalid_frame_end_marker,{end}}}"),
+        ));
     }
     buf.advance(7);
-    let payload = buf.split_to(size).freeze();
+    let payload = buf.split_to(total - 8).freeze();
     buf.advance(1);
+    // As RabbitMQ's frame analysis: a method needs its two ids, a content header its class,
+    // weight and body size, and a heartbeat is empty; anything else is not a frame it knows.
     Ok(Some(match kind {
-        FRAME_METHOD => Frame::Method { channel, payload },
-        FRAME_HEADER => Frame::Header { channel, payload },
+        FRAME_METHOD if payload.len() >= 4 => Frame::Method { channel, payload },
+        FRAME_HEADER if payload.len() >= 12 => Frame::Header { channel, payload },
         FRAME_BODY => Frame::Body { channel, payload },
-        _ => Frame::Heartbeat { channel },
+        FRAME_HEARTBEAT if payload.is_empty() => Frame::Heartbeat { channel },
+        _ => return Err(frame_error(kind, &payload, "unknown_frame")),
     }))
+}
+
+/// 501 in RabbitMQ's words: `type T, all octets = <<...>>: reason`.
+fn frame_error(kind: u8, payload: &[u8], reason: impl fmt::Display) -> ConnectionError {
+    let (which, shown) = octets(payload);
+    ConnectionError::frame_error(format_args!(
+        "type {kind}, {which} octets = {}: {reason}",
+        ErlangBinary::pretty(shown)
+    ))
+}
+
+/// RabbitMQ shows at most the first 16 octets of a bad frame, and says which it shows.
+fn octets(payload: &[u8]) -> (&'static str, &[u8]) {
+    match payload.get(..16) {
+        Some(first) if payload.len() > 16 => ("first 16", first),
+        _ => ("all", payload),
+    }
+}
+
+/// A binary printed as Erlang prints it in RabbitMQ's reply texts.
+pub(crate) struct ErlangBinary<'a> {
+    bytes: &'a [u8],
+    as_text: bool,
+}
+
+impl<'a> ErlangBinary<'a> {
+    /// As `~p` prints it: `<<"text">>` when every octet is printable, else `<<1,2,3>>`.
+    pub(crate) fn pretty(bytes: &'a [u8]) -> Self {
+        let as_text = !bytes.is_empty() && bytes.iter().all(|&b| printable(b));
+        Self { bytes, as_text }
+    }
+
+    /// As `~w` prints it: always `<<1,2,3>>`.
+    pub(crate) fn raw(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            as_text: false,
+        }
+    }
+}
+
+fn printable(b: u8) -> bool {
+    matches!(
+        b,
+        b' '..=b'~' | b'\n' | b'\r' | b'\t' | 0x0b | 0x08 | 0x0c | 0x1b
+    )
+}
+
+impl fmt::Display for ErlangBinary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<<")?;
+        if self.as_text {
+            f.write_str("\"")?;
+            for &b in self.bytes {
+                match b {
+                    b'"' => f.write_str("\\\"")?,
+                    b'\\' => f.write_str("\\\\")?,
+                    b'\n' => f.write_str("\\n")?,
+                    b'\r' => f.write_str("\\r")?,
+                    b'\t' => f.write_str("\\t")?,
+                    0x0b => f.write_str("\\v")?,
+                    0x08 => f.write_str("\\b")?,
+                    0x0c => f.write_str("\\f")?,
+                    0x1b => f.write_str("\\e")?,
+                    _ => write!(f, "{}", char::from(b))?,
+                }
+            }
+            f.write_str("\"")?;
+        } else {
+            for (i, b) in self.bytes.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(",")?;
+                }
+                write!(f, "{b}")?;
+            }
+        }
+        f.write_str(">>")
+    }
 }
 
 /// Reads a short string (length octet + bytes) at `pos`, returning the slice and the next position.
@@ -167,11 +258,72 @@ mod tests {
         assert_eq!(e, Some(501));
     }
 
+    fn error_text(buf: &mut BytesMut, frame_max: u32) -> Option<String> {
+        parse_frame(buf, frame_max).err().map(|e| e.0.reply_text)
+    }
+
     #[test]
-    fn refuses_bad_frame_end_and_unknown_types() {
-        let mut b = frame(FRAME_BODY, 1, b"x", 0);
+    fn refuses_bad_frame_end_and_unknown_types_in_rabbitmq_words() {
+        let mut b = frame(FRAME_METHOD, 1, &[0, 85, 0, 10, 0], 0);
+        assert_eq!(
+            error_text(&mut b, 4096).as_deref(),
+            Some(
+                "FRAME_ERROR - type 1, all octets = <<0,85,0,10,0>>: {invalid_frame_end_marker,0}"
+            )
+        );
+        assert_eq!(b.len(), 13, "an out-of-step frame is left in the buffer");
+        let mut b = frame(9, 1, b"abc", FRAME_END);
+        b.extend_from_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
+        assert_eq!(
+            error_text(&mut b, 4096).as_deref(),
+            Some("FRAME_ERROR - type 9, all octets = <<\"abc\">>: unknown_frame")
+        );
+        assert_eq!(
+            parse_frame(&mut b, 4096),
+            Ok(Some(Frame::Heartbeat { channel: 0 })),
+            "an unknown frame type is consumed and the stream stays in step"
+        );
+        let mut b = frame(FRAME_HEARTBEAT, 0, &[1; 20], FRAME_END);
+        assert_eq!(
+            error_text(&mut b, 4096).as_deref(),
+            Some(
+                "FRAME_ERROR - type 8, first 16 octets = <<1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1>>: unknown_frame"
+            )
+        );
+        let mut b = frame(FRAME_METHOD, 1, &[0, 10, 0], FRAME_END);
         assert_eq!(parse_frame(&mut b, 4096).err().map(|e| e.code()), Some(501));
-        let mut b = frame(9, 1, b"x", FRAME_END);
-        assert_eq!(parse_frame(&mut b, 4096).err().map(|e| e.code()), Some(501));
+    }
+
+    #[test]
+    fn a_payload_may_reach_frame_max_as_rabbitmq_allows() {
+        let mut b = frame(FRAME_BODY, 1, &[0; 4096], FRAME_END);
+        assert!(matches!(
+            parse_frame(&mut b, 4096),
+            Ok(Some(Frame::Body { .. }))
+        ));
+        let mut b = BytesMut::from(&[FRAME_BODY, 0, 1, 0, 0, 0x10, 0x01][..]);
+        assert_eq!(
+            error_text(&mut b, 4096).as_deref(),
+            Some("FRAME_ERROR - type 3, all octets = <<>>: {frame_too_large,4097,4088}")
+        );
+    }
+
+    #[test]
+    fn a_huge_claimed_size_reserves_little() {
+        let mut b = BytesMut::from(&[FRAME_BODY, 0, 1, 0xff, 0xff, 0xff, 0xf0][..]);
+        assert_eq!(parse_frame(&mut b, 0), Ok(None));
+        assert!(b.capacity() <= 2 * RESERVE_AHEAD);
+    }
+
+    #[test]
+    fn binaries_print_as_erlang_does() {
+        assert_eq!(ErlangBinary::pretty(b"").to_string(), "<<>>");
+        assert_eq!(
+            ErlangBinary::pretty(b"a\"b\\").to_string(),
+            r#"<<"a\"b\\">>"#
+        );
+        assert_eq!(ErlangBinary::pretty(b"ab\n").to_string(), r#"<<"ab\n">>"#);
+        assert_eq!(ErlangBinary::pretty(&[97, 0]).to_string(), "<<97,0>>");
+        assert_eq!(ErlangBinary::raw(b"ab").to_string(), "<<97,98>>");
     }
 }

@@ -4,7 +4,7 @@ use amq_protocol::protocol::{AMQPClass, parse_class};
 use bytes::Bytes;
 
 use super::error::ConnectionError;
-use super::frame::{be_u16, be_u32, be_u64, short_str};
+use super::frame::{ErlangBinary, be_u16, be_u32, be_u64, short_str};
 
 /// Class id of `basic`.
 pub const CLASS_BASIC: u16 = 60;
@@ -60,11 +60,14 @@ pub struct Decoded {
     pub method: Method,
 }
 
+/// 501 as RabbitMQ words it: the method's argument octets, after the class and method ids.
 fn syntax(class_id: u16, method_id: u16, payload: &[u8]) -> ConnectionError {
-    let shown = &payload[..payload.len().min(32)];
+    // The reply text keeps 252 octets, which no more than 64 printed octets can fill.
+    let args = payload.get(4..).unwrap_or_default();
+    let shown = &args[..args.len().min(64)];
     ConnectionError::new(
         super::error::code::FRAME_ERROR,
-        format_args!("cannot decode {shown:?}"),
+        format_args!("cannot decode {}", ErlangBinary::raw(shown)),
     )
     .on(class_id, method_id)
 }
@@ -176,6 +179,11 @@ mod tests {
     fn truncated_methods_are_frame_errors() {
         let e = decode(&Bytes::from_static(&[0, 60, 0, 40, 0])).err();
         assert_eq!(e.map(|e| e.code()), Some(501));
+        let e = decode(&Bytes::from_static(&[0, 50, 0, 10, 0])).err();
+        assert_eq!(
+            e.map(|e| (e.0.reply_text, e.0.class_id, e.0.method_id)),
+            Some(("FRAME_ERROR - cannot decode <<0>>".to_string(), 50, 10))
+        );
         let e = decode(&Bytes::from_static(&[0, 99, 0, 1])).err();
         assert_eq!(e.map(|e| e.code()), Some(503));
     }

@@ -3,6 +3,8 @@
 //! A queue's state sits behind one short-held lock, never held across an `.await`; deliveries leave
 //! through the consumer's connection inbox, an unbounded channel whose volume prefetch bounds.
 
+pub mod args;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -24,6 +26,38 @@ pub struct QueuedMessage {
     pub redelivered: bool,
 }
 
+/// A message on its way from its queue to a consumer's channel. Dropped before the channel takes
+/// it (a connection that goes away with deliveries still in its inbox), it returns to its queue:
+/// no path can lose it.
+#[derive(Debug)]
+pub struct InFlight {
+    queue: Arc<Queue>,
+    message: Option<QueuedMessage>,
+}
+
+impl InFlight {
+    fn new(queue: Arc<Queue>, message: QueuedMessage) -> Self {
+        Self {
+            queue,
+            message: Some(message),
+        }
+    }
+
+    /// The message, which is now the taker's responsibility.
+    pub fn take(mut self) -> Option<QueuedMessage> {
+        self.message.take()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // Never dropped armed under the queue's lock: `drain_locked` disarms what it takes back.
+        if let Some(message) = self.message.take() {
+            self.queue.put_back(message);
+        }
+    }
+}
+
 /// What a queue tells a consumer's connection.
 #[derive(Debug)]
 pub enum QueueEvent {
@@ -35,8 +69,8 @@ pub enum QueueEvent {
         consumer_tag: Arc<str>,
         /// The queue it came from, for acks and requeues.
         queue: Arc<Queue>,
-        /// The message.
-        message: QueuedMessage,
+        /// The message, returned to the queue if nobody takes it.
+        message: InFlight,
     },
     /// The queue went away: the broker cancels the consumer.
     Cancelled {
@@ -138,6 +172,8 @@ struct State {
     next_consumer: usize,
     next_seq: u64,
     deleted: bool,
+    /// An auto-delete queue goes when its last consumer leaves, never before its first.
+    had_consumer: bool,
 }
 
 /// A queue's declared properties.
@@ -207,7 +243,13 @@ impl Queue {
     }
 
     /// Takes back a message its consumer never saw, keeping its redelivered flag.
-    pub fn return_undelivered(self: &Arc<Self>, message: QueuedMessage) {
+    pub fn return_undelivered(self: &Arc<Self>, message: InFlight) {
+        if let Some(message) = message.take() {
+            self.put_back(message);
+        }
+    }
+
+    fn put_back(self: &Arc<Self>, message: QueuedMessage) {
         let mut st = self.state.lock();
         if st.deleted {
             return;
@@ -242,14 +284,20 @@ impl Queue {
                 channel: c.channel,
                 consumer_tag: c.tag.clone(),
                 queue: self.clone(),
-                message,
+                message: InFlight::new(self.clone(), message),
             };
             if let Err(tokio::sync::mpsc::error::SendError(event)) = c.tx.send(event) {
                 // The connection is gone; its cleanup will remove the consumer, but not before we
                 // stop offering it messages.
                 c.release();
                 st.consumers.remove(i);
-                if let QueueEvent::Deliver { message, .. } = event {
+                if st.next_consumer >= st.consumers.len() {
+                    st.next_consumer = 0;
+                }
+                // Disarmed here: its drop must not take the lock this function holds.
+                if let QueueEvent::Deliver { message, .. } = event
+                    && let Some(message) = message.take()
+                {
                     st.ready.push_front(message);
                 }
             }
@@ -279,20 +327,21 @@ impl Queue {
             ));
         }
         st.consumers.push(consumer);
+        st.had_consumer = true;
         self.drain_locked(&mut st);
         Ok(())
     }
 
-    /// Detaches a consumer; returns true when it was the last one of an auto-delete queue.
+    /// Detaches a consumer; returns true when the queue is auto-delete and has none left (the
+    /// consumer may already be gone, dropped when its connection stopped taking deliveries).
     pub fn remove_consumer(&self, conn_id: u64, channel: u16, tag: &str) -> bool {
         let mut st = self.state.lock();
-        let before = st.consumers.len();
         st.consumers
             .retain(|c| !(c.conn_id == conn_id && c.channel == channel && &*c.tag == tag));
         if st.next_consumer >= st.consumers.len() {
             st.next_consumer = 0;
         }
-        self.options.auto_delete && before > st.consumers.len() && st.consumers.is_empty()
+        self.options.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
     }
 
     /// Number of ready messages.
@@ -399,10 +448,23 @@ mod tests {
             q.publish(msg(b"x"));
         }
         let mut tags = Vec::new();
-        while let Ok(QueueEvent::Deliver { consumer_tag, .. }) = rx.try_recv() {
+        let mut held = Vec::new();
+        while let Ok(QueueEvent::Deliver {
+            consumer_tag,
+            message,
+            ..
+        }) = rx.try_recv()
+        {
             tags.push(consumer_tag.to_string());
+            held.push(message);
         }
         assert_eq!(tags, ["c1", "c2", "c1", "c2"]);
         assert_eq!(q.message_count(), 6);
+        // Deliveries nobody took go back to the queue, in their places.
+        drop(rx);
+        drop(held);
+        assert_eq!(q.message_count(), 10);
+        let seqs: Vec<u64> = std::iter::from_fn(|| q.get()).map(|(m, _)| m.seq).collect();
+        assert_eq!(seqs, (0..10).collect::<Vec<_>>());
     }
 }
