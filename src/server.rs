@@ -13,6 +13,10 @@ use tracing::{info, warn};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::connection;
+use crate::store::Store;
+
+/// sled's page cache (counted in the broker's memory).
+const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Serves AMQP on `listener` until `shutdown` completes, then closes every client connection with
 /// 320 CONNECTION_FORCED and waits (bounded) for them to finish.
@@ -21,7 +25,9 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let broker = Broker::new(config);
+    let store = Store::open(&config.data_dir, STORE_CACHE_BYTES)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let broker = Broker::open(config, &store).map_err(|e| io::Error::other(e.to_string()))?;
     let addr = listener.local_addr()?;
     info!(listen = %addr, version = env!("CARGO_PKG_VERSION"), "warren started");
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -55,6 +61,8 @@ pub async fn run(
     {
         connections.abort_all();
     }
+    drop(broker);
+    store.close();
     info!("warren stopped");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Vhosts, users, exchanges, bindings, the router and the queue registry.
 
 pub mod auth;
+mod durable;
 pub mod exchange;
 pub mod headers;
 pub mod topic;
@@ -16,6 +17,7 @@ use parking_lot::RwLock;
 use crate::config::{Config, User};
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code};
 use crate::queue::{Queue, QueueOptions};
+use crate::store::{Store, StoreError};
 use exchange::{Binding, Destination, Exchange, ExchangeKind};
 
 /// The whole broker: settings and vhosts.
@@ -37,18 +39,32 @@ pub enum LoginError {
 }
 
 impl Broker {
-    /// A broker with the vhosts and users the settings name.
+    /// A broker kept in memory, with the vhosts and users the settings name.
     pub fn new(config: Config) -> Arc<Self> {
+        Self::build(config, None)
+    }
+
+    fn build(config: Config, store: Option<&Arc<Store>>) -> Arc<Self> {
         let vhosts = config
             .vhosts
             .iter()
-            .map(|v| (v.clone(), VHost::new(v)))
+            .map(|v| (v.clone(), VHost::new(v, store.cloned())))
             .collect();
         Arc::new(Self {
             config,
             vhosts,
             next_connection: AtomicU64::new(1),
         })
+    }
+
+    /// A broker backed by `store`, with its durable entities and messages brought back.
+    pub fn open(config: Config, store: &Arc<Store>) -> Result<Arc<Self>, StoreError> {
+        let broker = Self::build(config, Some(store));
+        let mut recovered = store.recover()?;
+        for vhost in broker.vhosts.values() {
+            vhost.restore(&mut recovered, store);
+        }
+        Ok(broker)
     }
 
     /// A fresh connection id.
@@ -133,6 +149,10 @@ pub struct ExchangeDeclare {
 struct Topology {
     exchanges: HashMap<String, Exchange>,
     queues: HashMap<String, Arc<Queue>>,
+    /// The vhost's name, for store records.
+    vhost: Arc<str>,
+    /// Where durable entities are recorded (none for a broker kept in memory).
+    store: Option<Arc<Store>>,
 }
 
 /// A virtual host: its own exchanges, queues and bindings.
@@ -294,8 +314,12 @@ fn typed(v: Option<&AMQPValue>) -> String {
 
 impl VHost {
     /// A vhost with the predeclared `amq.*` exchanges.
-    pub fn new(name: &str) -> Arc<Self> {
-        let mut topology = Topology::default();
+    pub fn new(name: &str, store: Option<Arc<Store>>) -> Arc<Self> {
+        let mut topology = Topology {
+            vhost: name.into(),
+            store,
+            ..Topology::default()
+        };
         for (n, kind) in [
             ("amq.direct", ExchangeKind::Direct),
             ("amq.fanout", ExchangeKind::Fanout),
@@ -312,6 +336,11 @@ impl VHost {
             name: name.into(),
             topology: RwLock::new(topology),
         })
+    }
+
+    /// The store behind this vhost's durable entities, if any.
+    pub fn store(&self) -> Option<Arc<Store>> {
+        self.topology.read().store.clone()
     }
 
     /// Declares (or checks) an exchange.
@@ -379,17 +408,16 @@ impl VHost {
             )
             .into());
         }
-        t.exchanges.insert(
-            d.name.clone(),
-            Exchange::new(
-                &d.name,
-                kind,
-                d.durable,
-                d.auto_delete,
-                d.internal,
-                d.arguments.clone(),
-            ),
+        let x = Exchange::new(
+            &d.name,
+            kind,
+            d.durable,
+            d.auto_delete,
+            d.internal,
+            d.arguments.clone(),
         );
+        t.persist_exchange(&x);
+        t.exchanges.insert(d.name.clone(), x);
         Ok(())
     }
 
@@ -422,14 +450,19 @@ impl VHost {
                 self.name
             )));
         }
-        t.exchanges.remove(name);
         let dest = Destination::Exchange(name.into());
         Self::remove_destination(&mut t, &dest);
+        t.remove_exchange(name);
         Ok(())
     }
 
     /// Removes every binding to `dest`, then deletes auto-delete exchanges left without bindings.
     fn remove_destination(t: &mut Topology, dest: &Destination) {
+        for x in t.exchanges.values() {
+            for b in x.bindings().iter().filter(|b| b.destination == *dest) {
+                t.forget_binding(x, b);
+            }
+        }
         let mut emptied = Vec::new();
         for x in t.exchanges.values_mut() {
             if x.remove_destination(dest) > 0 && x.auto_delete && x.bindings().is_empty() {
@@ -437,8 +470,8 @@ impl VHost {
             }
         }
         for name in emptied {
-            t.exchanges.remove(&*name);
-            Self::remove_destination(t, &Destination::Exchange(name));
+            Self::remove_destination(t, &Destination::Exchange(name.clone()));
+            t.remove_exchange(&name);
         }
     }
 
@@ -512,8 +545,11 @@ impl VHost {
                 exclusive_owner: d.exclusive.then_some(conn_id),
                 auto_delete: d.auto_delete,
                 arguments: d.arguments.clone(),
+                // Exclusive queues die with their connection, so never outlive a restart.
+                store: t.queue_store(d.durable && !d.exclusive),
             },
         );
+        t.persist_queue(&q);
         t.queues.insert(name.to_string(), q);
         Ok(QueueDeclared {
             name,
@@ -581,6 +617,7 @@ impl VHost {
             t.queues.remove(&*q.name);
         }
         Self::remove_destination(t, &Destination::Queue(q.clone()));
+        t.forget_queue(q);
         q.delete()
     }
 
@@ -656,8 +693,12 @@ impl VHost {
         {
             headers::x_match_is_valid(&binding.arguments).map_err(ChannelError::precondition)?;
         }
-        if let Some(x) = t.exchanges.get_mut(source) {
-            x.bind(binding);
+        let added = match t.exchanges.get_mut(source) {
+            Some(x) => x.bind(binding.clone()),
+            None => false,
+        };
+        if added {
+            t.persist_binding(source, &binding);
         }
         Ok(())
     }
@@ -670,13 +711,18 @@ impl VHost {
             Err(e) if e.code() == code::NOT_FOUND => return Ok(()),
             r => r?,
         }
+        if let Some(x) = t.exchanges.get(source)
+            && x.bindings().contains(binding)
+        {
+            t.forget_binding(x, binding);
+        }
         let mut emptied = false;
         if let Some(x) = t.exchanges.get_mut(source) {
             emptied = x.unbind(binding) && x.auto_delete && x.bindings().is_empty();
         }
         if emptied {
-            t.exchanges.remove(source);
             Self::remove_destination(&mut t, &Destination::Exchange(source.into()));
+            t.remove_exchange(source);
         }
         Ok(())
     }

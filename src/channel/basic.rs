@@ -60,7 +60,7 @@ impl Channel {
         msg: &Arc<Message>,
         mandatory: bool,
         queues: &mut Vec<Arc<Queue>>,
-    ) {
+    ) -> bool {
         if queues.is_empty() && mandatory {
             encode::basic_return(
                 &mut ctx.out,
@@ -71,12 +71,17 @@ impl Channel {
                 ctx.frame_max,
             );
         }
+        let mut persisted = false;
         for q in queues.drain(..) {
-            q.publish(msg.clone());
+            persisted |= q.publish(msg.clone());
         }
         if self.confirm {
             self.publish_seq += 1;
+            if persisted {
+                self.needs_flush.push_back(self.publish_seq);
+            }
         }
+        persisted
     }
 
     pub(super) fn qos(
@@ -361,6 +366,7 @@ impl Channel {
         } else {
             let mut last: Option<Arc<Queue>> = None;
             for u in settled {
+                u.queue.settle(&u.message);
                 if last.as_ref().is_none_or(|l| !Arc::ptr_eq(l, &u.queue)) {
                     u.queue.drain();
                     last = Some(u.queue);

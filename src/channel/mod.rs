@@ -16,7 +16,7 @@ use crate::protocol::method::{Decoded, Method};
 use crate::protocol::{
     AmqpError, ChannelError, ConnectionError, Message, PropertiesInfo, code, encode,
 };
-use crate::queue::{Credit, EventSender, Queue, QueuedMessage};
+use crate::queue::{Credit, EventSender, Queue, QueueEvent, QueuedMessage};
 
 /// What a channel needs from its connection while it handles a frame.
 #[derive(Debug)]
@@ -117,6 +117,10 @@ pub struct Channel {
     confirm: bool,
     publish_seq: u64,
     confirmed_to: u64,
+    /// Confirm numbers of persistent publishes whose flush is still to come, in order.
+    needs_flush: VecDeque<u64>,
+    /// The highest confirm number a store barrier was already requested for.
+    flush_requested: u64,
     tx: Option<Vec<TxOp>>,
     last_queue: Option<Arc<str>>,
     route_buf: Vec<Arc<Queue>>,
@@ -136,6 +140,8 @@ impl Channel {
             confirm: false,
             publish_seq: 0,
             confirmed_to: 0,
+            needs_flush: VecDeque::new(),
+            flush_requested: 0,
             tx: None,
             last_queue: None,
             route_buf: Vec::new(),
@@ -247,13 +253,14 @@ impl Channel {
                 let Some(ops) = self.tx.replace(Vec::new()) else {
                     return Err(ChannelError::precondition("channel is not transactional").into());
                 };
+                let mut persisted = false;
                 for op in ops {
                     match op {
                         TxOp::Publish {
                             msg,
                             mandatory,
                             mut queues,
-                        } => self.hand_over(ctx, &msg, mandatory, &mut queues),
+                        } => persisted |= self.hand_over(ctx, &msg, mandatory, &mut queues),
                         TxOp::Settle {
                             settled,
                             ack,
@@ -261,10 +268,10 @@ impl Channel {
                         } => self.apply_settled(settled, ack, requeue),
                     }
                 }
-                ctx.send(
-                    self.id,
-                    AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
-                );
+                // commit-ok promises what was committed is on disk.
+                if !(persisted && self.after_flush(ctx, 0, true)) {
+                    Self::commit_ok(ctx, self.id);
+                }
                 Ok(())
             }
             tx::AMQPMethod::Rollback(_) => {
@@ -376,13 +383,7 @@ impl Channel {
         else {
             return Ok(());
         };
-        let msg = Arc::new(Message {
-            exchange,
-            routing_key,
-            properties,
-            info,
-            body,
-        });
+        let msg = Arc::new(Message::new(exchange, routing_key, properties, info, body));
         if let Some(user_id) = msg.user_id()
             && user_id != ctx.user.as_bytes()
         {
@@ -427,11 +428,60 @@ impl Channel {
 
     /// Sends the confirms earned since the last batch, as one `multiple` ack where it can.
     pub fn flush_confirms(&mut self, ctx: &mut Ctx) {
-        if self.confirm && self.publish_seq > self.confirmed_to {
-            let multiple = self.publish_seq - self.confirmed_to > 1;
-            encode::confirm(&mut ctx.out, self.id, self.publish_seq, multiple, false);
-            self.confirmed_to = self.publish_seq;
+        if !self.confirm {
+            return;
         }
+        if let Some(&last) = self.needs_flush.back()
+            && last > self.flush_requested
+            && self.after_flush(ctx, last, false)
+        {
+            self.flush_requested = last;
+        }
+        // Acks go out in publish order: none passes a publish still waiting for its flush.
+        let confirmable = self
+            .needs_flush
+            .front()
+            .map_or(self.publish_seq, |first| first - 1);
+        if confirmable > self.confirmed_to {
+            let multiple = confirmable - self.confirmed_to > 1;
+            encode::confirm(&mut ctx.out, self.id, confirmable, multiple, false);
+            self.confirmed_to = confirmable;
+        }
+    }
+
+    /// Asks the store to report back once what is queued for it so far is on disk.
+    fn after_flush(&self, ctx: &Ctx, upto: u64, commit: bool) -> bool {
+        let Some(store) = ctx.vhost.store() else {
+            return false;
+        };
+        let tx = ctx.tx.clone();
+        let channel = self.id;
+        store.after_flush(Box::new(move || {
+            let _ = tx.send(QueueEvent::Flushed {
+                channel,
+                upto,
+                commit,
+            });
+        }));
+        true
+    }
+
+    /// The store flushed up to `upto` (and the pending commit, if `commit`).
+    pub fn flushed(&mut self, ctx: &mut Ctx, upto: u64, commit: bool) {
+        while self.needs_flush.front().is_some_and(|&s| s <= upto) {
+            self.needs_flush.pop_front();
+        }
+        if commit {
+            Self::commit_ok(ctx, self.id);
+        }
+        self.flush_confirms(ctx);
+    }
+
+    fn commit_ok(ctx: &mut Ctx, channel: u16) {
+        ctx.send(
+            channel,
+            AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+        );
     }
 
     /// Releases everything the channel holds: unacked deliveries go back to their queues and

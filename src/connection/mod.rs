@@ -34,11 +34,14 @@ const READ_CHUNK: usize = 64 * 1024;
 #[derive(Debug, PartialEq, Eq)]
 enum State {
     Open,
-    /// We sent `connection.close`; waiting for `close-ok` until the deadline.
+    /// One side sent `connection.close`; only closing frames count until the deadline.
     Closing {
         deadline: Instant,
         desync: bool,
+        /// The client closed first: we answered, and wait for it to hang up.
+        by_peer: bool,
     },
+    /// Finished: flush what is left and drop the socket.
     Done,
 }
 
@@ -256,9 +259,13 @@ impl Connection {
                     Method::Other(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => {
                         self.state = State::Done;
                     }
+                    // A close crossing ours ends it, as in RabbitMQ; a client that closes twice
+                    // gets a second close-ok and hangs up when it likes.
                     Method::Other(AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {
                         self.send_close_ok();
-                        self.state = State::Done;
+                        if let State::Closing { by_peer: false, .. } = self.state {
+                            self.state = State::Done;
+                        }
                     }
                     _ => {}
                 }
@@ -278,8 +285,15 @@ impl Connection {
                 match d.method {
                     Method::Other(AMQPClass::Connection(connection::AMQPMethod::Close(c))) => {
                         debug!(peer = %self.peer, code = c.reply_code, text = %c.reply_text, "client closed connection");
+                        // Release everything before close-ok, as RabbitMQ does, then leave the
+                        // socket to the client: some send close again before they hang up.
+                        self.cleanup();
                         self.send_close_ok();
-                        self.state = State::Done;
+                        self.state = State::Closing {
+                            deadline: Instant::now() + self.close_timeout,
+                            desync: false,
+                            by_peer: true,
+                        };
                         Ok(())
                     }
                     Method::Other(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => {
@@ -349,10 +363,11 @@ impl Connection {
         };
         match (slot, d.method) {
             (slot, Method::Other(AMQPClass::Channel(channel::AMQPMethod::Close(_)))) => {
+                // When both sides close at once, ours still awaits its close-ok: keep the slot.
                 if let ChannelSlot::Open(ch) = slot {
                     ch.close(&mut self.ctx);
+                    self.channels.remove(&id);
                 }
-                self.channels.remove(&id);
                 self.ctx.send(
                     id,
                     AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
@@ -465,6 +480,15 @@ impl Connection {
                     ch.consumer_cancelled(&mut self.ctx, &consumer_tag);
                 }
             }
+            QueueEvent::Flushed {
+                channel,
+                upto,
+                commit,
+            } => {
+                if let Some(ChannelSlot::Open(ch)) = self.channels.get_mut(&channel) {
+                    ch.flushed(&mut self.ctx, upto, commit);
+                }
+            }
         }
     }
 
@@ -500,6 +524,7 @@ impl Connection {
         self.state = State::Closing {
             deadline: Instant::now() + self.close_timeout,
             desync,
+            by_peer: false,
         };
     }
 

@@ -1,11 +1,13 @@
 //! Messages as the broker holds them: property bytes kept as received, a few fields decoded.
 
 use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
 use amq_protocol::types::FieldTable;
 use bytes::Bytes;
 
 use super::frame::{be_u16, be_u32, short_str};
+use crate::store::StoredMessage;
 
 /// The fields of `basic` properties the broker acts on, found by one scan of the raw bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -123,9 +125,56 @@ pub struct Message {
     pub info: PropertiesInfo,
     /// The body, sliced from the read buffer when it came in one frame.
     pub body: Bytes,
+    /// Its stored form, made once by the first durable queue that keeps it.
+    pub stored: OnceLock<Arc<StoredMessage>>,
 }
 
 impl Message {
+    /// A message as published (not yet stored).
+    pub fn new(
+        exchange: Bytes,
+        routing_key: Bytes,
+        properties: Bytes,
+        info: PropertiesInfo,
+        body: Bytes,
+    ) -> Self {
+        Self {
+            exchange,
+            routing_key,
+            properties,
+            info,
+            body,
+            stored: OnceLock::new(),
+        }
+    }
+
+    /// A message read back from the store.
+    pub fn recovered(stored: Arc<StoredMessage>) -> Self {
+        let info = PropertiesInfo::scan(&stored.properties).unwrap_or_default();
+        let msg = Self::new(
+            stored.exchange.clone(),
+            stored.routing_key.clone(),
+            stored.properties.clone(),
+            info,
+            stored.body.clone(),
+        );
+        let _ = msg.stored.set(stored);
+        msg
+    }
+
+    /// The stored form, made (with a fresh id from `next_id`) on first use.
+    pub fn stored(&self, next_id: impl FnOnce() -> u64) -> &Arc<StoredMessage> {
+        self.stored.get_or_init(|| {
+            Arc::new(StoredMessage {
+                id: next_id(),
+                exchange: self.exchange.clone(),
+                routing_key: self.routing_key.clone(),
+                properties: self.properties.clone(),
+                body: self.body.clone(),
+            })
+        })
+    }
+
     /// Whether the publisher asked for delivery-mode 2.
     pub fn persistent(&self) -> bool {
         self.info.delivery_mode == 2

@@ -151,13 +151,13 @@ mod tests {
 
     #[test]
     fn a_large_body_is_split_to_frame_max() {
-        let msg = Message {
-            exchange: Bytes::new(),
-            routing_key: Bytes::from_static(b"q"),
-            properties: Bytes::from_static(&[0, 0]),
-            info: Default::default(),
-            body: Bytes::from(vec![7u8; 10_000]),
-        };
+        let msg = Message::new(
+            Bytes::new(),
+            Bytes::from_static(b"q"),
+            Bytes::from_static(&[0, 0]),
+            Default::default(),
+            Bytes::from(vec![7u8; 10_000]),
+        );
         let mut buf = BytesMut::new();
         deliver(&mut buf, 1, "ctag", 1, false, &msg, 4096);
         let mut bodies = 0;

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::protocol::{ChannelError, Message, code};
+use crate::store::Store;
 
 /// A message in a queue, with its position so a requeue puts it back where it was.
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ pub struct QueuedMessage {
     pub msg: Arc<Message>,
     /// Whether it was delivered before.
     pub redelivered: bool,
+    /// Whether the store holds it (a persistent message in a durable queue).
+    pub persisted: bool,
 }
 
 /// A message on its way from its queue to a consumer's channel. Dropped before the channel takes
@@ -71,6 +74,15 @@ pub enum QueueEvent {
         queue: Arc<Queue>,
         /// The message, returned to the queue if nobody takes it.
         message: InFlight,
+    },
+    /// The store flushed what a channel was waiting for.
+    Flushed {
+        /// The channel.
+        channel: u16,
+        /// Publishes up to this confirm sequence number are on disk.
+        upto: u64,
+        /// A `tx.commit` waits for this flush.
+        commit: bool,
     },
     /// The queue went away: the broker cancels the consumer.
     Cancelled {
@@ -187,6 +199,17 @@ pub struct QueueOptions {
     pub auto_delete: bool,
     /// Declared arguments.
     pub arguments: FieldTable,
+    /// Where a durable queue keeps its persistent messages.
+    pub store: Option<QueueStore>,
+}
+
+/// A durable queue's place in the store.
+#[derive(Debug, Clone)]
+pub struct QueueStore {
+    /// The store.
+    pub store: Arc<Store>,
+    /// The id its messages are indexed under.
+    pub id: u64,
 }
 
 /// A queue.
@@ -212,20 +235,58 @@ impl Queue {
         })
     }
 
-    /// Appends a routed message and hands it to a consumer if one has credit.
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) {
+    /// Appends a routed message and hands it to a consumer if one has credit; true when the
+    /// store was asked to keep it (its confirm then waits for the flush).
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> bool {
         let mut st = self.state.lock();
         if st.deleted {
-            return;
+            return false;
         }
         let seq = st.next_seq;
         st.next_seq += 1;
+        let persisted = match &self.options.store {
+            Some(qs) if msg.persistent() => {
+                let stored = msg.stored(|| qs.store.next_message_id());
+                qs.store.enqueue(qs.id, seq, stored.clone());
+                true
+            }
+            _ => false,
+        };
         st.ready.push_back(QueuedMessage {
             seq,
             msg,
             redelivered: false,
+            persisted,
         });
         self.drain_locked(&mut st);
+        persisted
+    }
+
+    /// Puts back messages read from the store, in order, after a restart.
+    pub fn restore(&self, messages: impl IntoIterator<Item = QueuedMessage>) {
+        let mut st = self.state.lock();
+        for m in messages {
+            st.next_seq = st.next_seq.max(m.seq + 1);
+            st.ready.push_back(m);
+        }
+    }
+
+    /// Records a delivery, so a crash brings the message back redelivered.
+    fn mark_delivered(&self, m: &QueuedMessage) {
+        if let (true, Some(qs)) = (m.persisted, &self.options.store)
+            && let Some(stored) = m.msg.stored.get()
+        {
+            qs.store.delivered(qs.id, m.seq, stored.id);
+        }
+    }
+
+    /// Forgets a message for good (acked, or rejected without requeue).
+    pub fn settle(&self, m: &QueuedMessage) {
+        if let (true, Some(qs)) = (m.persisted, &self.options.store)
+            && let Some(stored) = m.msg.stored.get()
+        {
+            qs.store.remove(qs.id, m.seq, stored.id);
+        }
     }
 
     /// Puts messages back at their original positions, marked redelivered.
@@ -279,6 +340,7 @@ impl Queue {
                 st.consumers[i].release();
                 return;
             };
+            self.mark_delivered(&message);
             let c = &st.consumers[i];
             let event = QueueEvent::Deliver {
                 channel: c.channel,
@@ -308,6 +370,7 @@ impl Queue {
     pub fn get(&self) -> Option<(QueuedMessage, u32)> {
         let mut st = self.state.lock();
         let m = st.ready.pop_front()?;
+        self.mark_delivered(&m);
         let left = u32::try_from(st.ready.len()).unwrap_or(u32::MAX);
         Some((m, left))
     }
@@ -358,7 +421,9 @@ impl Queue {
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
         let n = st.ready.len();
-        st.ready.clear();
+        for m in st.ready.drain(..) {
+            self.settle(&m);
+        }
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
@@ -368,6 +433,9 @@ impl Queue {
         st.deleted = true;
         let n = u32::try_from(st.ready.len()).unwrap_or(u32::MAX);
         st.ready.clear();
+        if let Some(qs) = &self.options.store {
+            qs.store.drop_queue(qs.id);
+        }
         for c in st.consumers.drain(..) {
             let _ = c.tx.send(QueueEvent::Cancelled {
                 channel: c.channel,
@@ -394,13 +462,13 @@ mod tests {
     use bytes::Bytes;
 
     fn msg(body: &'static [u8]) -> Arc<Message> {
-        Arc::new(Message {
-            exchange: Bytes::new(),
-            routing_key: Bytes::new(),
-            properties: Bytes::from_static(&[0, 0]),
-            info: Default::default(),
-            body: Bytes::from_static(body),
-        })
+        Arc::new(Message::new(
+            Bytes::new(),
+            Bytes::new(),
+            Bytes::from_static(&[0, 0]),
+            Default::default(),
+            Bytes::from_static(body),
+        ))
     }
 
     #[test]

@@ -153,6 +153,8 @@ impl Store {
         let db = sled::Config::new()
             .path(dir.join("sled"))
             .cache_capacity(cache_bytes)
+            // The writer flushes once per batch; sled's own timed flusher would only add fsyncs.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(ref io)

@@ -1,12 +1,23 @@
 //! Test harness: a real broker on 127.0.0.1:0 with a temp data dir, and lapin clients over TCP.
+//!
+//! [`Env`] picks the broker a test talks to (Warren in-process, or the reference broker named by
+//! `WARREN_REFERENCE_URI`); the steps a client script takes against it are in [`client`].
 #![allow(dead_code)]
+
+pub mod client;
+
+pub use client::*;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::oneshot;
 use warren::Config;
+
+/// How long a test waits for any one thing the broker should do before it gives up.
+pub const WAIT: Duration = Duration::from_secs(5);
 
 /// A broker running in this process for one test.
 pub struct TestBroker {
@@ -55,16 +66,12 @@ impl TestBroker {
 
     /// A lapin connection as guest.
     pub async fn connect(&self) -> Connection {
-        Connection::connect(&self.uri(), ConnectionProperties::default())
-            .await
-            .expect("connect")
+        connect(&self.uri()).await
     }
 
     /// A connection and one channel on it.
     pub async fn channel(&self) -> (Connection, Channel) {
-        let conn = self.connect().await;
-        let ch = conn.create_channel().await.expect("channel");
-        (conn, ch)
+        connection_and_channel(&self.uri()).await
     }
 
     /// Stops the broker (as SIGTERM would) and waits for it.
@@ -90,10 +97,76 @@ impl Drop for TestBroker {
     }
 }
 
+/// The broker under test: a fresh in-process Warren, or the reference broker named by a
+/// non-empty `WARREN_REFERENCE_URI` (e.g. `amqp://guest:guest@127.0.0.1:5682/%2f`), which checks
+/// the tests' expectations against RabbitMQ. Tests that run against it use [`unique`] names.
+pub struct Env {
+    _broker: Option<TestBroker>,
+    /// The AMQP URI for guest on vhost "/".
+    pub uri: String,
+}
+
+impl Env {
+    /// The reference broker if the environment names one, else a fresh Warren.
+    pub async fn start() -> Self {
+        match std::env::var("WARREN_REFERENCE_URI") {
+            Ok(uri) if !uri.is_empty() => Self { _broker: None, uri },
+            _ => Self::warren(TestBroker::start().await),
+        }
+    }
+
+    /// Always Warren: for tests that need a Warren-specific setting.
+    pub fn warren(broker: TestBroker) -> Self {
+        Self {
+            uri: broker.uri(),
+            _broker: Some(broker),
+        }
+    }
+
+    /// A lapin connection as guest.
+    pub async fn connect(&self) -> Connection {
+        connect(&self.uri).await
+    }
+
+    /// A connection and a plain channel on it.
+    pub async fn channel(&self) -> (Connection, Channel) {
+        connection_and_channel(&self.uri).await
+    }
+
+    /// A connection and a channel in confirm mode, so a publish's confirm means it was routed.
+    pub async fn confirm_channel(&self) -> (Connection, Channel) {
+        let conn = self.connect().await;
+        let ch = confirm_channel(&conn).await;
+        (conn, ch)
+    }
+}
+
+/// A lapin connection to `uri`.
+pub async fn connect(uri: &str) -> Connection {
+    Connection::connect(uri, ConnectionProperties::default())
+        .await
+        .expect("connect")
+}
+
+async fn connection_and_channel(uri: &str) -> (Connection, Channel) {
+    let conn = connect(uri).await;
+    let ch = conn.create_channel().await.expect("channel");
+    (conn, ch)
+}
+
+/// A new channel on `conn`, in confirm mode.
+pub async fn confirm_channel(conn: &Connection) -> Channel {
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    ch
+}
+
 /// Waits up to 5 s for the next delivery of a consumer.
 pub async fn next_delivery(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
     use futures::StreamExt;
-    tokio::time::timeout(Duration::from_secs(5), consumer.next())
+    tokio::time::timeout(WAIT, consumer.next())
         .await
         .expect("a delivery within 5 s")
         .expect("consumer still open")
@@ -114,4 +187,17 @@ pub fn reply_text(e: &lapin::Error) -> Option<String> {
         lapin::ErrorKind::ProtocolError(err) => Some(err.get_message().to_string()),
         _ => None,
     }
+}
+
+/// The reply code and text of an AMQP error; panics on an error that carries none.
+pub fn refusal(e: &lapin::Error) -> (u16, String) {
+    (
+        reply_code(e).unwrap_or_else(|| panic!("no reply code in {e:?}")),
+        reply_text(e).unwrap_or_default(),
+    )
+}
+
+/// The reply code and text a failed call carried.
+pub fn failure<T: std::fmt::Debug>(r: Result<T, lapin::Error>) -> (u16, String) {
+    refusal(&r.expect_err("the broker refuses"))
 }

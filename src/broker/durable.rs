@@ -1,0 +1,209 @@
+//! Durable topology: turning exchanges, queues and bindings into store records and back.
+
+use std::sync::Arc;
+
+use amq_protocol::types::FieldTable;
+use amq_protocol::types::generation::gen_field_table;
+use amq_protocol::types::parsing::parse_field_table;
+use tracing::warn;
+
+use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use super::{Topology, VHost};
+use crate::protocol::Message;
+use crate::queue::{Queue, QueueOptions, QueueStore, QueuedMessage};
+use crate::store::{BindingRecord, ExchangeRecord, QueueRecord, Recovered, Store};
+
+/// Field tables are stored in their wire encoding.
+fn encode_table(t: &FieldTable) -> Vec<u8> {
+    cookie_factory::r#gen(gen_field_table(t), Vec::new())
+        .map(|(v, _)| v)
+        .unwrap_or_default()
+}
+
+fn decode_table(raw: &[u8]) -> FieldTable {
+    parse_field_table(raw).map(|(_, t)| t).unwrap_or_default()
+}
+
+impl Topology {
+    fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
+    /// Stores a durable exchange.
+    pub(super) fn persist_exchange(&self, x: &Exchange) {
+        if let (Some(store), true) = (self.store(), x.durable) {
+            let record = ExchangeRecord {
+                vhost: self.vhost.to_string(),
+                name: x.name.to_string(),
+                kind: x.kind.as_str().into(),
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: encode_table(&x.arguments),
+            };
+            store.put_meta(
+                ExchangeRecord::key(&self.vhost, &x.name),
+                Some(record.encode()),
+            );
+        }
+    }
+
+    /// Removes an exchange and everything stored about it and its bindings.
+    pub(super) fn remove_exchange(&mut self, name: &str) -> Option<Exchange> {
+        let x = self.exchanges.remove(name)?;
+        if let (Some(store), true) = (self.store(), x.durable) {
+            store.put_meta(ExchangeRecord::key(&self.vhost, name), None);
+            for b in x.bindings() {
+                self.forget_binding(&x, b);
+            }
+        }
+        Some(x)
+    }
+
+    fn binding_record(&self, source: &Exchange, b: &Binding) -> Option<BindingRecord> {
+        if !source.durable {
+            return None;
+        }
+        let (destination, to_queue) = match &b.destination {
+            Destination::Queue(q) if q.options.durable => (q.name.to_string(), true),
+            Destination::Exchange(e) if self.exchanges.get(&**e).is_some_and(|x| x.durable) => {
+                (e.to_string(), false)
+            }
+            _ => return None,
+        };
+        Some(BindingRecord {
+            vhost: self.vhost.to_string(),
+            source: source.name.to_string(),
+            destination,
+            to_queue,
+            routing_key: b.routing_key.clone(),
+            arguments: encode_table(&b.arguments),
+        })
+    }
+
+    /// Stores a binding between durable entities.
+    pub(super) fn persist_binding(&self, source: &str, b: &Binding) {
+        if let (Some(store), Some(x)) = (self.store(), self.exchanges.get(source))
+            && let Some(r) = self.binding_record(x, b)
+        {
+            store.put_meta(r.key(), Some(r.encode()));
+        }
+    }
+
+    /// Forgets a stored binding.
+    pub(super) fn forget_binding(&self, source: &Exchange, b: &Binding) {
+        if let Some(store) = self.store()
+            && let Some(r) = self.binding_record(source, b)
+        {
+            store.put_meta(r.key(), None);
+        }
+    }
+
+    /// The store place of a new queue, if it is durable.
+    pub(super) fn queue_store(&self, durable: bool) -> Option<QueueStore> {
+        let store = self.store()?;
+        durable.then(|| QueueStore {
+            store: store.clone(),
+            id: store.next_message_id(),
+        })
+    }
+
+    /// Stores a durable queue.
+    pub(super) fn persist_queue(&self, q: &Queue) {
+        if let Some(qs) = &q.options.store {
+            let record = QueueRecord {
+                id: qs.id,
+                vhost: self.vhost.to_string(),
+                name: q.name.to_string(),
+                auto_delete: q.options.auto_delete,
+                arguments: encode_table(&q.options.arguments),
+            };
+            qs.store.put_meta(
+                QueueRecord::key(&self.vhost, &q.name),
+                Some(record.encode()),
+            );
+        }
+    }
+
+    /// Forgets a deleted durable queue's record (its messages go with `Queue::delete`).
+    pub(super) fn forget_queue(&self, q: &Queue) {
+        if let Some(qs) = &q.options.store {
+            qs.store
+                .put_meta(QueueRecord::key(&self.vhost, &q.name), None);
+        }
+    }
+}
+
+impl VHost {
+    /// Brings back this vhost's durable exchanges, queues (with their messages) and bindings.
+    pub(super) fn restore(&self, recovered: &mut Recovered, store: &Arc<Store>) {
+        let mut t = self.topology.write();
+        for r in recovered
+            .exchanges
+            .iter()
+            .filter(|r| *r.vhost == *self.name)
+        {
+            let Some(kind) = ExchangeKind::parse(&r.kind) else {
+                warn!(exchange = %r.name, kind = %r.kind, "skipping stored exchange of unknown type");
+                continue;
+            };
+            t.exchanges.entry(r.name.clone()).or_insert_with(|| {
+                Exchange::new(
+                    &r.name,
+                    kind,
+                    true,
+                    r.auto_delete,
+                    r.internal,
+                    decode_table(&r.arguments),
+                )
+            });
+        }
+        for (r, messages) in recovered
+            .queues
+            .iter_mut()
+            .filter(|(r, _)| *r.vhost == *self.name)
+        {
+            let q = Queue::new(
+                r.name.as_str().into(),
+                self.name.clone(),
+                QueueOptions {
+                    durable: true,
+                    exclusive_owner: None,
+                    auto_delete: r.auto_delete,
+                    arguments: decode_table(&r.arguments),
+                    store: Some(QueueStore {
+                        store: store.clone(),
+                        id: r.id,
+                    }),
+                },
+            );
+            q.restore(std::mem::take(&mut messages.messages).into_iter().map(
+                |(seq, stored, delivered)| QueuedMessage {
+                    seq,
+                    msg: Arc::new(Message::recovered(stored)),
+                    redelivered: delivered,
+                    persisted: true,
+                },
+            ));
+            t.queues.insert(r.name.clone(), q);
+        }
+        for r in recovered.bindings.iter().filter(|r| *r.vhost == *self.name) {
+            let destination = if r.to_queue {
+                match t.queues.get(&r.destination) {
+                    Some(q) => Destination::Queue(q.clone()),
+                    None => continue,
+                }
+            } else if t.exchanges.contains_key(&r.destination) {
+                Destination::Exchange(r.destination.as_str().into())
+            } else {
+                continue;
+            };
+            if let Some(x) = t.exchanges.get_mut(&r.source) {
+                x.bind(Binding {
+                    destination,
+                    routing_key: r.routing_key.clone(),
+                    arguments: decode_table(&r.arguments),
+                });
+            }
+        }
+    }
+}
