@@ -6,6 +6,7 @@ use amq_protocol::protocol::{AMQPClass, basic};
 use bytes::Bytes;
 
 use super::{Assembly, Channel, ChannelConsumer, Ctx, TxOp, Unacked, requeue_all, route};
+use crate::broker::REPLY_TO;
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code, encode};
 use crate::queue::{Consumer, Credit, InFlight, Queue};
 
@@ -44,6 +45,17 @@ impl Channel {
         msg: Arc<Message>,
         mandatory: bool,
     ) -> Result<(), AmqpError> {
+        if msg.exchange.is_empty() && msg.routing_key.starts_with(b"amq.rabbitmq.reply-to.") {
+            // Direct reply-to: straight to the requester's channel, never through a queue.
+            let sent = ctx.broker.send_reply(msg.routing_key_str(), &msg);
+            let mut none = Vec::new();
+            if !sent {
+                self.hand_over(ctx, &msg, mandatory, &mut none);
+            } else if self.confirm {
+                self.publish_seq += 1;
+            }
+            return Ok(());
+        }
         let mut queues = std::mem::take(&mut self.route_buf);
         let routed = route(ctx, &msg, &mut queues);
         if routed.is_ok() {
@@ -133,6 +145,11 @@ impl Channel {
             basic::AMQPMethod::Consume(c) => self.consume(ctx, c),
             basic::AMQPMethod::Cancel(c) => {
                 let tag: &str = c.consumer_tag.as_str();
+                if self.reply.as_ref().is_some_and(|(_, t)| &**t == tag)
+                    && let Some((name, _)) = self.reply.take()
+                {
+                    ctx.broker.unregister_reply(&name);
+                }
                 if let Some(cc) = self.consumers.remove(tag)
                     && cc.queue.remove_consumer(ctx.conn_id, self.id, tag)
                 {
@@ -208,6 +225,9 @@ impl Channel {
     }
 
     fn consume(&mut self, ctx: &mut Ctx, c: basic::Consume) -> Result<(), AmqpError> {
+        if c.queue.as_str() == REPLY_TO {
+            return self.consume_replies(ctx, c);
+        }
         let name = self.queue_name(c.queue.as_str())?;
         let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
             random_tag("amq.ctag-").into()
@@ -256,6 +276,71 @@ impl Channel {
             },
         );
         Ok(())
+    }
+
+    /// Makes this channel's direct reply-to consumer (no-ack, one per channel, as in RabbitMQ).
+    fn consume_replies(&mut self, ctx: &mut Ctx, c: basic::Consume) -> Result<(), AmqpError> {
+        let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
+            random_tag("amq.ctag-").into()
+        } else {
+            c.consumer_tag.as_str().into()
+        };
+        if self.consumers.contains_key(&tag) {
+            return Err(ConnectionError::new(
+                code::NOT_ALLOWED,
+                format_args!("attempt to reuse consumer tag '{tag}'"),
+            )
+            .into());
+        }
+        if !c.no_ack {
+            return Err(ChannelError::precondition("reply consumer cannot acknowledge").into());
+        }
+        if self.reply.is_some() {
+            return Err(ChannelError::precondition("reply consumer already set").into());
+        }
+        let name = ctx.broker.register_reply(ctx.tx.clone(), self.id);
+        self.reply = Some((name, tag.clone()));
+        if !c.nowait {
+            ctx.send(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: tag.to_string().into(),
+                })),
+            );
+        }
+        Ok(())
+    }
+
+    /// Gives a published message this channel's reply-to name in place of the pseudo-queue's.
+    pub(super) fn override_reply_to(&self, msg: Arc<Message>) -> Result<Arc<Message>, AmqpError> {
+        if msg.reply_to() != Some(REPLY_TO.as_bytes()) {
+            return Ok(msg);
+        }
+        let Some((name, _)) = &self.reply else {
+            return Err(
+                ChannelError::precondition("fast reply consumer does not exist")
+                    .on(60, 40)
+                    .into(),
+            );
+        };
+        Ok(msg.with_reply_to(name).map(Arc::new).unwrap_or(msg))
+    }
+
+    /// Writes a direct reply to this channel's reply consumer (dropped if it has gone).
+    pub fn deliver_reply(&mut self, ctx: &mut Ctx, msg: &Message) {
+        if let Some((_, tag)) = &self.reply {
+            let delivery_tag = self.next_delivery_tag;
+            self.next_delivery_tag += 1;
+            encode::deliver(
+                &mut ctx.out,
+                self.id,
+                tag,
+                delivery_tag,
+                false,
+                msg,
+                ctx.frame_max,
+            );
+        }
     }
 
     /// Writes a delivery a queue sent; gives it back if the consumer is gone (the caller requeues).

@@ -124,6 +124,8 @@ pub struct Channel {
     tx: Option<Vec<TxOp>>,
     last_queue: Option<Arc<str>>,
     route_buf: Vec<Arc<Queue>>,
+    /// The direct reply-to consumer: its reply-to name and consumer tag.
+    reply: Option<(String, Arc<str>)>,
 }
 
 impl Channel {
@@ -145,6 +147,7 @@ impl Channel {
             tx: None,
             last_queue: None,
             route_buf: Vec::new(),
+            reply: None,
         }
     }
 
@@ -395,6 +398,7 @@ impl Channel {
             .on(60, 40)
             .into());
         }
+        let msg = self.override_reply_to(msg)?;
         if self.tx.is_some() {
             let mut queues = Vec::new();
             route(ctx, &msg, &mut queues).map_err(|e| e.on(60, 40))?;
@@ -488,6 +492,9 @@ impl Channel {
     /// consumers are cancelled (auto-delete queues may go with them).
     pub fn close(&mut self, ctx: &mut Ctx) {
         self.assembly = Assembly::Idle;
+        if let Some((name, _)) = self.reply.take() {
+            ctx.broker.unregister_reply(&name);
+        }
         // Consumers go first, so the requeued messages are not offered straight back to them.
         let consumers: Vec<(Arc<str>, ChannelConsumer)> = self.consumers.drain().collect();
         for (tag, c) in consumers {

@@ -4,7 +4,9 @@ use amq_protocol::protocol::{AMQPClass, queue};
 
 use super::{Channel, Ctx};
 use crate::broker::QueueDeclare;
+use crate::broker::REPLY_TO;
 use crate::broker::exchange::{Binding, Destination};
+use crate::protocol::ChannelError;
 use crate::protocol::{AmqpError, ConnectionError, code};
 
 impl Channel {
@@ -19,6 +21,22 @@ impl Channel {
                 // No "last declared queue" shortcut here, not even for passive declares:
                 // RabbitMQ answers 404 for the queue named ''.
                 let name = d.queue.to_string();
+                if name.starts_with(REPLY_TO) {
+                    // A direct reply-to name: it exists while its consumer does.
+                    if !ctx.broker.reply_exists(&name) {
+                        return Err(ChannelError::no_queue(&name, &ctx.vhost.name).into());
+                    }
+                    reply(
+                        ctx,
+                        d.nowait,
+                        queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                            queue: d.queue,
+                            message_count: 0,
+                            consumer_count: 1,
+                        }),
+                    );
+                    return Ok(());
+                }
                 let declared = ctx.vhost.declare_queue(
                     &QueueDeclare {
                         name,

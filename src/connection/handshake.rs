@@ -39,6 +39,7 @@ fn server_properties() -> FieldTable {
         "connection.blocked",
         "authentication_failure_close",
         "per_consumer_qos",
+        "direct_reply_to",
     ] {
         caps.insert(cap.into(), AMQPValue::Boolean(true));
     }

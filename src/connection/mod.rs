@@ -480,6 +480,11 @@ impl Connection {
                     ch.consumer_cancelled(&mut self.ctx, &consumer_tag);
                 }
             }
+            QueueEvent::Reply { channel, msg } => {
+                if let Some(ChannelSlot::Open(ch)) = self.channels.get_mut(&channel) {
+                    ch.deliver_reply(&mut self.ctx, &msg);
+                }
+            }
             QueueEvent::Flushed {
                 channel,
                 upto,

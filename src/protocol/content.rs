@@ -22,6 +22,8 @@ pub struct PropertiesInfo {
     pub expiration: Option<Range<u32>>,
     /// Byte range of the user-id short string's contents.
     pub user_id: Option<Range<u32>>,
+    /// Byte range of the reply-to short string's contents.
+    pub reply_to: Option<Range<u32>>,
 }
 
 const FLAG_CONTENT_TYPE: u16 = 1 << 15;
@@ -81,7 +83,9 @@ impl PropertiesInfo {
             pos = skip_short(pos)?;
         }
         if flags & FLAG_REPLY_TO != 0 {
-            pos = skip_short(pos)?;
+            let (s, next) = short_str(props, pos)?;
+            info.reply_to = range(next - s.len(), next);
+            pos = next;
         }
         if flags & FLAG_EXPIRATION != 0 {
             let (s, next) = short_str(props, pos)?;
@@ -189,6 +193,31 @@ impl Message {
     /// The expiration property's raw contents.
     pub fn expiration(&self) -> Option<&[u8]> {
         self.slice(&self.info.expiration)
+    }
+
+    /// The reply-to property's raw contents.
+    pub fn reply_to(&self) -> Option<&[u8]> {
+        self.slice(&self.info.reply_to)
+    }
+
+    /// The same message with its reply-to property replaced (direct reply-to names).
+    pub fn with_reply_to(&self, reply_to: &str) -> Option<Self> {
+        let r = self.info.reply_to.as_ref()?;
+        let (start, end) = (usize::try_from(r.start).ok()?, usize::try_from(r.end).ok()?);
+        let len = u8::try_from(reply_to.len()).ok()?;
+        let mut props = Vec::with_capacity(self.properties.len() + reply_to.len());
+        props.extend_from_slice(self.properties.get(..start.checked_sub(1)?)?);
+        props.push(len);
+        props.extend_from_slice(reply_to.as_bytes());
+        props.extend_from_slice(self.properties.get(end..)?);
+        let info = PropertiesInfo::scan(&props)?;
+        Some(Self::new(
+            self.exchange.clone(),
+            self.routing_key.clone(),
+            Bytes::from(props),
+            info,
+            self.body.clone(),
+        ))
     }
 
     /// The user-id property's raw contents.

@@ -75,6 +75,13 @@ pub enum QueueEvent {
         /// The message, returned to the queue if nobody takes it.
         message: InFlight,
     },
+    /// A direct reply-to message for a channel's reply consumer.
+    Reply {
+        /// The channel.
+        channel: u16,
+        /// The message.
+        msg: Arc<Message>,
+    },
     /// The store flushed what a channel was waiting for.
     Flushed {
         /// The channel.
