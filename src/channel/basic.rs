@@ -86,6 +86,9 @@ impl Channel {
         let mut persisted = false;
         for q in queues.drain(..) {
             persisted |= q.publish(msg.clone());
+            if q.backlogged() {
+                ctx.throttle = Some(q);
+            }
         }
         if self.confirm {
             self.publish_seq += 1;

@@ -37,6 +37,9 @@ pub struct Ctx {
     pub tx: EventSender,
     /// Whether the client understands broker-sent `basic.cancel`.
     pub cancel_notify: bool,
+    /// A queue this batch published to whose consumers lag: the connection reads no more
+    /// until they catch up.
+    pub throttle: Option<Arc<Queue>>,
 }
 
 impl Ctx {

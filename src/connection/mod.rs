@@ -103,6 +103,7 @@ pub async fn serve(
             frame_max: negotiated.frame_max,
             tx,
             cancel_notify: negotiated.cancel_notify,
+            throttle: None,
         },
         peer,
         channels: HashMap::new(),
@@ -171,6 +172,14 @@ impl Connection {
                                 // A publisher with data always ready would otherwise keep the
                                 // consumers it wakes (queued behind it on this worker) from running.
                                 tokio::task::yield_now().await;
+                                // Credit flow: a publisher outrunning a queue's consumers waits
+                                // for them, as RabbitMQ blocks it, so the backlog stays bounded.
+                                if let Some(q) = self.ctx.throttle.take() {
+                                    if !self.ctx.out.is_empty() && flush(stream, &mut self.ctx.out)? {
+                                        last_write = Instant::now();
+                                    }
+                                    q.caught_up().await;
+                                }
                             }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                             Err(e) => return Err(e),

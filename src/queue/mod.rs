@@ -219,6 +219,9 @@ pub struct QueueStore {
     pub id: u64,
 }
 
+/// Ready messages past which a queue with consumers slows its publishers (credit flow).
+pub const FLOW_HIGH: usize = 20_000;
+
 /// A queue.
 #[derive(Debug)]
 pub struct Queue {
@@ -229,6 +232,10 @@ pub struct Queue {
     /// How it was declared.
     pub options: QueueOptions,
     state: Mutex<State>,
+    /// Ready messages while consumers are attached, readable without the lock.
+    backlog: std::sync::atomic::AtomicUsize,
+    /// Wakes publishers held back by `FLOW_HIGH` once consumers have caught up.
+    caught_up: tokio::sync::Notify,
 }
 
 impl Queue {
@@ -239,6 +246,8 @@ impl Queue {
             vhost,
             options,
             state: Mutex::new(State::default()),
+            backlog: std::sync::atomic::AtomicUsize::new(0),
+            caught_up: tokio::sync::Notify::new(),
         })
     }
 
@@ -333,7 +342,33 @@ impl Queue {
         self.drain_locked(&mut st);
     }
 
+    /// Whether publishers should wait for this queue's consumers to catch up.
+    pub fn backlogged(&self) -> bool {
+        self.backlog.load(Ordering::Relaxed) > FLOW_HIGH
+    }
+
+    /// Waits (bounded) until the backlog is back under half the limit.
+    pub async fn caught_up(&self) {
+        let notified = self.caught_up.notified();
+        if self.backlogged() {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(50), notified).await;
+        }
+    }
+
     fn drain_locked(self: &Arc<Self>, st: &mut State) {
+        self.drain_consumers(st);
+        let backlog = if st.consumers.is_empty() {
+            0
+        } else {
+            st.ready.len()
+        };
+        let before = self.backlog.swap(backlog, Ordering::Relaxed);
+        if before > FLOW_HIGH / 2 && backlog <= FLOW_HIGH / 2 {
+            self.caught_up.notify_waiters();
+        }
+    }
+
+    fn drain_consumers(self: &Arc<Self>, st: &mut State) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
             let n = st.consumers.len();
             let Some(i) = (0..n)
