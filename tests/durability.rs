@@ -277,3 +277,43 @@ async fn confirmed_messages_survive_kill_9_across_rounds() {
     assert_eq!(d.data, b"p99-0", "the durable binding routes after restart");
     broker.kill9();
 }
+
+/// Runs `warren serve` to completion (it is expected to refuse to start) and returns its stderr.
+fn refused_start(dir: &Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .output()
+        .expect("run warren");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn a_data_dir_in_use_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("dir");
+    let first = start(dir.path(), free_port()).await;
+    let (code, stderr) = refused_start(dir.path());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is in use by another warren process") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    drop(first);
+}
+
+#[test]
+fn an_unusable_data_dir_is_one_clear_line() {
+    let file = tempfile::NamedTempFile::new().expect("file");
+    let (code, stderr) = refused_start(file.path());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&file.path().display().to_string()) && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
