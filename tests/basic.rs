@@ -8,122 +8,24 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{TestBroker, next_delivery, reply_code, reply_text};
+use common::{
+    Env, WAIT, basic_consume, basic_publish, bind, body, confirm_channel, counts, declare_queue,
+    declare_queue_with, drain, eventually, failure, get_all, get_unacked, next_delivery,
+    next_error, no_ack, no_args, passive, publish_with, refusal, unique,
+};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::*;
 use lapin::types::{
     AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
 };
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
-
-/// The broker under test: Warren in-process, or the reference named by `WARREN_REFERENCE_URI`.
-struct Env {
-    _broker: Option<TestBroker>,
-    uri: String,
-}
-
-impl Env {
-    async fn start() -> Self {
-        match std::env::var("WARREN_REFERENCE_URI") {
-            Ok(uri) => Self { _broker: None, uri },
-            Err(_) => {
-                let broker = TestBroker::start().await;
-                let uri = broker.uri();
-                Self {
-                    _broker: Some(broker),
-                    uri,
-                }
-            }
-        }
-    }
-
-    async fn connect(&self) -> Connection {
-        Connection::connect(&self.uri, ConnectionProperties::default())
-            .await
-            .expect("connect")
-    }
-
-    /// A connection and a channel in confirm mode, so a publish's confirm means it was routed.
-    async fn channel(&self) -> (Connection, Channel) {
-        let conn = self.connect().await;
-        let ch = confirmed(&conn).await;
-        (conn, ch)
-    }
-
-    /// A connection and a plain channel.
-    async fn plain_channel(&self) -> (Connection, Channel) {
-        let conn = self.connect().await;
-        let ch = conn.create_channel().await.expect("channel");
-        (conn, ch)
-    }
-}
-
-async fn confirmed(conn: &Connection) -> Channel {
-    let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm.select");
-    ch
-}
-
-/// A name no other test (or earlier run against a shared reference broker) uses.
-fn unique(base: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{base}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn no_args() -> FieldTable {
-    FieldTable::default()
-}
-
-/// The reply code and text a failed call carried.
-fn failure<T: std::fmt::Debug>(r: Result<T, lapin::Error>) -> (u16, String) {
-    let e = r.expect_err("the broker refuses");
-    (
-        reply_code(&e).unwrap_or_else(|| panic!("no reply code in {e:?}")),
-        reply_text(&e).unwrap_or_default(),
-    )
-}
-
-async fn declare_queue(ch: &Channel, base: &str) -> String {
-    let name = unique(base);
-    ch.queue_declare(
-        name.as_str().into(),
-        QueueDeclareOptions {
-            auto_delete: true,
-            ..Default::default()
-        },
-        no_args(),
-    )
-    .await
-    .expect("queue.declare");
-    name
-}
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 
 /// A queue that outlives its consumers; the test deletes it.
 async fn declare_kept_queue(ch: &Channel, base: &str) -> String {
-    let name = unique(base);
-    ch.queue_declare(
-        name.as_str().into(),
-        QueueDeclareOptions::default(),
-        no_args(),
-    )
-    .await
-    .expect("queue.declare");
-    name
+    declare_queue_with(ch, base, QueueDeclareOptions::default()).await
 }
 
 async fn delete_queue(conn: &Connection, queue: &str) {
@@ -133,48 +35,15 @@ async fn delete_queue(conn: &Connection, queue: &str) {
         .expect("queue.delete");
 }
 
-/// Publishes on a confirm channel and returns the broker's confirmation.
-async fn publish_with(
-    ch: &Channel,
-    exchange: &str,
-    key: &str,
-    body: &[u8],
-    mandatory: bool,
-    properties: BasicProperties,
-) -> Confirmation {
-    ch.basic_publish(
-        exchange.into(),
-        key.into(),
-        BasicPublishOptions {
-            mandatory,
-            ..Default::default()
-        },
-        body,
-        properties,
-    )
-    .await
-    .expect("basic.publish")
-    .await
-    .expect("confirm")
-}
-
 /// Publishes to a queue through the default exchange and waits for the confirm.
-async fn publish(ch: &Channel, queue: &str, body: &str) {
-    let c = publish_with(
-        ch,
-        "",
-        queue,
-        body.as_bytes(),
-        false,
-        BasicProperties::default(),
-    )
-    .await;
+async fn publish_to_queue(ch: &Channel, queue: &str, body: &str) {
+    let c = publish_with(ch, "", queue, body, false, BasicProperties::default()).await;
     assert_eq!(c, Confirmation::Ack(None));
 }
 
 async fn publish_all(ch: &Channel, queue: &str, bodies: impl IntoIterator<Item = String>) {
     for b in bodies {
-        publish(ch, queue, &b).await;
+        publish_to_queue(ch, queue, &b).await;
     }
 }
 
@@ -183,21 +52,13 @@ fn numbered(n: usize) -> impl Iterator<Item = String> {
 }
 
 async fn consume(ch: &Channel, queue: &str, no_ack: bool) -> Consumer {
-    ch.basic_consume(
-        queue.into(),
-        "".into(),
-        BasicConsumeOptions {
-            no_ack,
-            ..Default::default()
-        },
-        no_args(),
-    )
-    .await
-    .expect("basic.consume")
-}
-
-fn body(d: &Delivery) -> String {
-    String::from_utf8_lossy(&d.data).into_owned()
+    let options = BasicConsumeOptions {
+        no_ack,
+        ..Default::default()
+    };
+    basic_consume(ch, queue, "", options)
+        .await
+        .expect("basic.consume")
 }
 
 /// Takes `n` deliveries from a consumer.
@@ -210,55 +71,14 @@ async fn take(consumer: &mut Consumer, n: usize) -> Vec<Delivery> {
 }
 
 /// Every ready message of a queue, in order, with its redelivered flag, taken with `basic.get`.
-async fn drain(ch: &Channel, queue: &str) -> Vec<(String, bool)> {
-    let mut out = Vec::new();
-    while let Some(m) = ch
-        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-        .await
-        .expect("basic.get")
-    {
-        out.push((body(&m.delivery), m.delivery.redelivered));
-    }
-    out
-}
-
-/// The passive declare's answer: (ready messages, consumers), or the reply code if refused.
-async fn counts(env: &Env, queue: &str) -> Result<(u32, u32), u16> {
-    let conn = env.connect().await;
-    let ch = conn.create_channel().await.expect("channel");
-    let r = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
-        .await;
-    let _ = conn.close(200, "OK".into()).await;
-    match r {
-        Ok(q) => Ok((q.message_count(), q.consumer_count())),
-        Err(e) => Err(reply_code(&e).unwrap_or(0)),
-    }
-}
-
-/// Polls until `check` holds: for effects the broker completes after answering the client.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+async fn drain_with_redelivered(ch: &Channel, queue: &str) -> Vec<(String, bool)> {
+    let got = get_all(ch, queue).await;
+    got.iter().map(|d| (body(d), d.redelivered)).collect()
 }
 
 /// A consumer's stream ended (the broker cancelled it).
 async fn ended(consumer: &mut Consumer) -> bool {
-    match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
+    match tokio::time::timeout(WAIT, consumer.next()).await {
         Ok(None) => true,
         Ok(Some(Ok(d))) => panic!("unexpected delivery {:?}", body(&d)),
         Ok(Some(Err(e))) => panic!("consumer error {e:?}"),
@@ -269,7 +89,7 @@ async fn ended(consumer: &mut Consumer) -> bool {
 #[tokio::test]
 async fn mandatory_unroutable_publish_is_returned_with_no_route() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let key = unique("nobody-home");
     let props = BasicProperties::default()
         .with_content_type("text/plain".into())
@@ -311,7 +131,7 @@ async fn mandatory_unroutable_publish_is_returned_with_no_route() {
 #[tokio::test]
 async fn immediate_publish_is_not_implemented() {
     let env = Env::start().await;
-    let (conn, ch) = env.channel().await;
+    let (conn, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "immediate").await;
     let r = ch
         .basic_publish(
@@ -337,19 +157,10 @@ async fn immediate_publish_is_not_implemented() {
 #[tokio::test]
 async fn no_ack_consumer_gets_messages_with_fresh_tags_and_nothing_to_requeue() {
     let env = Env::start().await;
-    let (conn, ch) = env.channel().await;
+    let (conn, ch) = env.confirm_channel().await;
     let q = declare_kept_queue(&ch, "no-ack").await;
-    let (c2, consumer_ch) = env.channel().await;
-    let mut consumer = consumer_ch
-        .basic_consume(
-            q.as_str().into(),
-            "my-tag".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
+    let (c2, consumer_ch) = env.confirm_channel().await;
+    let mut consumer = basic_consume(&consumer_ch, &q, "my-tag", no_ack())
         .await
         .expect("consume");
     assert_eq!(consumer.tag().as_str(), "my-tag");
@@ -373,14 +184,17 @@ async fn no_ack_consumer_gets_messages_with_fresh_tags_and_nothing_to_requeue() 
     assert_eq!(seen, want);
     c2.close(200, "OK".into()).await.expect("close");
     // Nothing was waiting for an ack, so nothing comes back.
-    assert_eq!(drain(&ch, &q).await, Vec::<(String, bool)>::new());
+    assert_eq!(
+        drain_with_redelivered(&ch, &q).await,
+        Vec::<(String, bool)>::new()
+    );
     delete_queue(&conn, &q).await;
 }
 
 #[tokio::test]
 async fn server_generates_consumer_tags_and_refuses_a_reused_tag() {
     let env = Env::start().await;
-    let (conn, ch) = env.channel().await;
+    let (conn, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "tags").await;
     let a = consume(&ch, &q, false).await;
     let b = consume(&ch, &q, false).await;
@@ -389,14 +203,7 @@ async fn server_generates_consumer_tags_and_refuses_a_reused_tag() {
         assert!(tag.as_str().len() > "amq.ctag-".len() + 8, "{tag}");
     }
     assert_ne!(a.tag(), b.tag());
-    let r = ch
-        .basic_consume(
-            q.as_str().into(),
-            a.tag(),
-            BasicConsumeOptions::default(),
-            no_args(),
-        )
-        .await;
+    let r = basic_consume(&ch, &q, a.tag().as_str(), BasicConsumeOptions::default()).await;
     assert_eq!(
         failure(r),
         (
@@ -410,22 +217,19 @@ async fn server_generates_consumer_tags_and_refuses_a_reused_tag() {
 #[tokio::test]
 async fn exclusive_consumer_keeps_others_out() {
     let env = Env::start().await;
-    let (conn, ch) = env.channel().await;
+    let (conn, ch) = env.confirm_channel().await;
     let q = declare_kept_queue(&ch, "exclusive-consumer").await;
     let exclusive = BasicConsumeOptions {
         exclusive: true,
         ..Default::default()
     };
-    let first = ch
-        .basic_consume(q.as_str().into(), "".into(), exclusive, no_args())
+    let first = basic_consume(&ch, &q, "", exclusive)
         .await
         .expect("exclusive consume");
     let in_use = format!("ACCESS_REFUSED - queue '{q}' in vhost '/' in exclusive use");
     for options in [BasicConsumeOptions::default(), exclusive] {
-        let other = confirmed(&conn).await;
-        let r = other
-            .basic_consume(q.as_str().into(), "".into(), options, no_args())
-            .await;
+        let other = confirm_channel(&conn).await;
+        let r = basic_consume(&other, &q, "", options).await;
         assert_eq!(failure(r), (403, in_use.clone()));
     }
     ch.basic_cancel(first.tag(), BasicCancelOptions::default())
@@ -434,10 +238,8 @@ async fn exclusive_consumer_keeps_others_out() {
 
     // An exclusive consumer cannot join a queue that has consumers either.
     let _shared = consume(&ch, &q, false).await;
-    let other = confirmed(&conn).await;
-    let r = other
-        .basic_consume(q.as_str().into(), "".into(), exclusive, no_args())
-        .await;
+    let other = confirm_channel(&conn).await;
+    let r = basic_consume(&other, &q, "", exclusive).await;
     assert_eq!(failure(r), (403, in_use));
     delete_queue(&conn, &q).await;
 }
@@ -445,11 +247,11 @@ async fn exclusive_consumer_keeps_others_out() {
 #[tokio::test]
 async fn cancel_stops_deliveries_and_ends_the_stream() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "cancel").await;
     // Keep the queue alive across the cancel (it is auto-delete).
     let _keeper = consume(&ch, &q, false).await;
-    let (_c2, consumer_ch) = env.channel().await;
+    let (_c2, consumer_ch) = env.confirm_channel().await;
     consumer_ch
         .basic_qos(1, BasicQosOptions::default())
         .await
@@ -474,14 +276,11 @@ async fn cancel_stops_deliveries_and_ends_the_stream() {
 #[tokio::test]
 async fn deleting_a_consumed_queue_cancels_its_consumers() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
-    let q = unique("deleted-under-consumer");
-    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), no_args())
-        .await
-        .expect("declare");
-    let (_c2, consumer_ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
+    let q = declare_kept_queue(&ch, "deleted-under-consumer").await;
+    let (_c2, consumer_ch) = env.confirm_channel().await;
     let mut consumer = consume(&consumer_ch, &q, false).await;
-    publish(&ch, &q, "before").await;
+    publish_to_queue(&ch, &q, "before").await;
     let d = next_delivery(&mut consumer).await;
     assert_eq!(body(&d), "before");
     ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
@@ -498,7 +297,7 @@ async fn deleting_a_consumed_queue_cancels_its_consumers() {
 #[tokio::test]
 async fn get_reports_the_messages_left_and_get_empty() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "get").await;
     publish_all(&ch, &q, numbered(3)).await;
     let mut seen = Vec::new();
@@ -532,18 +331,18 @@ async fn get_reports_the_messages_left_and_get_empty() {
 #[tokio::test]
 async fn ack_single_and_multiple_settle_exactly_those_tags() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "ack").await;
     // A second consumer keeps the auto-delete queue after the first channel closes.
-    let (_keep_c, keep) = env.channel().await;
+    let (_keep_c, keep) = env.confirm_channel().await;
     keep.basic_qos(1, BasicQosOptions::default())
         .await
         .expect("qos");
     let mut keeper = consume(&keep, &q, false).await;
-    publish(&ch, &q, "for the keeper").await;
+    publish_to_queue(&ch, &q, "for the keeper").await;
     let _held = next_delivery(&mut keeper).await;
 
-    let (c2, consumer_ch) = env.channel().await;
+    let (c2, consumer_ch) = env.confirm_channel().await;
     let mut consumer = consume(&consumer_ch, &q, false).await;
     publish_all(&ch, &q, numbered(6)).await;
     let got = take(&mut consumer, 6).await;
@@ -562,7 +361,7 @@ async fn ack_single_and_multiple_settle_exactly_those_tags() {
     })
     .await;
     assert_eq!(
-        drain(&ch, &q).await,
+        drain_with_redelivered(&ch, &q).await,
         [("3".to_string(), true), ("5".to_string(), true)]
     );
 }
@@ -570,17 +369,12 @@ async fn ack_single_and_multiple_settle_exactly_those_tags() {
 #[tokio::test]
 async fn reject_and_nack_requeue_to_the_original_position_or_drop() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "requeue").await;
     publish_all(&ch, &q, numbered(6)).await;
     let mut tags = Vec::new();
     for _ in 0..5 {
-        let m = ch
-            .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
-            .await
-            .expect("get")
-            .expect("a message");
-        tags.push(m.delivery.delivery_tag);
+        tags.push(get_unacked(&ch, &q).await.delivery_tag);
     }
     // Tags 1..=5 hold messages 0..=4; 5 is still ready.
     ch.basic_reject(tags[3], BasicRejectOptions { requeue: true })
@@ -607,7 +401,7 @@ async fn reject_and_nack_requeue_to_the_original_position_or_drop() {
     )
     .await
     .expect("nack 4, dropped");
-    let left: Vec<(String, bool)> = drain(&ch, &q).await;
+    let left: Vec<(String, bool)> = drain_with_redelivered(&ch, &q).await;
     assert_eq!(
         left,
         [
@@ -622,9 +416,9 @@ async fn reject_and_nack_requeue_to_the_original_position_or_drop() {
 #[tokio::test]
 async fn requeued_messages_go_back_to_consumers_marked_redelivered() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "redeliver").await;
-    let (_c2, consumer_ch) = env.channel().await;
+    let (_c2, consumer_ch) = env.confirm_channel().await;
     let mut consumer = consume(&consumer_ch, &q, false).await;
     publish_all(&ch, &q, numbered(2)).await;
     let first = take(&mut consumer, 2).await;
@@ -652,37 +446,14 @@ async fn requeued_messages_go_back_to_consumers_marked_redelivered() {
     assert_eq!(counts(&env, &q).await, Ok((0, 1)));
 }
 
-/// The next error the connection reports (a channel or connection close), as code and text.
-async fn next_error(
-    events: &mut (impl futures::Stream<Item = lapin::Event> + Unpin),
-) -> (u16, String) {
-    loop {
-        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
-            .await
-            .expect("an error within 5 s")
-            .expect("events still open");
-        if let lapin::Event::Error(e) = event {
-            return (
-                reply_code(&e).unwrap_or_else(|| panic!("no reply code in {e:?}")),
-                reply_text(&e).unwrap_or_default(),
-            );
-        }
-    }
-}
-
 #[tokio::test]
 async fn unknown_delivery_tag_closes_the_channel_with_406() {
     let env = Env::start().await;
-    let (conn, ch) = env.channel().await;
+    let (conn, ch) = env.confirm_channel().await;
     let mut events = Box::pin(conn.events_listener());
     let q = declare_queue(&ch, "unknown-tag").await;
-    publish(&ch, &q, "m").await;
-    let m = ch
-        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
-        .await
-        .expect("get")
-        .expect("a message");
-    let tag = m.delivery.delivery_tag;
+    publish_to_queue(&ch, &q, "m").await;
+    let tag = get_unacked(&ch, &q).await.delivery_tag;
     ch.basic_ack(tag, BasicAckOptions::default())
         .await
         .expect("ack");
@@ -691,25 +462,25 @@ async fn unknown_delivery_tag_closes_the_channel_with_406() {
         .await
         .expect("sent");
     assert_eq!(
-        next_error(&mut events).await,
+        refusal(&next_error(&mut events).await),
         (
             406,
             format!("PRECONDITION_FAILED - unknown delivery tag {tag}")
         )
     );
-    let ch = confirmed(&conn).await;
+    let ch = confirm_channel(&conn).await;
     ch.basic_reject(99, BasicRejectOptions { requeue: true })
         .await
         .expect("sent");
     assert_eq!(
-        next_error(&mut events).await,
+        refusal(&next_error(&mut events).await),
         (
             406,
             "PRECONDITION_FAILED - unknown delivery tag 99".to_string()
         )
     );
     // Both were channel errors: the connection is still open.
-    let ch = confirmed(&conn).await;
+    let ch = confirm_channel(&conn).await;
     ch.basic_qos(1, BasicQosOptions::default())
         .await
         .expect("qos");
@@ -718,20 +489,17 @@ async fn unknown_delivery_tag_closes_the_channel_with_406() {
 #[tokio::test]
 async fn recover_requeues_every_unacked_message() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "recover").await;
     publish_all(&ch, &q, numbered(3)).await;
     for _ in 0..2 {
-        ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
-            .await
-            .expect("get")
-            .expect("a message");
+        get_unacked(&ch, &q).await;
     }
     ch.basic_recover(BasicRecoverOptions { requeue: true })
         .await
         .expect("recover");
     assert_eq!(
-        drain(&ch, &q).await,
+        drain_with_redelivered(&ch, &q).await,
         [
             ("0".to_string(), true),
             ("1".to_string(), true),
@@ -740,9 +508,9 @@ async fn recover_requeues_every_unacked_message() {
     );
 
     // With a consumer, recovered messages are delivered again.
-    let (_c2, consumer_ch) = env.channel().await;
+    let (_c2, consumer_ch) = env.confirm_channel().await;
     let mut consumer = consume(&consumer_ch, &q, false).await;
-    publish(&ch, &q, "x").await;
+    publish_to_queue(&ch, &q, "x").await;
     let d = next_delivery(&mut consumer).await;
     assert!(!d.redelivered);
     consumer_ch
@@ -756,12 +524,12 @@ async fn recover_requeues_every_unacked_message() {
 #[tokio::test]
 async fn qos_prefetch_limits_each_consumer_created_after_it() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let qa = declare_queue(&ch, "prefetch-a").await;
     let qb = declare_queue(&ch, "prefetch-b").await;
     publish_all(&ch, &qa, numbered(5)).await;
     publish_all(&ch, &qb, numbered(5)).await;
-    let (_c2, consumer_ch) = env.channel().await;
+    let (_c2, consumer_ch) = env.confirm_channel().await;
     consumer_ch
         .basic_qos(1, BasicQosOptions::default())
         .await
@@ -793,12 +561,12 @@ async fn qos_prefetch_limits_each_consumer_created_after_it() {
 #[tokio::test]
 async fn global_qos_limits_the_channels_consumers_together() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let qa = declare_queue(&ch, "global-a").await;
     let qb = declare_queue(&ch, "global-b").await;
     publish_all(&ch, &qa, numbered(3)).await;
     publish_all(&ch, &qb, numbered(3)).await;
-    let (_c2, consumer_ch) = env.channel().await;
+    let (_c2, consumer_ch) = env.confirm_channel().await;
     consumer_ch
         .basic_qos(2, BasicQosOptions { global: true })
         .await
@@ -834,10 +602,10 @@ async fn global_qos_limits_the_channels_consumers_together() {
 #[tokio::test]
 async fn consumers_of_a_queue_take_turns() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "round-robin").await;
-    let (_c1, ch1) = env.channel().await;
-    let (_c2, ch2) = env.channel().await;
+    let (_c1, ch1) = env.confirm_channel().await;
+    let (_c2, ch2) = env.confirm_channel().await;
     let mut c1 = consume(&ch1, &q, true).await;
     let mut c2 = consume(&ch2, &q, true).await;
     assert_eq!(counts(&env, &q).await, Ok((0, 2)));
@@ -856,13 +624,10 @@ async fn consumers_of_a_queue_take_turns() {
 #[tokio::test]
 async fn unacked_messages_return_when_their_channel_closes() {
     let env = Env::start().await;
-    let (conn, ch) = env.channel().await;
-    let q = unique("requeue-on-close");
-    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), no_args())
-        .await
-        .expect("declare");
+    let (conn, ch) = env.confirm_channel().await;
+    let q = declare_kept_queue(&ch, "requeue-on-close").await;
     publish_all(&ch, &q, numbered(4)).await;
-    let consumer_ch = confirmed(&conn).await;
+    let consumer_ch = confirm_channel(&conn).await;
     let mut consumer = consume(&consumer_ch, &q, false).await;
     let got = take(&mut consumer, 4).await;
     got[1].ack(BasicAckOptions::default()).await.expect("ack 1");
@@ -873,7 +638,7 @@ async fn unacked_messages_return_when_their_channel_closes() {
     })
     .await;
     assert_eq!(
-        drain(&ch, &q).await,
+        drain_with_redelivered(&ch, &q).await,
         [
             ("0".to_string(), true),
             ("2".to_string(), true),
@@ -888,13 +653,10 @@ async fn unacked_messages_return_when_their_channel_closes() {
 #[tokio::test]
 async fn unacked_messages_return_when_their_connection_closes() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
-    let q = unique("requeue-on-disconnect");
-    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), no_args())
-        .await
-        .expect("declare");
+    let (_c, ch) = env.confirm_channel().await;
+    let q = declare_kept_queue(&ch, "requeue-on-disconnect").await;
     publish_all(&ch, &q, numbered(3)).await;
-    let (consumer_conn, consumer_ch) = env.channel().await;
+    let (consumer_conn, consumer_ch) = env.confirm_channel().await;
     let mut consumer = consume(&consumer_ch, &q, false).await;
     let got = take(&mut consumer, 3).await;
     got[0].ack(BasicAckOptions::default()).await.expect("ack 0");
@@ -905,7 +667,7 @@ async fn unacked_messages_return_when_their_connection_closes() {
     })
     .await;
     assert_eq!(
-        drain(&ch, &q).await,
+        drain_with_redelivered(&ch, &q).await,
         [("1".to_string(), true), ("2".to_string(), true)]
     );
     ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
@@ -966,7 +728,7 @@ fn every_field_type() -> FieldTable {
 #[tokio::test]
 async fn properties_and_headers_reach_consumers_exactly_as_published() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "properties").await;
     let full = BasicProperties::default()
         .with_content_type("application/json".into())
@@ -1003,7 +765,7 @@ async fn properties_and_headers_reach_consumers_exactly_as_published() {
         .expect("get")
         .expect("a message");
     assert_eq!(m.delivery.properties, full);
-    let (_c2, consumer_ch) = env.channel().await;
+    let (_c2, consumer_ch) = env.confirm_channel().await;
     let mut consumer = consume(&consumer_ch, &q, true).await;
     for (i, props) in cases.iter().enumerate().skip(1) {
         let d = next_delivery(&mut consumer).await;
@@ -1015,7 +777,7 @@ async fn properties_and_headers_reach_consumers_exactly_as_published() {
 #[tokio::test]
 async fn bodies_of_every_size_arrive_intact() {
     let env = Env::start().await;
-    let (conn, ch) = env.channel().await;
+    let (conn, ch) = env.confirm_channel().await;
     let frame_max = usize::try_from(conn.configuration().frame_max()).expect("frame_max");
     assert!(frame_max >= 4096, "negotiated frame_max {frame_max}");
     let q = declare_queue(&ch, "bodies").await;
@@ -1044,7 +806,7 @@ async fn bodies_of_every_size_arrive_intact() {
         .expect("get")
         .expect("a message");
     assert!(m.delivery.data == make(sizes[0]), "body through basic.get");
-    let (_c2, consumer_ch) = env.channel().await;
+    let (_c2, consumer_ch) = env.confirm_channel().await;
     let mut consumer = consume(&consumer_ch, &q, true).await;
     for &n in sizes.iter().skip(1) {
         let d = next_delivery(&mut consumer).await;
@@ -1056,45 +818,27 @@ async fn bodies_of_every_size_arrive_intact() {
 #[tokio::test]
 async fn publisher_confirms_ack_every_publish() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "confirms").await;
     let mut pending = Vec::new();
     for i in 0..500 {
-        pending.push(
-            ch.basic_publish(
-                "".into(),
-                q.as_str().into(),
-                BasicPublishOptions::default(),
-                i.to_string().as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .expect("publish"),
-        );
+        pending.push(basic_publish(&ch, "", &q, i.to_string()).await);
     }
     for (i, p) in pending.into_iter().enumerate() {
         assert_eq!(p.await.expect("confirm"), Confirmation::Ack(None), "#{i}");
     }
     for i in 500..510 {
-        ch.basic_publish(
-            "".into(),
-            q.as_str().into(),
-            BasicPublishOptions::default(),
-            i.to_string().as_bytes(),
-            BasicProperties::default(),
-        )
-        .await
-        .expect("publish");
+        basic_publish(&ch, "", &q, i.to_string()).await;
     }
     assert!(ch.wait_for_confirms().await.expect("wait").is_empty());
-    let got: Vec<String> = drain(&ch, &q).await.into_iter().map(|(b, _)| b).collect();
+    let got: Vec<String> = drain(&ch, &q).await;
     assert_eq!(got, numbered(510).collect::<Vec<_>>());
 }
 
 #[tokio::test]
 async fn confirm_and_tx_modes_exclude_each_other() {
     let env = Env::start().await;
-    let (conn, ch) = env.channel().await;
+    let (conn, ch) = env.confirm_channel().await;
     let r = ch.tx_select().await;
     assert_eq!(
         failure(r),
@@ -1127,37 +871,22 @@ async fn confirm_and_tx_modes_exclude_each_other() {
 #[tokio::test]
 async fn tx_publishes_arrive_on_commit_and_never_after_rollback() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "tx-publish").await;
-    let (_c2, tx) = env.plain_channel().await;
+    let (_c2, tx) = env.channel().await;
     tx.tx_select().await.expect("tx.select");
     let send = |b: &'static str| {
         let tx = tx.clone();
         let q = q.clone();
         async move {
-            tx.basic_publish(
-                "".into(),
-                q.as_str().into(),
-                BasicPublishOptions::default(),
-                b.as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .expect("publish");
+            basic_publish(&tx, "", &q, b).await;
         }
     };
     let ready_seen_by_tx = || async {
-        tx.queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
-        .await
-        .expect("passive declare")
-        .message_count()
+        tx.queue_declare(q.as_str().into(), passive(), no_args())
+            .await
+            .expect("passive declare")
+            .message_count()
     };
     send("rolled back 1").await;
     send("rolled back 2").await;
@@ -1174,7 +903,7 @@ async fn tx_publishes_arrive_on_commit_and_never_after_rollback() {
     send("after").await;
     tx.tx_rollback().await.expect("rollback");
     assert_eq!(
-        drain(&ch, &q).await,
+        drain_with_redelivered(&ch, &q).await,
         [
             ("committed 1".to_string(), false),
             ("committed 2".to_string(), false)
@@ -1185,22 +914,14 @@ async fn tx_publishes_arrive_on_commit_and_never_after_rollback() {
 #[tokio::test]
 async fn tx_acks_take_effect_on_commit_only() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
-    let q = unique("tx-ack");
-    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), no_args())
-        .await
-        .expect("declare");
+    let (_c, ch) = env.confirm_channel().await;
+    let q = declare_kept_queue(&ch, "tx-ack").await;
     publish_all(&ch, &q, numbered(4)).await;
-    let (tx_conn, tx) = env.plain_channel().await;
+    let (tx_conn, tx) = env.channel().await;
     tx.tx_select().await.expect("tx.select");
     let mut tags = Vec::new();
     for _ in 0..4 {
-        let m = tx
-            .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
-            .await
-            .expect("get")
-            .expect("a message");
-        tags.push(m.delivery.delivery_tag);
+        tags.push(get_unacked(&tx, &q).await.delivery_tag);
     }
     tx.basic_ack(tags[3], BasicAckOptions { multiple: true })
         .await
@@ -1221,7 +942,7 @@ async fn tx_acks_take_effect_on_commit_only() {
     })
     .await;
     assert_eq!(
-        drain(&ch, &q).await,
+        drain_with_redelivered(&ch, &q).await,
         [("2".to_string(), true), ("3".to_string(), true)]
     );
     ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
@@ -1232,17 +953,13 @@ async fn tx_acks_take_effect_on_commit_only() {
 #[tokio::test]
 async fn ack_multiple_needs_the_exact_tag_to_be_outstanding() {
     let env = Env::start().await;
-    let (conn, ch) = env.channel().await;
+    let (conn, ch) = env.confirm_channel().await;
     let q = declare_kept_queue(&ch, "ack-multiple-exact").await;
     publish_all(&ch, &q, numbered(3)).await;
-    let (getter_conn, getter) = env.plain_channel().await;
+    let (getter_conn, getter) = env.channel().await;
     let mut events = Box::pin(getter_conn.events_listener());
     for _ in 0..3 {
-        getter
-            .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
-            .await
-            .expect("get")
-            .expect("a message");
+        get_unacked(&getter, &q).await;
     }
     getter
         .basic_ack(2, BasicAckOptions::default())
@@ -1254,7 +971,7 @@ async fn ack_multiple_needs_the_exact_tag_to_be_outstanding() {
         .await
         .expect("sent");
     assert_eq!(
-        next_error(&mut events).await,
+        refusal(&next_error(&mut events).await),
         (
             406,
             "PRECONDITION_FAILED - unknown delivery tag 2".to_string()
@@ -1266,7 +983,7 @@ async fn ack_multiple_needs_the_exact_tag_to_be_outstanding() {
     })
     .await;
     assert_eq!(
-        drain(&ch, &q).await,
+        drain_with_redelivered(&ch, &q).await,
         [("0".to_string(), true), ("2".to_string(), true)]
     );
     delete_queue(&conn, &q).await;
@@ -1275,10 +992,10 @@ async fn ack_multiple_needs_the_exact_tag_to_be_outstanding() {
 #[tokio::test]
 async fn nack_with_requeue_keeps_the_prefetch_limit() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "nack-prefetch").await;
     publish_all(&ch, &q, numbered(4)).await;
-    let (_c2, consumer_ch) = env.channel().await;
+    let (_c2, consumer_ch) = env.confirm_channel().await;
     consumer_ch
         .basic_qos(2, BasicQosOptions::default())
         .await
@@ -1312,18 +1029,13 @@ async fn nack_with_requeue_keeps_the_prefetch_limit() {
 #[tokio::test]
 async fn tx_acks_are_checked_when_sent() {
     let env = Env::start().await;
-    let (conn, ch) = env.channel().await;
+    let (conn, ch) = env.confirm_channel().await;
     let mut events = Box::pin(conn.events_listener());
     let q = declare_kept_queue(&ch, "tx-ack-check").await;
     publish_all(&ch, &q, numbered(2)).await;
     let tx = conn.create_channel().await.expect("channel");
     tx.tx_select().await.expect("tx.select");
-    let m = tx
-        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
-        .await
-        .expect("get")
-        .expect("a message");
-    let tag = m.delivery.delivery_tag;
+    let tag = get_unacked(&tx, &q).await.delivery_tag;
     tx.basic_ack(tag, BasicAckOptions::default())
         .await
         .expect("ack");
@@ -1332,7 +1044,7 @@ async fn tx_acks_are_checked_when_sent() {
         .await
         .expect("sent");
     assert_eq!(
-        next_error(&mut events).await,
+        refusal(&next_error(&mut events).await),
         (
             406,
             format!("PRECONDITION_FAILED - unknown delivery tag {tag}")
@@ -1348,22 +1060,14 @@ async fn tx_acks_are_checked_when_sent() {
 #[tokio::test]
 async fn tx_publish_to_a_missing_exchange_fails_at_once() {
     let env = Env::start().await;
-    let (conn, tx) = env.plain_channel().await;
+    let (conn, tx) = env.channel().await;
     let mut events = Box::pin(conn.events_listener());
     tx.tx_select().await.expect("tx.select");
     let x = unique("nowhere");
-    tx.basic_publish(
-        x.as_str().into(),
-        "k".into(),
-        BasicPublishOptions::default(),
-        b"lost",
-        BasicProperties::default(),
-    )
-    .await
-    .expect("sent");
+    basic_publish(&tx, &x, "k", b"lost").await;
     // Refused before any commit.
     assert_eq!(
-        next_error(&mut events).await,
+        refusal(&next_error(&mut events).await),
         (404, format!("NOT_FOUND - no exchange '{x}' in vhost '/'"))
     );
 }
@@ -1371,7 +1075,7 @@ async fn tx_publish_to_a_missing_exchange_fails_at_once() {
 #[tokio::test]
 async fn deliveries_in_flight_to_a_closing_connection_are_not_lost() {
     let env = Env::start().await;
-    let (conn, ch) = env.channel().await;
+    let (conn, ch) = env.confirm_channel().await;
     let q = declare_kept_queue(&ch, "in-flight").await;
     let body = vec![7u8; 64 * 1024];
     let count = 300;
@@ -1379,7 +1083,7 @@ async fn deliveries_in_flight_to_a_closing_connection_are_not_lost() {
         let c = publish_with(&ch, "", &q, &body, false, BasicProperties::default()).await;
         assert_eq!(c, Confirmation::Ack(None));
     }
-    let (consumer_conn, consumer_ch) = env.plain_channel().await;
+    let (consumer_conn, consumer_ch) = env.channel().await;
     let _consumer = consume(&consumer_ch, &q, false).await;
     // Close at once: most deliveries are still on their way to the client.
     consumer_conn.close(200, "OK".into()).await.expect("close");
@@ -1393,14 +1097,14 @@ async fn deliveries_in_flight_to_a_closing_connection_are_not_lost() {
 #[tokio::test]
 async fn consumer_and_channel_prefetch_apply_together() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let mut queues = Vec::new();
     for _ in 0..4 {
         let q = declare_queue(&ch, "both-limits").await;
         publish_all(&ch, &q, numbered(2)).await;
         queues.push(q);
     }
-    let (_c2, consumer_ch) = env.channel().await;
+    let (_c2, consumer_ch) = env.confirm_channel().await;
     consumer_ch
         .basic_qos(1, BasicQosOptions::default())
         .await
@@ -1434,28 +1138,12 @@ async fn consumer_and_channel_prefetch_apply_together() {
 #[tokio::test]
 async fn tx_publishes_are_routed_when_published() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = declare_kept_queue(&ch, "tx-route-time").await;
-    ch.queue_bind(
-        q.as_str().into(),
-        "amq.direct".into(),
-        q.as_str().into(),
-        QueueBindOptions::default(),
-        no_args(),
-    )
-    .await
-    .expect("bind");
-    let (_c2, tx) = env.plain_channel().await;
+    bind(&ch, &q, "amq.direct", &q, no_args()).await;
+    let (_c2, tx) = env.channel().await;
     tx.tx_select().await.expect("tx.select");
-    tx.basic_publish(
-        "amq.direct".into(),
-        q.as_str().into(),
-        BasicPublishOptions::default(),
-        b"routed at publish",
-        BasicProperties::default(),
-    )
-    .await
-    .expect("publish");
+    basic_publish(&tx, "amq.direct", &q, b"routed at publish").await;
     // A synchronous method on the tx channel: the publish before it has been handled.
     tx.basic_qos(0, BasicQosOptions::default())
         .await
@@ -1470,7 +1158,7 @@ async fn tx_publishes_are_routed_when_published() {
     .expect("unbind");
     tx.tx_commit().await.expect("commit");
     assert_eq!(
-        drain(&ch, &q).await,
+        drain_with_redelivered(&ch, &q).await,
         [("routed at publish".to_string(), false)]
     );
     ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())

@@ -5,68 +5,17 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{TestBroker, reply_code, reply_text};
+use common::{
+    Env, TestBroker, WAIT, assert_served, auto_delete, auto_delete_exchange, basic_consume,
+    basic_publish, declare_exchange, declare_exclusive, declare_queue, exclusive, get_soon,
+    next_error, no_args, passive, reply_code, reply_text, table, unique,
+};
 use futures::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-
-/// Where a test runs: a fresh in-process Warren, or the reference broker named by the environment.
-struct Target {
-    _broker: Option<TestBroker>,
-    uri: String,
-}
-
-impl Target {
-    async fn start() -> Self {
-        match std::env::var("WARREN_REFERENCE_URI") {
-            Ok(uri) if !uri.is_empty() => Self { _broker: None, uri },
-            _ => Self::warren(TestBroker::start().await),
-        }
-    }
-
-    fn warren(broker: TestBroker) -> Self {
-        Self {
-            uri: broker.uri(),
-            _broker: Some(broker),
-        }
-    }
-
-    async fn connect(&self) -> Connection {
-        Connection::connect(&self.uri, ConnectionProperties::default())
-            .await
-            .expect("connect")
-    }
-
-    async fn channel(&self) -> (Connection, Channel) {
-        let conn = self.connect().await;
-        let ch = conn.create_channel().await.expect("channel");
-        (conn, ch)
-    }
-}
-
-/// A name no earlier run against a long-lived reference broker has used.
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn no_args() -> FieldTable {
-    FieldTable::default()
-}
-
-const WAIT: Duration = Duration::from_secs(5);
 
 /// Asserts an AMQP error's code and full text.
 fn assert_error(r: Result<impl std::fmt::Debug, lapin::Error>, code: u16, text: &str) {
@@ -78,25 +27,10 @@ fn assert_error(r: Result<impl std::fmt::Debug, lapin::Error>, code: u16, text: 
 /// The error that closed a channel, seen through a consumer on a queue of its own: lapin hands
 /// a channel's close reason to its consumers, which catches errors of methods without a reply.
 async fn close_reason_sink(ch: &Channel) -> lapin::Consumer {
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
+    let q = declare_exclusive(ch).await.expect("sink queue");
+    basic_consume(ch, q.name().as_str(), "", BasicConsumeOptions::default())
         .await
-        .expect("sink queue");
-    ch.basic_consume(
-        q.name().clone(),
-        "".into(),
-        BasicConsumeOptions::default(),
-        no_args(),
-    )
-    .await
-    .expect("sink consumer")
+        .expect("sink consumer")
 }
 
 async fn next_close_reason(sink: &mut lapin::Consumer) -> lapin::Error {
@@ -106,27 +40,24 @@ async fn next_close_reason(sink: &mut lapin::Consumer) -> lapin::Error {
     }
 }
 
-/// After a channel error: that channel is closed, the connection and a new channel still work.
-async fn assert_only_channel_closed(conn: &Connection, ch: &Channel) {
-    // lapin marks the channel closed once it has answered close-ok.
+/// Gives lapin up to 2 s to get to `done`: it marks a channel or connection closed once it has
+/// answered close-ok.
+async fn settle(done: impl Fn() -> bool) {
     for _ in 0..100 {
-        if !ch.status().connected() {
+        if done() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// After a channel error: that channel is closed, the connection and a new channel still work.
+async fn assert_only_channel_closed(conn: &Connection, ch: &Channel) {
+    settle(|| !ch.status().connected()).await;
     assert!(!ch.status().connected(), "the failed channel is closed");
     assert!(conn.status().connected(), "the connection survives");
     let ch2 = conn.create_channel().await.expect("a new channel");
-    let q = ch2
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
+    let q = declare_exclusive(&ch2)
         .await
         .expect("the connection still serves methods");
     assert!(q.name().as_str().starts_with("amq.gen-"));
@@ -134,68 +65,23 @@ async fn assert_only_channel_closed(conn: &Connection, ch: &Channel) {
 
 /// After a connection error: the connection is gone and refuses new channels.
 async fn assert_connection_closed(conn: &Connection) {
-    for _ in 0..100 {
-        if !conn.status().connected() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    settle(|| !conn.status().connected()).await;
     assert!(!conn.status().connected(), "the connection is closed");
     assert!(conn.create_channel().await.is_err());
 }
 
 /// A well-behaved client still gets served: declare, publish, get.
-async fn assert_healthy(t: &Target) {
-    let (conn, ch) = t.channel().await;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
-        .await
-        .expect("declare");
-    ch.basic_publish(
-        "".into(),
-        q.name().clone(),
-        BasicPublishOptions::default(),
-        b"still alive",
-        BasicProperties::default(),
-    )
-    .await
-    .expect("publish");
-    let mut got = None;
-    for _ in 0..100 {
-        got = ch
-            .basic_get(q.name().clone(), BasicGetOptions { no_ack: true })
-            .await
-            .expect("get");
-        if got.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(got.map(|m| m.delivery.data), Some(b"still alive".to_vec()));
-    let _ = conn.close(200, "bye".into()).await;
+async fn assert_healthy(t: &Env) {
+    let _ = assert_served(&t.uri).await;
 }
 
 #[tokio::test]
 async fn passive_declare_of_a_missing_queue_is_404_on_the_channel() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let (conn, ch) = t.channel().await;
     let name = unique("missing");
     let r = ch
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
+        .queue_declare(name.as_str().into(), passive(), no_args())
         .await;
     assert_error(
         r,
@@ -207,7 +93,7 @@ async fn passive_declare_of_a_missing_queue_is_404_on_the_channel() {
 
 #[tokio::test]
 async fn passive_declare_of_a_missing_exchange_is_404_on_the_channel() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let (conn, ch) = t.channel().await;
     let name = unique("missing-x");
     let r = ch
@@ -231,7 +117,7 @@ async fn passive_declare_of_a_missing_exchange_is_404_on_the_channel() {
 
 #[tokio::test]
 async fn amq_prefixed_names_are_403() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let (conn, ch) = t.channel().await;
     let r = ch
         .exchange_declare(
@@ -262,7 +148,7 @@ async fn amq_prefixed_names_are_403() {
 
 #[tokio::test]
 async fn deleting_a_system_exchange_is_403() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let (conn, ch) = t.channel().await;
     let r = ch
         .exchange_delete("amq.direct".into(), ExchangeDeleteOptions::default())
@@ -277,18 +163,11 @@ async fn deleting_a_system_exchange_is_403() {
 
 #[tokio::test]
 async fn an_exclusive_queue_is_locked_to_its_connection() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let (_owner, owner_ch) = t.channel().await;
     let name = unique("excl");
     owner_ch
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
+        .queue_declare(name.as_str().into(), exclusive(), no_args())
         .await
         .expect("declare");
     let locked = format!(
@@ -297,27 +176,13 @@ async fn an_exclusive_queue_is_locked_to_its_connection() {
          does not match that of the original declaration."
     );
     let (conn, ch) = t.channel().await;
-    let r = ch
-        .basic_consume(
-            name.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            no_args(),
-        )
-        .await;
+    let r = basic_consume(&ch, &name, "", BasicConsumeOptions::default()).await;
     assert_error(r, 405, &locked);
     assert_only_channel_closed(&conn, &ch).await;
 
     let ch = conn.create_channel().await.expect("channel");
     let r = ch
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
+        .queue_declare(name.as_str().into(), exclusive(), no_args())
         .await;
     assert_error(r, 405, &locked);
     assert_only_channel_closed(&conn, &ch).await;
@@ -325,19 +190,9 @@ async fn an_exclusive_queue_is_locked_to_its_connection() {
 
 #[tokio::test]
 async fn redeclaring_with_other_durability_is_406() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let (conn, ch) = t.channel().await;
-    let name = unique("redeclare");
-    ch.queue_declare(
-        name.as_str().into(),
-        QueueDeclareOptions {
-            auto_delete: true,
-            ..Default::default()
-        },
-        no_args(),
-    )
-    .await
-    .expect("declare");
+    let name = declare_queue(&ch, "redeclare").await;
     let r = ch
         .queue_declare(
             name.as_str().into(),
@@ -359,19 +214,9 @@ async fn redeclaring_with_other_durability_is_406() {
     );
     assert_only_channel_closed(&conn, &ch).await;
 
-    let x = unique("redeclare-x");
     let ch = conn.create_channel().await.expect("channel");
-    ch.exchange_declare(
-        x.as_str().into(),
-        ExchangeKind::Fanout,
-        ExchangeDeclareOptions {
-            auto_delete: true,
-            ..Default::default()
-        },
-        no_args(),
-    )
-    .await
-    .expect("declare");
+    let options = auto_delete_exchange();
+    let x = declare_exchange(&ch, "redeclare-x", ExchangeKind::Fanout, options, no_args()).await;
     let r = ch
         .exchange_declare(
             x.as_str().into(),
@@ -395,14 +240,6 @@ async fn redeclaring_with_other_durability_is_406() {
     assert_only_channel_closed(&conn, &ch).await;
 }
 
-fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in entries {
-        t.insert((*k).into(), v.clone());
-    }
-    t
-}
-
 /// Declares `name` with `first`, redeclares it with `second`, and returns the redeclare's outcome
 /// (on a fresh channel, so an earlier failure does not leak into the next case).
 async fn redeclare(
@@ -411,10 +248,7 @@ async fn redeclare(
     first: FieldTable,
     second: FieldTable,
 ) -> (Channel, Result<lapin::Queue, lapin::Error>) {
-    let opts = QueueDeclareOptions {
-        auto_delete: true,
-        ..Default::default()
-    };
+    let opts = auto_delete();
     let ch = conn.create_channel().await.expect("channel");
     ch.queue_declare(name.into(), opts, first)
         .await
@@ -425,7 +259,7 @@ async fn redeclare(
 
 #[tokio::test]
 async fn redeclaring_with_another_known_argument_value_is_406() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let conn = t.connect().await;
     let name = unique("redeclare-args");
     let _keep = conn.create_channel().await.expect("channel");
@@ -451,7 +285,7 @@ async fn redeclaring_with_another_known_argument_value_is_406() {
 /// names a missing side `none`.
 #[tokio::test]
 async fn redeclare_argument_equivalence_follows_rabbitmq() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let conn = t.connect().await;
     let name = unique("redeclare-missing");
     let (ch, r) = redeclare(
@@ -497,7 +331,7 @@ async fn redeclare_argument_equivalence_follows_rabbitmq() {
 
 #[tokio::test]
 async fn an_unknown_delivery_tag_is_406() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let (conn, ch) = t.channel().await;
     let mut sink = close_reason_sink(&ch).await;
     ch.basic_ack(42, BasicAckOptions::default())
@@ -514,40 +348,12 @@ async fn an_unknown_delivery_tag_is_406() {
 
 #[tokio::test]
 async fn acking_twice_is_406() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let (conn, ch) = t.channel().await;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
-        .await
-        .expect("declare");
-    ch.basic_publish(
-        "".into(),
-        q.name().clone(),
-        BasicPublishOptions::default(),
-        b"once",
-        BasicProperties::default(),
-    )
-    .await
-    .expect("publish");
+    let q = declare_exclusive(&ch).await.expect("declare");
+    basic_publish(&ch, "", q.name().as_str(), b"once").await;
     let mut sink = close_reason_sink(&ch).await;
-    let mut got = None;
-    for _ in 0..100 {
-        got = ch
-            .basic_get(q.name().clone(), BasicGetOptions::default())
-            .await
-            .expect("get");
-        if got.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let got = get_soon(&ch, q.name().as_str(), BasicGetOptions::default()).await;
     let tag = got.expect("a message").delivery.delivery_tag;
     ch.basic_ack(tag, BasicAckOptions::default())
         .await
@@ -591,7 +397,7 @@ async fn publish_confirmed(
 
 #[tokio::test]
 async fn a_user_id_other_than_the_login_is_406() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let (conn, ch) = t.channel().await;
     let r = publish_confirmed(
         &ch,
@@ -611,21 +417,14 @@ async fn a_user_id_other_than_the_login_is_406() {
 
 #[tokio::test]
 async fn publishing_to_an_internal_exchange_is_403() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let (conn, ch) = t.channel().await;
-    let x = unique("internal");
-    ch.exchange_declare(
-        x.as_str().into(),
-        ExchangeKind::Fanout,
-        ExchangeDeclareOptions {
-            internal: true,
-            auto_delete: true,
-            ..Default::default()
-        },
-        no_args(),
-    )
-    .await
-    .expect("declare");
+    let options = ExchangeDeclareOptions {
+        internal: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let x = declare_exchange(&ch, "internal", ExchangeKind::Fanout, options, no_args()).await;
     let r = publish_confirmed(&ch, &x, "", b"x", BasicProperties::default()).await;
     assert_error(
         r,
@@ -642,7 +441,7 @@ async fn publishing_to_an_internal_exchange_is_403() {
 #[tokio::test]
 async fn a_message_over_max_message_size_is_406() {
     let broker = TestBroker::start_with(|c| c.max_message_size = 1024).await;
-    let t = Target::warren(broker);
+    let t = Env::warren(broker);
     let (conn, ch) = t.channel().await;
     let r = publish_confirmed(&ch, "", "nowhere", &[7u8; 1024], BasicProperties::default()).await;
     assert!(
@@ -661,35 +460,24 @@ async fn a_message_over_max_message_size_is_406() {
 
 #[tokio::test]
 async fn reusing_a_consumer_tag_closes_the_connection_with_530() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let (conn, ch) = t.channel().await;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
-        .await
-        .expect("declare");
-    ch.basic_consume(
-        q.name().clone(),
-        "ctag".into(),
+    let q = declare_exclusive(&ch).await.expect("declare");
+    basic_consume(
+        &ch,
+        q.name().as_str(),
+        "ctag",
         BasicConsumeOptions::default(),
-        no_args(),
     )
     .await
     .expect("first consumer");
-    let r = ch
-        .basic_consume(
-            q.name().clone(),
-            "ctag".into(),
-            BasicConsumeOptions::default(),
-            no_args(),
-        )
-        .await;
+    let r = basic_consume(
+        &ch,
+        q.name().as_str(),
+        "ctag",
+        BasicConsumeOptions::default(),
+    )
+    .await;
     assert_error(r, 530, "NOT_ALLOWED - attempt to reuse consumer tag 'ctag'");
     assert_connection_closed(&conn).await;
     assert_healthy(&t).await;
@@ -697,7 +485,7 @@ async fn reusing_a_consumer_tag_closes_the_connection_with_530() {
 
 #[tokio::test]
 async fn an_unknown_exchange_type_closes_the_connection_with_503() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let (conn, ch) = t.channel().await;
     let r = ch
         .exchange_declare(
@@ -718,7 +506,7 @@ async fn an_unknown_exchange_type_closes_the_connection_with_503() {
 
 #[tokio::test]
 async fn a_wrong_password_is_403_access_refused() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let uri = t.uri.replacen("guest:guest@", "guest:wrong@", 1);
     let r = Connection::connect(&uri, ConnectionProperties::default()).await;
     assert_error(
@@ -743,7 +531,7 @@ async fn a_wrong_password_is_403_access_refused() {
 
 #[tokio::test]
 async fn an_unknown_user_is_403_access_refused() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let uri = t.uri.replacen("guest:guest@", "nobody:guest@", 1);
     let r = Connection::connect(&uri, ConnectionProperties::default()).await;
     assert_error(
@@ -756,7 +544,7 @@ async fn an_unknown_user_is_403_access_refused() {
 
 #[tokio::test]
 async fn an_unknown_vhost_is_530() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let uri = t.uri.replacen("/%2f", "/no-such-vhost", 1);
     let r = Connection::connect(&uri, ConnectionProperties::default()).await;
     assert_error(r, 530, "NOT_ALLOWED - vhost no-such-vhost not found");
@@ -765,7 +553,7 @@ async fn an_unknown_vhost_is_530() {
 
 #[tokio::test]
 async fn amqplain_login_works() {
-    let t = Target::start().await;
+    let t = Env::start().await;
     let conn = Connection::connect(
         &format!("{}?auth_mechanism=amqplain", t.uri),
         ConnectionProperties::default(),
@@ -774,16 +562,7 @@ async fn amqplain_login_works() {
     .expect("AMQPLAIN login");
     assert_eq!(conn.status().username(), "guest");
     let ch = conn.create_channel().await.expect("channel");
-    ch.queue_declare(
-        "".into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
-        no_args(),
-    )
-    .await
-    .expect("declare");
+    declare_exclusive(&ch).await.expect("declare");
 }
 
 #[tokio::test]
@@ -814,24 +593,8 @@ async fn a_loopback_user_may_log_in_from_loopback() {
 async fn shutdown_closes_clients_with_320_connection_forced() {
     let broker = TestBroker::start().await;
     let (conn, ch) = broker.channel().await;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
-        .await
-        .expect("declare");
-    let mut consumer = ch
-        .basic_consume(
-            q.name().clone(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            no_args(),
-        )
+    let q = declare_exclusive(&ch).await.expect("declare");
+    let mut consumer = basic_consume(&ch, q.name().as_str(), "", BasicConsumeOptions::default())
         .await
         .expect("consume");
     let mut events = conn.events_listener();
@@ -845,18 +608,8 @@ async fn shutdown_closes_clients_with_320_connection_forced() {
         320,
         "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
     );
-    let event = tokio::time::timeout(WAIT, async {
-        loop {
-            match events.next().await {
-                Some(lapin::Event::Error(e)) => return Some(e),
-                Some(_) => continue,
-                None => return None,
-            }
-        }
-    })
-    .await
-    .expect("an error event");
-    assert_eq!(event.as_ref().and_then(reply_code), Some(320));
+    let event = next_error(&mut events).await;
+    assert_eq!(reply_code(&event), Some(320));
     assert_connection_closed(&conn).await;
 }
 

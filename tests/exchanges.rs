@@ -8,182 +8,38 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::{TestBroker, reply_code, reply_text};
-use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+use common::{
+    Env, auto_delete_exchange, basic_publish, bind, declare_exchange, declare_queue, drain,
+    failure, no_args, publish, publish_props, publish_with, reply_code, s, table, unique,
 };
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
 
-/// The broker under test: Warren in-process, or the reference named by `WARREN_REFERENCE_URI`.
-struct Env {
-    _broker: Option<TestBroker>,
-    uri: String,
-}
-
-impl Env {
-    async fn start() -> Self {
-        match std::env::var("WARREN_REFERENCE_URI") {
-            Ok(uri) => Self { _broker: None, uri },
-            Err(_) => {
-                let broker = TestBroker::start().await;
-                let uri = broker.uri();
-                Self {
-                    _broker: Some(broker),
-                    uri,
-                }
-            }
-        }
-    }
-
-    async fn connect(&self) -> Connection {
-        Connection::connect(&self.uri, ConnectionProperties::default())
+/// Deletes the exchanges a test declared, which a shared reference broker would keep.
+async fn delete_exchanges(ch: &Channel, names: impl IntoIterator<Item = String>) {
+    for x in names {
+        ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
             .await
-            .expect("connect")
-    }
-
-    /// A connection and a channel in confirm mode, so a publish's confirm means it was routed.
-    async fn channel(&self) -> (Connection, Channel) {
-        let conn = self.connect().await;
-        let ch = conn.create_channel().await.expect("channel");
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm.select");
-        (conn, ch)
+            .expect("delete");
     }
 }
 
-/// A name no other test (or earlier run against a shared reference broker) uses.
-fn unique(base: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{base}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn no_args() -> FieldTable {
-    FieldTable::default()
-}
-
-fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in entries {
-        t.insert(ShortString::from(*k), v.clone());
-    }
-    t
-}
-
-fn s(v: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(v))
-}
-
-/// The reply code and text a failed call carried.
-fn failure<T: std::fmt::Debug>(r: Result<T, lapin::Error>) -> (u16, String) {
-    let e = r.expect_err("the broker refuses");
-    (
-        reply_code(&e).unwrap_or_else(|| panic!("no reply code in {e:?}")),
-        reply_text(&e).unwrap_or_default(),
-    )
-}
-
-async fn declare_queue(ch: &Channel, base: &str) -> String {
-    let name = unique(base);
-    ch.queue_declare(
-        name.as_str().into(),
-        QueueDeclareOptions {
-            auto_delete: true,
-            ..Default::default()
-        },
+/// Binds exchange `destination` to `source` with `key`.
+async fn bind_exchange(ch: &Channel, destination: &str, source: &str, key: &str) {
+    ch.exchange_bind(
+        destination.into(),
+        source.into(),
+        key.into(),
+        ExchangeBindOptions::default(),
         no_args(),
     )
     .await
-    .expect("queue.declare");
-    name
+    .expect("exchange.bind");
 }
 
-async fn declare_exchange(
-    ch: &Channel,
-    base: &str,
-    kind: ExchangeKind,
-    options: ExchangeDeclareOptions,
-    args: FieldTable,
-) -> String {
-    let name = unique(base);
-    ch.exchange_declare(name.as_str().into(), kind, options, args)
-        .await
-        .expect("exchange.declare");
-    name
-}
-
-async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str, args: FieldTable) {
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        args,
-    )
-    .await
-    .expect("queue.bind");
-}
-
-/// Publishes and waits for the confirm: by then the broker has routed the message.
-async fn publish_with(
-    ch: &Channel,
-    exchange: &str,
-    key: &str,
-    body: &str,
-    mandatory: bool,
-    properties: BasicProperties,
-) -> Confirmation {
-    ch.basic_publish(
-        exchange.into(),
-        key.into(),
-        BasicPublishOptions {
-            mandatory,
-            ..Default::default()
-        },
-        body.as_bytes(),
-        properties,
-    )
-    .await
-    .expect("basic.publish")
-    .await
-    .expect("confirm")
-}
-
-async fn publish(ch: &Channel, exchange: &str, key: &str, body: &str) {
-    let c = publish_with(ch, exchange, key, body, false, BasicProperties::default()).await;
-    assert!(c.is_ack(), "{c:?}");
-}
-
-async fn publish_headers(ch: &Channel, exchange: &str, body: &str, headers: FieldTable) {
-    let props = BasicProperties::default().with_headers(headers);
-    let c = publish_with(ch, exchange, "", body, false, props).await;
-    assert!(c.is_ack(), "{c:?}");
-}
-
-/// Every ready message body of a queue, in order, taken with `basic.get`.
-async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    while let Some(m) = ch
-        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-        .await
-        .expect("basic.get")
-    {
-        out.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
-    }
-    out
-}
-
+/// Whether the exchange is there, asked with a passive declare on a connection of its own.
 async fn exchange_exists(env: &Env, name: &str) -> bool {
     let conn = env.connect().await;
     let ch = conn.create_channel().await.expect("channel");
@@ -210,7 +66,7 @@ async fn exchange_exists(env: &Env, name: &str) -> bool {
 #[tokio::test]
 async fn default_exchange_routes_by_queue_name_and_cannot_be_changed() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "default").await;
     publish(&ch, "", &q, "to the queue").await;
     publish(&ch, "", &unique("nobody"), "dropped").await;
@@ -227,13 +83,13 @@ async fn default_exchange_routes_by_queue_name_and_cannot_be_changed() {
         .await;
     assert_eq!(failure(r), (403, refused.to_string()));
 
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let r = ch
         .exchange_delete("".into(), ExchangeDeleteOptions::default())
         .await;
     assert_eq!(failure(r), (403, refused.to_string()));
 
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "default-bind").await;
     let r = ch
         .queue_bind(
@@ -250,7 +106,7 @@ async fn default_exchange_routes_by_queue_name_and_cannot_be_changed() {
 #[tokio::test]
 async fn predeclared_exchanges_exist_with_their_types() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     for (name, kind) in [
         ("amq.direct", ExchangeKind::Direct),
         ("amq.fanout", ExchangeKind::Fanout),
@@ -290,7 +146,7 @@ async fn predeclared_exchanges_exist_with_their_types() {
     assert_eq!(code, 403);
     assert!(text.contains("contains reserved prefix 'amq.*'"), "{text}");
 
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let r = ch
         .exchange_delete("amq.fanout".into(), ExchangeDeleteOptions::default())
         .await;
@@ -307,7 +163,7 @@ async fn predeclared_exchanges_exist_with_their_types() {
 #[tokio::test]
 async fn passive_declare_of_a_missing_exchange_is_404() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let name = unique("missing");
     let r = ch
         .exchange_declare(
@@ -332,7 +188,7 @@ async fn passive_declare_of_a_missing_exchange_is_404() {
 #[tokio::test]
 async fn passive_declare_ignores_type_and_flags() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let x = declare_exchange(
         &ch,
         "passive",
@@ -448,7 +304,7 @@ async fn redeclare_must_be_equivalent() {
 #[tokio::test]
 async fn unknown_exchange_type_closes_the_connection() {
     let env = Env::start().await;
-    let (conn, ch) = env.channel().await;
+    let (conn, ch) = env.confirm_channel().await;
     let r = ch
         .exchange_declare(
             unique("odd").as_str().into(),
@@ -469,7 +325,7 @@ async fn unknown_exchange_type_closes_the_connection() {
 #[tokio::test]
 async fn internal_exchange_refuses_publishes_but_routes_from_other_exchanges() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let internal = declare_exchange(
         &ch,
         "internal",
@@ -503,17 +359,9 @@ async fn internal_exchange_refuses_publishes_but_routes_from_other_exchanges() {
     publish(&ch, &front, "", "through the front").await;
     assert_eq!(drain(&ch, &q).await, ["through the front"]);
 
-    let r = ch
-        .basic_publish(
-            internal.as_str().into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            b"direct",
-            BasicProperties::default(),
-        )
-        .await
-        .expect("publish is asynchronous")
-        .await;
+    // The refusal comes with the confirm: publishing itself is asynchronous.
+    let confirm = basic_publish(&ch, &internal, "", b"direct").await;
+    let r = confirm.await;
     assert_eq!(
         failure(r),
         (
@@ -523,30 +371,18 @@ async fn internal_exchange_refuses_publishes_but_routes_from_other_exchanges() {
             )
         )
     );
-    let (_c, ch) = env.channel().await;
-    for x in [front, internal] {
-        ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-            .await
-            .expect("delete");
-    }
+    let (_c, ch) = env.confirm_channel().await;
+    delete_exchanges(&ch, [front, internal]).await;
 }
 
 #[tokio::test]
 async fn publish_to_a_missing_exchange_closes_the_channel_with_404() {
     let env = Env::start().await;
-    let (conn, ch) = env.channel().await;
+    let (conn, ch) = env.confirm_channel().await;
     let x = unique("nowhere");
-    let r = ch
-        .basic_publish(
-            x.as_str().into(),
-            "k".into(),
-            BasicPublishOptions::default(),
-            b"lost",
-            BasicProperties::default(),
-        )
-        .await
-        .expect("publish is asynchronous")
-        .await;
+    // The refusal comes with the confirm: publishing itself is asynchronous.
+    let confirm = basic_publish(&ch, &x, "k", b"lost").await;
+    let r = confirm.await;
     assert_eq!(
         failure(r),
         (404, format!("NOT_FOUND - no exchange '{x}' in vhost '/'"))
@@ -558,7 +394,7 @@ async fn publish_to_a_missing_exchange_closes_the_channel_with_404() {
 #[tokio::test]
 async fn delete_if_unused_refuses_while_bound() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let x = declare_exchange(
         &ch,
         "in-use",
@@ -582,7 +418,7 @@ async fn delete_if_unused_refuses_while_bound() {
         )
     );
 
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     ch.queue_unbind(q.as_str().into(), x.as_str().into(), "k".into(), no_args())
         .await
         .expect("unbind");
@@ -597,7 +433,7 @@ async fn delete_if_unused_refuses_while_bound() {
 #[tokio::test]
 async fn delete_removes_bindings_and_is_idempotent() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let x = declare_exchange(
         &ch,
         "doomed",
@@ -635,7 +471,7 @@ async fn delete_removes_bindings_and_is_idempotent() {
 #[tokio::test]
 async fn direct_routes_on_exact_keys() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let x = declare_exchange(
         &ch,
         "direct",
@@ -661,7 +497,7 @@ async fn direct_routes_on_exact_keys() {
 #[tokio::test]
 async fn fanout_ignores_the_key_and_delivers_once_per_queue() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let x = declare_exchange(
         &ch,
         "fanout",
@@ -684,7 +520,7 @@ async fn fanout_ignores_the_key_and_delivers_once_per_queue() {
 #[tokio::test]
 async fn topic_star_matches_one_word_and_hash_any_number() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let x = declare_exchange(
         &ch,
         "topic",
@@ -770,7 +606,7 @@ fn topic_matches(pattern: &[&str], key: &[&str]) -> bool {
 #[tokio::test]
 async fn topic_with_ten_thousand_bindings_routes_exactly() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let x = declare_exchange(
         &ch,
         "big-topic",
@@ -864,7 +700,7 @@ async fn topic_with_ten_thousand_bindings_routes_exactly() {
 #[tokio::test]
 async fn headers_exchange_matches_all_any_and_with_x() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let x = declare_exchange(
         &ch,
         "headers",
@@ -949,7 +785,8 @@ async fn headers_exchange_matches_all_any_and_with_x() {
         ("none", FieldTable::default()),
     ];
     for (body, headers) in &messages {
-        publish_headers(&ch, &x, body, headers.clone()).await;
+        let props = BasicProperties::default().with_headers(headers.clone());
+        publish_props(&ch, &x, "", body, props).await;
     }
     let want: [&[&str]; 7] = [
         &["pdf-report"],
@@ -968,7 +805,7 @@ async fn headers_exchange_matches_all_any_and_with_x() {
 #[tokio::test]
 async fn headers_binding_with_a_bad_x_match_is_refused() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "bad-x-match").await;
     let r = ch
         .queue_bind(
@@ -988,22 +825,10 @@ async fn headers_binding_with_a_bad_x_match_is_refused() {
     );
 }
 
-async fn bind_exchange(ch: &Channel, destination: &str, source: &str, key: &str) {
-    ch.exchange_bind(
-        destination.into(),
-        source.into(),
-        key.into(),
-        ExchangeBindOptions::default(),
-        no_args(),
-    )
-    .await
-    .expect("exchange.bind");
-}
-
 #[tokio::test]
 async fn exchange_to_exchange_bindings_route_through_and_unbind() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let fanout = ExchangeDeclareOptions::default();
     let top = declare_exchange(&ch, "e2e-top", ExchangeKind::Topic, fanout, no_args()).await;
     let mid = declare_exchange(&ch, "e2e-mid", ExchangeKind::Direct, fanout, no_args()).await;
@@ -1052,17 +877,13 @@ async fn exchange_to_exchange_bindings_route_through_and_unbind() {
     )
     .await;
     assert!(c.take_message().is_some(), "unroutable once mid is gone");
-    for x in [top, leaf] {
-        ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-            .await
-            .expect("delete");
-    }
+    delete_exchanges(&ch, [top, leaf]).await;
 }
 
 #[tokio::test]
 async fn exchange_binding_cycle_delivers_once_and_terminates() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let o = ExchangeDeclareOptions::default();
     let a = declare_exchange(&ch, "cycle-a", ExchangeKind::Fanout, o, no_args()).await;
     let b = declare_exchange(&ch, "cycle-b", ExchangeKind::Fanout, o, no_args()).await;
@@ -1080,17 +901,13 @@ async fn exchange_binding_cycle_delivers_once_and_terminates() {
     }
     assert_eq!(drain(&ch, &qa).await, [a.as_str(), b.as_str(), c.as_str()]);
     assert_eq!(drain(&ch, &qc).await, [a.as_str(), b.as_str(), c.as_str()]);
-    for x in [a, b, c] {
-        ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-            .await
-            .expect("delete");
-    }
+    delete_exchanges(&ch, [a, b, c]).await;
 }
 
 #[tokio::test]
 async fn queue_unbind_stops_routing_and_missing_bindings_are_fine() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = declare_queue(&ch, "unbind").await;
     bind(&ch, &q, "amq.direct", &q, no_args()).await;
     publish(&ch, "amq.direct", &q, "before").await;
@@ -1155,11 +972,8 @@ async fn queue_unbind_stops_routing_and_missing_bindings_are_fine() {
 #[tokio::test]
 async fn auto_delete_exchange_goes_with_its_last_binding() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
-    let auto = ExchangeDeclareOptions {
-        auto_delete: true,
-        ..Default::default()
-    };
+    let (_c, ch) = env.confirm_channel().await;
+    let auto = auto_delete_exchange();
     let x = declare_exchange(&ch, "auto", ExchangeKind::Direct, auto, no_args()).await;
     // Not before it ever had a binding.
     assert!(exchange_exists(&env, &x).await);
@@ -1197,7 +1011,7 @@ async fn auto_delete_exchange_goes_with_its_last_binding() {
 #[tokio::test]
 async fn alternate_exchange_takes_unroutable_messages() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let o = ExchangeDeclareOptions::default();
     let ae = declare_exchange(&ch, "ae", ExchangeKind::Fanout, o, no_args()).await;
     let x = declare_exchange(
@@ -1255,17 +1069,13 @@ async fn alternate_exchange_takes_unroutable_messages() {
     .await;
     let c = publish_with(&ch, &y, "k", "nowhere", true, BasicProperties::default()).await;
     assert!(c.take_message().is_some());
-    for e in [x, y, ae] {
-        ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-            .await
-            .expect("delete");
-    }
+    delete_exchanges(&ch, [x, y, ae]).await;
 }
 
 #[tokio::test]
 async fn alternate_exchanges_chain_and_cycles_end() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let o = ExchangeDeclareOptions::default();
     let a = unique("ae-cycle-a");
     let b = unique("ae-cycle-b");
@@ -1287,17 +1097,13 @@ async fn alternate_exchanges_chain_and_cycles_end() {
     assert!(c.take_message().is_some(), "a cycle of AEs routes nowhere");
     assert_eq!(drain(&ch, &q).await, ["via b"]);
     let names: BTreeSet<String> = [a, b].into_iter().collect();
-    for x in names {
-        ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-            .await
-            .expect("delete");
-    }
+    delete_exchanges(&ch, names).await;
 }
 
 #[tokio::test]
 async fn alternate_exchange_is_used_only_when_the_exchange_itself_matches_nothing() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let o = ExchangeDeclareOptions::default();
     let ae = declare_exchange(&ch, "ae-only-own", ExchangeKind::Fanout, o, no_args()).await;
     let x = declare_exchange(
@@ -1337,17 +1143,13 @@ async fn alternate_exchange_is_used_only_when_the_exchange_itself_matches_nothin
     let c = publish_with(&ch, &x, "both", "once", true, BasicProperties::default()).await;
     assert_eq!(c, Confirmation::Ack(None));
     assert_eq!(drain(&ch, &q).await, ["once"]);
-    for e in [x, y, ae] {
-        ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-            .await
-            .expect("delete");
-    }
+    delete_exchanges(&ch, [x, y, ae]).await;
 }
 
 #[tokio::test]
 async fn layered_exchange_graph_visits_each_exchange_once() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let o = ExchangeDeclareOptions::default();
     // 40 layers of two fanouts, each bound to both of the next layer: 2^40 paths, 80 exchanges.
     let mut layers: Vec<[String; 2]> = Vec::new();
@@ -1391,17 +1193,13 @@ async fn layered_exchange_graph_visits_each_exchange_once() {
     .await;
     assert!(published.is_ok(), "routing did not finish");
     assert_eq!(drain(&ch, &q).await, ["through 80 exchanges"]);
-    for x in layers.into_iter().flatten() {
-        ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-            .await
-            .expect("delete");
-    }
+    delete_exchanges(&ch, layers.into_iter().flatten()).await;
 }
 
 #[tokio::test]
 async fn topic_words_may_be_empty() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let x = declare_exchange(
         &ch,
         "topic-empty-words",

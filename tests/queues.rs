@@ -7,181 +7,20 @@
 
 mod common;
 
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-use common::{TestBroker, next_delivery, reply_code, reply_text};
+use common::{
+    Env, auto_delete, auto_delete_exchange, basic_consume, bind, confirm_channel, counts,
+    declare_exchange, declare_exclusive, declare_queue, declare_queue_with, drain, eventually,
+    exclusive, failure, get_unacked, next_delivery, no_ack, no_args, passive, publish,
+    publish_props, s, table, unique,
+};
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-
-/// The broker under test: Warren in-process, or the reference named by `WARREN_REFERENCE_URI`.
-struct Env {
-    _broker: Option<TestBroker>,
-    uri: String,
-}
-
-impl Env {
-    async fn start() -> Self {
-        match std::env::var("WARREN_REFERENCE_URI") {
-            Ok(uri) => Self { _broker: None, uri },
-            Err(_) => {
-                let broker = TestBroker::start().await;
-                let uri = broker.uri();
-                Self {
-                    _broker: Some(broker),
-                    uri,
-                }
-            }
-        }
-    }
-
-    async fn connect(&self) -> Connection {
-        Connection::connect(&self.uri, ConnectionProperties::default())
-            .await
-            .expect("connect")
-    }
-
-    /// A connection and a channel in confirm mode, so a publish's confirm means it was routed.
-    async fn channel(&self) -> (Connection, Channel) {
-        let conn = self.connect().await;
-        let ch = confirmed(&conn).await;
-        (conn, ch)
-    }
-}
-
-async fn confirmed(conn: &Connection) -> Channel {
-    let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm.select");
-    ch
-}
-
-/// A name no other test (or earlier run against a shared reference broker) uses.
-fn unique(base: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{base}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn no_args() -> FieldTable {
-    FieldTable::default()
-}
-
-fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in entries {
-        t.insert(ShortString::from(*k), v.clone());
-    }
-    t
-}
-
-fn s(v: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(v))
-}
-
-/// The reply code and text a failed call carried.
-fn failure<T: std::fmt::Debug>(r: Result<T, lapin::Error>) -> (u16, String) {
-    let e = r.expect_err("the broker refuses");
-    (
-        reply_code(&e).unwrap_or_else(|| panic!("no reply code in {e:?}")),
-        reply_text(&e).unwrap_or_default(),
-    )
-}
-
-fn auto_delete() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        auto_delete: true,
-        ..Default::default()
-    }
-}
-
-fn passive() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    }
-}
-
-/// Publishes and waits for the confirm: by then the broker has routed the message.
-async fn publish(ch: &Channel, exchange: &str, key: &str, body: &str) {
-    publish_props(ch, exchange, key, body, BasicProperties::default()).await;
-}
-
-async fn publish_props(
-    ch: &Channel,
-    exchange: &str,
-    key: &str,
-    body: &str,
-    properties: BasicProperties,
-) {
-    let c = ch
-        .basic_publish(
-            exchange.into(),
-            key.into(),
-            BasicPublishOptions::default(),
-            body.as_bytes(),
-            properties,
-        )
-        .await
-        .expect("basic.publish")
-        .await
-        .expect("confirm");
-    assert!(c.is_ack(), "{c:?}");
-}
-
-/// Every ready message body of a queue, in order, taken with `basic.get`.
-async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    while let Some(m) = ch
-        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-        .await
-        .expect("basic.get")
-    {
-        out.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
-    }
-    out
-}
-
-/// The passive declare's answer: (messages, consumers), or the reply code if refused.
-async fn counts(env: &Env, queue: &str) -> Result<(u32, u32), u16> {
-    let conn = env.connect().await;
-    let ch = conn.create_channel().await.expect("channel");
-    let r = ch.queue_declare(queue.into(), passive(), no_args()).await;
-    let _ = conn.close(200, "OK".into()).await;
-    match r {
-        Ok(q) => Ok((q.message_count(), q.consumer_count())),
-        Err(e) => Err(reply_code(&e).unwrap_or(0)),
-    }
-}
-
-/// Polls until `check` holds: for effects the broker completes after answering the client
-/// (RabbitMQ finishes some of them before `close-ok`; Warren may finish just after).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use lapin::types::AMQPValue;
+use lapin::{BasicProperties, ExchangeKind};
 
 #[tokio::test]
 async fn passive_declare_of_a_missing_queue_is_404() {
     let env = Env::start().await;
-    let (conn, ch) = env.channel().await;
+    let (conn, ch) = env.confirm_channel().await;
     let q = unique("missing");
     let r = ch
         .queue_declare(q.as_str().into(), passive(), no_args())
@@ -204,7 +43,7 @@ async fn passive_declare_of_a_missing_queue_is_404() {
 #[tokio::test]
 async fn declare_ok_reports_ready_messages_and_consumers() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = unique("counts");
     let declared = ch
         .queue_declare(q.as_str().into(), auto_delete(), no_args())
@@ -218,18 +57,12 @@ async fn declare_ok_reports_ready_messages_and_consumers() {
     for i in 0..3 {
         publish(&ch, "", &q, &i.to_string()).await;
     }
-    let (_c2, consumer_ch) = env.channel().await;
+    let (_c2, consumer_ch) = env.confirm_channel().await;
     consumer_ch
         .basic_qos(1, BasicQosOptions::default())
         .await
         .expect("qos");
-    let mut consumer = consumer_ch
-        .basic_consume(
-            q.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            no_args(),
-        )
+    let mut consumer = basic_consume(&consumer_ch, &q, "", BasicConsumeOptions::default())
         .await
         .expect("consume");
     let d = next_delivery(&mut consumer).await;
@@ -246,20 +79,10 @@ async fn declare_ok_reports_ready_messages_and_consumers() {
 #[tokio::test]
 async fn server_named_queues_get_amq_gen_names() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let mut names = Vec::new();
     for _ in 0..2 {
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                no_args(),
-            )
-            .await
-            .expect("declare");
+        let q = declare_exclusive(&ch).await.expect("declare");
         let name = q.name().to_string();
         assert!(name.starts_with("amq.gen-"), "{name}");
         assert!(name.len() > "amq.gen-".len() + 8, "{name}");
@@ -295,7 +118,7 @@ async fn redeclare_must_be_equivalent() {
         durable: true,
         ..Default::default()
     };
-    let ch = confirmed(&conn).await;
+    let ch = confirm_channel(&conn).await;
     ch.queue_declare(q.as_str().into(), options, args.clone())
         .await
         .expect("declare");
@@ -354,11 +177,11 @@ async fn redeclare_must_be_equivalent() {
         ),
     ];
     for (opts, args, want) in cases {
-        let ch = confirmed(&conn).await;
+        let ch = confirm_channel(&conn).await;
         let r = ch.queue_declare(q.as_str().into(), opts, args).await;
         assert_eq!(failure(r), (406, want));
     }
-    let ch = confirmed(&conn).await;
+    let ch = confirm_channel(&conn).await;
     let r = ch
         .queue_declare(
             q.as_str().into(),
@@ -371,19 +194,12 @@ async fn redeclare_must_be_equivalent() {
         .await;
     assert_eq!(failure(r).0, 405, "exclusive is checked as ownership");
     // Ownership is checked before durable.
-    let ch = confirmed(&conn).await;
+    let ch = confirm_channel(&conn).await;
     let r = ch
-        .queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            args.clone(),
-        )
+        .queue_declare(q.as_str().into(), exclusive(), args.clone())
         .await;
     assert_eq!(failure(r).0, 405);
-    let ch = confirmed(&conn).await;
+    let ch = confirm_channel(&conn).await;
     assert_eq!(
         ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await
@@ -395,7 +211,7 @@ async fn redeclare_must_be_equivalent() {
 #[tokio::test]
 async fn durable_and_auto_delete_flags_are_kept() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = unique("flags");
     let flags = QueueDeclareOptions {
         durable: true,
@@ -424,7 +240,7 @@ async fn durable_and_auto_delete_flags_are_kept() {
         )
         .await;
     assert_eq!(failure(r).0, 406);
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
         .await
         .expect("delete");
@@ -433,19 +249,15 @@ async fn durable_and_auto_delete_flags_are_kept() {
 #[tokio::test]
 async fn exclusive_queue_is_locked_to_its_connection_and_dies_with_it() {
     let env = Env::start().await;
-    let (owner, ch) = env.channel().await;
+    let (owner, ch) = env.confirm_channel().await;
     let q = unique("exclusive");
-    let exclusive = QueueDeclareOptions {
-        exclusive: true,
-        ..Default::default()
-    };
-    ch.queue_declare(q.as_str().into(), exclusive, no_args())
+    ch.queue_declare(q.as_str().into(), exclusive(), no_args())
         .await
         .expect("declare");
     publish(&ch, "", &q, "mine").await;
     // Another channel of the owning connection may use it.
-    let ch2 = confirmed(&owner).await;
-    ch2.queue_declare(q.as_str().into(), exclusive, no_args())
+    let ch2 = confirm_channel(&owner).await;
+    ch2.queue_declare(q.as_str().into(), exclusive(), no_args())
         .await
         .expect("the owner redeclares");
     ch2.queue_declare(q.as_str().into(), passive(), no_args())
@@ -456,32 +268,25 @@ async fn exclusive_queue_is_locked_to_its_connection_and_dies_with_it() {
         "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{q}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
     );
     let other = env.connect().await;
-    let ch = confirmed(&other).await;
+    let ch = confirm_channel(&other).await;
     let r = ch
         .queue_declare(q.as_str().into(), passive(), no_args())
         .await;
     assert_eq!(failure(r), (405, locked.clone()));
-    let ch = confirmed(&other).await;
+    let ch = confirm_channel(&other).await;
     let r = ch
-        .queue_declare(q.as_str().into(), exclusive, no_args())
+        .queue_declare(q.as_str().into(), exclusive(), no_args())
         .await;
     assert_eq!(failure(r), (405, locked.clone()));
-    let ch = confirmed(&other).await;
-    let r = ch
-        .basic_consume(
-            q.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            no_args(),
-        )
-        .await;
+    let ch = confirm_channel(&other).await;
+    let r = basic_consume(&ch, &q, "", BasicConsumeOptions::default()).await;
     assert_eq!(failure(r), (405, locked.clone()));
-    let ch = confirmed(&other).await;
+    let ch = confirm_channel(&other).await;
     let r = ch
         .basic_get(q.as_str().into(), BasicGetOptions::default())
         .await;
     assert_eq!(failure(r), (405, locked.clone()));
-    let ch = confirmed(&other).await;
+    let ch = confirm_channel(&other).await;
     let r = ch
         .queue_bind(
             q.as_str().into(),
@@ -492,18 +297,18 @@ async fn exclusive_queue_is_locked_to_its_connection_and_dies_with_it() {
         )
         .await;
     assert_eq!(failure(r), (405, locked.clone()));
-    let ch = confirmed(&other).await;
+    let ch = confirm_channel(&other).await;
     let r = ch
         .queue_purge(q.as_str().into(), QueuePurgeOptions::default())
         .await;
     assert_eq!(failure(r), (405, locked.clone()));
-    let ch = confirmed(&other).await;
+    let ch = confirm_channel(&other).await;
     let r = ch
         .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
         .await;
     assert_eq!(failure(r), (405, locked));
     // Publishing to it through the default exchange is allowed.
-    let ch = confirmed(&other).await;
+    let ch = confirm_channel(&other).await;
     publish(&ch, "", &q, "from another connection").await;
     assert_eq!(drain(&ch2, &q).await, ["mine", "from another connection"]);
 
@@ -513,8 +318,8 @@ async fn exclusive_queue_is_locked_to_its_connection_and_dies_with_it() {
     })
     .await;
     // And the name is free for anyone now.
-    let ch = confirmed(&other).await;
-    ch.queue_declare(q.as_str().into(), exclusive, no_args())
+    let ch = confirm_channel(&other).await;
+    ch.queue_declare(q.as_str().into(), exclusive(), no_args())
         .await
         .expect("declare again");
 }
@@ -524,17 +329,10 @@ async fn exclusive_queue_goes_when_its_connection_drops_without_closing() {
     let env = Env::start().await;
     let q = unique("exclusive-drop");
     {
-        let (owner, ch) = env.channel().await;
-        ch.queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
-        .await
-        .expect("declare");
+        let (owner, ch) = env.confirm_channel().await;
+        ch.queue_declare(q.as_str().into(), exclusive(), no_args())
+            .await
+            .expect("declare");
         assert_eq!(counts(&env, &q).await, Err(405));
         drop(ch);
         drop(owner);
@@ -548,34 +346,19 @@ async fn exclusive_queue_goes_when_its_connection_drops_without_closing() {
 #[tokio::test]
 async fn auto_delete_queue_goes_with_its_last_consumer_only() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
-    let q = unique("auto");
-    ch.queue_declare(q.as_str().into(), auto_delete(), no_args())
-        .await
-        .expect("declare");
+    let (_c, ch) = env.confirm_channel().await;
+    let q = declare_queue(&ch, "auto").await;
     publish(&ch, "", &q, "waiting").await;
     // No consumer yet: the queue stays, even across channels closing.
-    let (c2, ch2) = env.channel().await;
+    let (c2, ch2) = env.confirm_channel().await;
     ch2.close(200, "OK".into()).await.expect("close");
     drop(c2);
     assert_eq!(counts(&env, &q).await, Ok((1, 0)));
 
-    let a = ch
-        .basic_consume(
-            q.as_str().into(),
-            "a".into(),
-            BasicConsumeOptions::default(),
-            no_args(),
-        )
+    let a = basic_consume(&ch, &q, "a", BasicConsumeOptions::default())
         .await
         .expect("consume a");
-    let b = ch
-        .basic_consume(
-            q.as_str().into(),
-            "b".into(),
-            BasicConsumeOptions::default(),
-            no_args(),
-        )
+    let b = basic_consume(&ch, &q, "b", BasicConsumeOptions::default())
         .await
         .expect("consume b");
     ch.basic_cancel(a.tag(), BasicCancelOptions::default())
@@ -591,20 +374,12 @@ async fn auto_delete_queue_goes_with_its_last_consumer_only() {
 #[tokio::test]
 async fn auto_delete_queue_goes_when_its_consumers_channel_closes() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
-    let q = unique("auto-close");
-    ch.queue_declare(q.as_str().into(), auto_delete(), no_args())
+    let (_c, ch) = env.confirm_channel().await;
+    let q = declare_queue(&ch, "auto-close").await;
+    let (_c2, ch2) = env.confirm_channel().await;
+    basic_consume(&ch2, &q, "", BasicConsumeOptions::default())
         .await
-        .expect("declare");
-    let (_c2, ch2) = env.channel().await;
-    ch2.basic_consume(
-        q.as_str().into(),
-        "".into(),
-        BasicConsumeOptions::default(),
-        no_args(),
-    )
-    .await
-    .expect("consume");
+        .expect("consume");
     ch2.close(200, "OK".into()).await.expect("close");
     assert_eq!(counts(&env, &q).await, Err(404));
 }
@@ -612,35 +387,14 @@ async fn auto_delete_queue_goes_when_its_consumers_channel_closes() {
 #[tokio::test]
 async fn bind_and_unbind_match_on_arguments() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
-    let x = unique("bind-args");
-    ch.exchange_declare(
-        x.as_str().into(),
-        ExchangeKind::Headers,
-        ExchangeDeclareOptions {
-            auto_delete: true,
-            ..Default::default()
-        },
-        no_args(),
-    )
-    .await
-    .expect("exchange");
-    let q = unique("bind-args");
-    ch.queue_declare(q.as_str().into(), auto_delete(), no_args())
-        .await
-        .expect("declare");
+    let (_c, ch) = env.confirm_channel().await;
+    let options = auto_delete_exchange();
+    let x = declare_exchange(&ch, "bind-args", ExchangeKind::Headers, options, no_args()).await;
+    let q = declare_queue(&ch, "bind-args").await;
     let red = table(&[("colour", s("red"))]);
     let blue = table(&[("colour", s("blue"))]);
     for args in [&red, &blue] {
-        ch.queue_bind(
-            q.as_str().into(),
-            x.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            args.clone(),
-        )
-        .await
-        .expect("bind");
+        bind(&ch, &q, &x, "", args.clone()).await;
     }
     let send = |colour: &'static str| {
         let ch = ch.clone();
@@ -674,21 +428,10 @@ async fn bind_and_unbind_match_on_arguments() {
 #[tokio::test]
 async fn bind_with_different_keys_and_unbind_one() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
-    let q = unique("keys");
-    ch.queue_declare(q.as_str().into(), auto_delete(), no_args())
-        .await
-        .expect("declare");
+    let (_c, ch) = env.confirm_channel().await;
+    let q = declare_queue(&ch, "keys").await;
     for key in ["a", "b"] {
-        ch.queue_bind(
-            q.as_str().into(),
-            "amq.direct".into(),
-            format!("{q}.{key}").as_str().into(),
-            QueueBindOptions::default(),
-            no_args(),
-        )
-        .await
-        .expect("bind");
+        bind(&ch, &q, "amq.direct", &format!("{q}.{key}"), no_args()).await;
     }
     ch.queue_unbind(
         q.as_str().into(),
@@ -724,21 +467,14 @@ async fn bind_with_different_keys_and_unbind_one() {
 #[tokio::test]
 async fn purge_drops_ready_messages_and_returns_the_count() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
-    let q = unique("purge");
-    ch.queue_declare(q.as_str().into(), auto_delete(), no_args())
-        .await
-        .expect("declare");
+    let (_c, ch) = env.confirm_channel().await;
+    let q = declare_queue(&ch, "purge").await;
     for i in 0..5 {
         publish(&ch, "", &q, &i.to_string()).await;
     }
-    let (c2, holder) = env.channel().await;
-    let held = holder
-        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
-        .await
-        .expect("get")
-        .expect("a message");
-    assert_eq!(held.delivery.data, b"0");
+    let (c2, holder) = env.confirm_channel().await;
+    let held = get_unacked(&holder, &q).await;
+    assert_eq!(held.data, b"0");
     let purged = ch
         .queue_purge(q.as_str().into(), QueuePurgeOptions::default())
         .await
@@ -763,11 +499,8 @@ async fn purge_drops_ready_messages_and_returns_the_count() {
 #[tokio::test]
 async fn delete_checks_if_unused_and_if_empty_and_returns_the_count() {
     let env = Env::start().await;
-    let (conn, ch) = env.channel().await;
-    let q = unique("delete");
-    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), no_args())
-        .await
-        .expect("declare");
+    let (conn, ch) = env.confirm_channel().await;
+    let q = declare_queue_with(&ch, "delete", QueueDeclareOptions::default()).await;
     for i in 0..3 {
         publish(&ch, "", &q, &i.to_string()).await;
     }
@@ -788,22 +521,16 @@ async fn delete_checks_if_unused_and_if_empty_and_returns_the_count() {
         )
     );
 
-    let consumer_ch = confirmed(&conn).await;
+    let consumer_ch = confirm_channel(&conn).await;
     consumer_ch
         .basic_qos(1, BasicQosOptions::default())
         .await
         .expect("qos");
-    let mut consumer = consumer_ch
-        .basic_consume(
-            q.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            no_args(),
-        )
+    let mut consumer = basic_consume(&consumer_ch, &q, "", BasicConsumeOptions::default())
         .await
         .expect("consume");
     let _unacked = next_delivery(&mut consumer).await;
-    let ch = confirmed(&conn).await;
+    let ch = confirm_channel(&conn).await;
     let r = ch
         .queue_delete(
             q.as_str().into(),
@@ -820,7 +547,7 @@ async fn delete_checks_if_unused_and_if_empty_and_returns_the_count() {
             format!("PRECONDITION_FAILED - queue '{q}' in vhost '/' in use")
         )
     );
-    let ch = confirmed(&conn).await;
+    let ch = confirm_channel(&conn).await;
     let count = ch
         .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
         .await
@@ -835,10 +562,7 @@ async fn delete_checks_if_unused_and_if_empty_and_returns_the_count() {
         0
     );
 
-    let empty = unique("delete-empty");
-    ch.queue_declare(empty.as_str().into(), auto_delete(), no_args())
-        .await
-        .expect("declare");
+    let empty = declare_queue(&ch, "delete-empty").await;
     let count = ch
         .queue_delete(
             empty.as_str().into(),
@@ -856,22 +580,14 @@ async fn delete_checks_if_unused_and_if_empty_and_returns_the_count() {
 #[tokio::test]
 async fn deleting_a_queue_removes_its_bindings() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let q = unique("rebind");
     for round in 0..2 {
         ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), no_args())
             .await
             .expect("declare");
         if round == 0 {
-            ch.queue_bind(
-                q.as_str().into(),
-                "amq.direct".into(),
-                q.as_str().into(),
-                QueueBindOptions::default(),
-                no_args(),
-            )
-            .await
-            .expect("bind");
+            bind(&ch, &q, "amq.direct", &q, no_args()).await;
             publish(&ch, "amq.direct", &q, "bound").await;
             assert_eq!(drain(&ch, &q).await, ["bound"]);
         } else {
@@ -887,18 +603,8 @@ async fn deleting_a_queue_removes_its_bindings() {
 #[tokio::test]
 async fn empty_queue_name_means_the_last_declared_queue() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
-        .await
-        .expect("declare");
+    let (_c, ch) = env.confirm_channel().await;
+    let q = declare_exclusive(&ch).await.expect("declare");
     let name = q.name().to_string();
     // Empty queue and key: bind the last queue with its own name as the key.
     ch.queue_bind(
@@ -920,16 +626,7 @@ async fn empty_queue_name_means_the_last_declared_queue() {
     assert_eq!(m.delivery.routing_key.as_str(), name);
 
     publish(&ch, "", &name, "for the consumer").await;
-    let mut consumer = ch
-        .basic_consume(
-            "".into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
+    let mut consumer = basic_consume(&ch, "", "", no_ack())
         .await
         .expect("consume from the last queue");
     let d = next_delivery(&mut consumer).await;
@@ -969,7 +666,7 @@ async fn empty_queue_name_means_the_last_declared_queue() {
 #[tokio::test]
 async fn empty_queue_name_without_a_declared_queue_is_404() {
     let env = Env::start().await;
-    let (_c, ch) = env.channel().await;
+    let (_c, ch) = env.confirm_channel().await;
     let r = ch.basic_get("".into(), BasicGetOptions::default()).await;
     assert_eq!(
         failure(r),

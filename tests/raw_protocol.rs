@@ -11,10 +11,7 @@ use std::time::Duration;
 
 use amq_protocol::protocol::{AMQPClass, channel, connection};
 use bytes::{BufMut, BytesMut};
-use common::TestBroker;
-use lapin::options::*;
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use common::{TestBroker, assert_served};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warren::protocol::frame::{FRAME_END, Frame, PROTOCOL_HEADER, parse_frame};
@@ -68,6 +65,26 @@ fn long(bytes: &[u8]) -> Vec<u8> {
 
 fn channel_open(channel: u16) -> Vec<u8> {
     method(channel, 20, 10, &short(""))
+}
+
+/// `connection.open` of `vhost`.
+fn connection_open(channel: u16, vhost: &str) -> Vec<u8> {
+    method(
+        channel,
+        10,
+        40,
+        &[short(vhost), short(""), vec![0]].concat(),
+    )
+}
+
+/// `queue.declare` of `name`, plain: not passive, durable, exclusive or auto-delete.
+fn queue_declare(channel: u16, name: &str) -> Vec<u8> {
+    method(
+        channel,
+        50,
+        10,
+        &[vec![0, 0], short(name), vec![0], long(&[])].concat(),
+    )
 }
 
 fn connection_close_ok() -> Vec<u8> {
@@ -148,9 +165,7 @@ impl Raw {
 
     /// Opens a connection as guest on "/" with `tune`, without opening a channel.
     async fn handshake(addr: SocketAddr, tune: Tune) -> Self {
-        let mut raw = Self::connect(addr).await;
-        raw.send(PROTOCOL_HEADER).await;
-        raw.start_ok("PLAIN", b"\0guest\0guest", true).await;
+        let mut raw = Self::login(addr, "PLAIN", b"\0guest\0guest", true).await;
         let (_, d) = raw.expect_method().await;
         assert!(
             matches!(
@@ -160,13 +175,7 @@ impl Raw {
             "connection.tune expected, got {d:?}"
         );
         raw.tune_ok(tune).await;
-        raw.send(&method(
-            0,
-            10,
-            40,
-            &[short("/"), short(""), vec![0]].concat(),
-        ))
-        .await;
+        raw.send(&connection_open(0, "/")).await;
         let (_, d) = raw.expect_method().await;
         assert!(
             matches!(
@@ -175,6 +184,14 @@ impl Raw {
             ),
             "connection.open-ok expected, got {d:?}"
         );
+        raw
+    }
+
+    /// Sends the protocol header and answers connection.start with `mechanism` and `response`.
+    async fn login(addr: SocketAddr, mechanism: &str, response: &[u8], capabilities: bool) -> Self {
+        let mut raw = Self::connect(addr).await;
+        raw.send(PROTOCOL_HEADER).await;
+        raw.start_ok(mechanism, response, capabilities).await;
         raw
     }
 
@@ -322,43 +339,7 @@ impl Raw {
 
 /// A well-behaved lapin client on the same broker still gets served: declare, publish, get.
 async fn assert_healthy(broker: &TestBroker) {
-    let conn = Connection::connect(&broker.uri(), ConnectionProperties::default())
-        .await
-        .expect("a well-behaved client connects");
-    let ch = conn.create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare");
-    ch.basic_publish(
-        "".into(),
-        q.name().clone(),
-        BasicPublishOptions::default(),
-        b"still served",
-        BasicProperties::default(),
-    )
-    .await
-    .expect("publish");
-    let mut got = None;
-    for _ in 0..250 {
-        got = ch
-            .basic_get(q.name().clone(), BasicGetOptions { no_ack: true })
-            .await
-            .expect("get");
-        if got.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(got.map(|m| m.delivery.data), Some(b"still served".to_vec()));
-    conn.close(200, "bye".into()).await.expect("close");
+    assert_served(&broker.uri()).await.expect("close");
 }
 
 #[tokio::test]
@@ -450,13 +431,7 @@ async fn a_payload_of_exactly_frame_max_is_accepted() {
     };
     let mut raw = Raw::handshake(broker.addr, tune).await;
     raw.open_channel(1).await;
-    raw.send(&method(
-        1,
-        50,
-        10,
-        &[vec![0, 0], short("fudge"), vec![0], long(&[])].concat(),
-    ))
-    .await;
+    raw.send(&queue_declare(1, "fudge")).await;
     let (_, d) = raw.expect_method().await;
     assert_eq!((d.class_id, d.method_id), (50, 11), "queue.declare-ok");
     let body = vec![7u8; 4096];
@@ -560,13 +535,7 @@ async fn content_when_a_method_is_expected_is_505() {
 async fn a_method_on_a_channel_never_opened_is_504() {
     let broker = TestBroker::start().await;
     let mut raw = Raw::open(broker.addr).await;
-    raw.send(&method(
-        5,
-        50,
-        10,
-        &[vec![0, 0], short("q"), vec![0], long(&[])].concat(),
-    ))
-    .await;
+    raw.send(&queue_declare(5, "q")).await;
     raw.expect_connection_close(Closed::new(
         504,
         "CHANNEL_ERROR - expected 'channel.open'",
@@ -904,9 +873,7 @@ async fn tune_ok_outside_the_offer_is_530() {
         ),
     ];
     for (tune, text) in cases {
-        let mut raw = Raw::connect(broker.addr).await;
-        raw.send(PROTOCOL_HEADER).await;
-        raw.start_ok("PLAIN", b"\0guest\0guest", true).await;
+        let mut raw = Raw::login(broker.addr, "PLAIN", b"\0guest\0guest", true).await;
         let (_, d) = raw.expect_method().await;
         assert_eq!((d.class_id, d.method_id), (10, 30), "connection.tune");
         raw.tune_ok(tune).await;
@@ -932,15 +899,11 @@ async fn a_refused_login_is_403_only_for_clients_that_asked_for_it() {
     let broker = TestBroker::start().await;
     let refused = "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. \
                    For details see the broker logfile.";
-    let mut raw = Raw::connect(broker.addr).await;
-    raw.send(PROTOCOL_HEADER).await;
-    raw.start_ok("PLAIN", b"\0guest\0wrong", true).await;
+    let mut raw = Raw::login(broker.addr, "PLAIN", b"\0guest\0wrong", true).await;
     raw.expect_connection_close(Closed::new(403, refused, 0, 0))
         .await;
     // Without the authentication_failure_close capability RabbitMQ just closes the socket.
-    let mut raw = Raw::connect(broker.addr).await;
-    raw.send(PROTOCOL_HEADER).await;
-    raw.start_ok("PLAIN", b"\0guest\0wrong", false).await;
+    let mut raw = Raw::login(broker.addr, "PLAIN", b"\0guest\0wrong", false).await;
     raw.expect_eof().await;
     // AMQPLAIN: a field table without its length prefix.
     let amqplain = |password: &str| {
@@ -954,9 +917,7 @@ async fn a_refused_login_is_403_only_for_clients_that_asked_for_it() {
         ]
         .concat()
     };
-    let mut raw = Raw::connect(broker.addr).await;
-    raw.send(PROTOCOL_HEADER).await;
-    raw.start_ok("AMQPLAIN", &amqplain("wrong"), true).await;
+    let mut raw = Raw::login(broker.addr, "AMQPLAIN", &amqplain("wrong"), true).await;
     raw.expect_connection_close(Closed::new(
         403,
         "ACCESS_REFUSED - Login was refused using authentication mechanism AMQPLAIN. \
@@ -965,9 +926,7 @@ async fn a_refused_login_is_403_only_for_clients_that_asked_for_it() {
         0,
     ))
     .await;
-    let mut raw = Raw::connect(broker.addr).await;
-    raw.send(PROTOCOL_HEADER).await;
-    raw.start_ok("AMQPLAIN", &amqplain("guest"), true).await;
+    let mut raw = Raw::login(broker.addr, "AMQPLAIN", &amqplain("guest"), true).await;
     let (_, d) = raw.expect_method().await;
     assert_eq!(
         (d.class_id, d.method_id),
@@ -980,19 +939,11 @@ async fn a_refused_login_is_403_only_for_clients_that_asked_for_it() {
 #[tokio::test]
 async fn an_unknown_vhost_is_530_on_connection_open() {
     let broker = TestBroker::start().await;
-    let mut raw = Raw::connect(broker.addr).await;
-    raw.send(PROTOCOL_HEADER).await;
-    raw.start_ok("PLAIN", b"\0guest\0guest", true).await;
+    let mut raw = Raw::login(broker.addr, "PLAIN", b"\0guest\0guest", true).await;
     let (_, d) = raw.expect_method().await;
     assert_eq!((d.class_id, d.method_id), (10, 30), "connection.tune");
     raw.tune_ok(Tune::default()).await;
-    raw.send(&method(
-        0,
-        10,
-        40,
-        &[short("nope"), short(""), vec![0]].concat(),
-    ))
-    .await;
+    raw.send(&connection_open(0, "nope")).await;
     raw.expect_connection_close(Closed::new(
         530,
         "NOT_ALLOWED - vhost nope not found",
@@ -1007,13 +958,7 @@ async fn an_unknown_vhost_is_530_on_connection_open() {
 async fn a_connection_method_on_a_channel_is_503() {
     let broker = TestBroker::start().await;
     let mut raw = Raw::open(broker.addr).await;
-    raw.send(&method(
-        1,
-        10,
-        40,
-        &[short("/"), short(""), vec![0]].concat(),
-    ))
-    .await;
+    raw.send(&connection_open(1, "/")).await;
     let closed = raw.read_connection_close().await;
     assert_eq!(
         (closed.code, closed.class_id, closed.method_id),

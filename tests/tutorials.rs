@@ -2,14 +2,9 @@
 
 mod common;
 
-use common::{TestBroker, next_delivery};
+use common::{TestBroker, bind, declare_exclusive, drain, next_delivery, no_ack, no_args};
 use lapin::options::*;
-use lapin::types::FieldTable;
 use lapin::{BasicProperties, ExchangeKind};
-
-fn no_args() -> FieldTable {
-    FieldTable::default()
-}
 
 #[tokio::test]
 async fn tutorial_1_hello_world() {
@@ -28,15 +23,7 @@ async fn tutorial_1_hello_world() {
     .await
     .expect("publish");
     let mut consumer = ch
-        .basic_consume(
-            "hello".into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
+        .basic_consume("hello".into(), "".into(), no_ack(), no_args())
         .await
         .expect("consume");
     let d = next_delivery(&mut consumer).await;
@@ -114,39 +101,13 @@ async fn tutorial_3_publish_subscribe_fanout() {
     .expect("exchange");
     let mut consumers = Vec::new();
     for _ in 0..2 {
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                no_args(),
-            )
-            .await
-            .expect("queue");
+        let q = declare_exclusive(&ch).await.expect("queue");
         assert!(q.name().as_str().starts_with("amq.gen-"));
-        ch.queue_bind(
-            q.name().clone(),
-            "logs".into(),
-            "".into(),
-            Default::default(),
-            no_args(),
-        )
-        .await
-        .expect("bind");
+        bind(&ch, q.name().as_str(), "logs", "", no_args()).await;
         consumers.push(
-            ch.basic_consume(
-                q.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                no_args(),
-            )
-            .await
-            .expect("consume"),
+            ch.basic_consume(q.name().clone(), "".into(), no_ack(), no_args())
+                .await
+                .expect("consume"),
         );
     }
     ch.basic_publish(
@@ -174,27 +135,9 @@ async fn routed(
     ch.exchange_declare(exchange.into(), kind, Default::default(), no_args())
         .await
         .expect("exchange");
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
-        .await
-        .expect("queue");
+    let q = declare_exclusive(&ch).await.expect("queue");
     for b in bindings {
-        ch.queue_bind(
-            q.name().clone(),
-            exchange.into(),
-            (*b).into(),
-            Default::default(),
-            no_args(),
-        )
-        .await
-        .expect("bind");
+        bind(&ch, q.name().as_str(), exchange, b, no_args()).await;
     }
     for rk in publishes {
         ch.basic_publish(
@@ -207,15 +150,7 @@ async fn routed(
         .await
         .expect("publish");
     }
-    let mut got = Vec::new();
-    while let Some(m) = ch
-        .basic_get(q.name().clone(), BasicGetOptions { no_ack: true })
-        .await
-        .expect("get")
-    {
-        got.push(String::from_utf8_lossy(&m.delivery.data).to_string());
-    }
-    got
+    drain(&ch, q.name().as_str()).await
 }
 
 #[tokio::test]
@@ -277,27 +212,9 @@ async fn tutorial_6_rpc() {
         .await
         .expect("consume");
     let (_cc, client) = broker.channel().await;
-    let callback = client
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
-        .await
-        .expect("callback queue");
+    let callback = declare_exclusive(&client).await.expect("callback queue");
     let mut replies = client
-        .basic_consume(
-            callback.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            no_args(),
-        )
+        .basic_consume(callback.name().clone(), "".into(), no_ack(), no_args())
         .await
         .expect("consume replies");
     client

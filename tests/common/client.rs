@@ -8,9 +8,11 @@ use std::time::Duration;
 use lapin::message::{BasicGetMessage, Delivery};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Consumer, ExchangeKind, PublisherConfirm};
 
 use super::{Env, WAIT, connect, reply_code};
+
+// Names and arguments.
 
 /// A name no other test (or earlier run against a shared reference broker) uses.
 pub fn unique(base: &str) -> String {
@@ -26,10 +28,12 @@ pub fn unique(base: &str) -> String {
     )
 }
 
+/// No arguments.
 pub fn no_args() -> FieldTable {
     FieldTable::default()
 }
 
+/// A field table of `entries`, for arguments or headers.
 pub fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
     let mut t = FieldTable::default();
     for (k, v) in entries {
@@ -43,13 +47,32 @@ pub fn s(v: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(v))
 }
 
-/// `queue.declare` of a queue that goes with its last consumer.
-pub fn auto_delete() -> QueueDeclareOptions {
-    QueueDeclareOptions {
+// Exchanges.
+
+/// `exchange.declare` of an exchange that goes with its last binding.
+pub fn auto_delete_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
         auto_delete: true,
         ..Default::default()
     }
 }
+
+/// Declares an exchange with a [`unique`] name made from `base`, and returns the name.
+pub async fn declare_exchange(
+    ch: &Channel,
+    base: &str,
+    kind: ExchangeKind,
+    options: ExchangeDeclareOptions,
+    args: FieldTable,
+) -> String {
+    let name = unique(base);
+    ch.exchange_declare(name.as_str().into(), kind, options, args)
+        .await
+        .expect("exchange.declare");
+    name
+}
+
+// Queues.
 
 /// `queue.declare` of a queue only this connection may use, and that goes with it.
 pub fn exclusive() -> QueueDeclareOptions {
@@ -59,10 +82,15 @@ pub fn exclusive() -> QueueDeclareOptions {
     }
 }
 
-/// `queue.declare` that only asks whether the queue is there.
-pub fn passive() -> QueueDeclareOptions {
+/// `queue.declare` of an exclusive queue the broker names (`amq.gen-…`).
+pub async fn declare_exclusive(ch: &Channel) -> lapin::Result<lapin::Queue> {
+    ch.queue_declare("".into(), exclusive(), no_args()).await
+}
+
+/// `queue.declare` of a queue that goes with its last consumer.
+pub fn auto_delete() -> QueueDeclareOptions {
     QueueDeclareOptions {
-        passive: true,
+        auto_delete: true,
         ..Default::default()
     }
 }
@@ -79,6 +107,61 @@ pub async fn declare_queue_with(ch: &Channel, base: &str, options: QueueDeclareO
         .await
         .expect("queue.declare");
     name
+}
+
+/// Binds `queue` to `exchange` with `key` and `args`.
+pub async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str, args: FieldTable) {
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        args,
+    )
+    .await
+    .expect("queue.bind");
+}
+
+/// `queue.declare` that only asks whether the queue is there.
+pub fn passive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    }
+}
+
+/// The passive declare's answer: (ready messages, consumers), or the reply code if refused.
+/// Asked on a connection of its own, so a refusal closes nothing the test uses.
+pub async fn counts(env: &Env, queue: &str) -> Result<(u32, u32), u16> {
+    let conn = env.connect().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let r = ch.queue_declare(queue.into(), passive(), no_args()).await;
+    let _ = conn.close(200, "OK".into()).await;
+    match r {
+        Ok(q) => Ok((q.message_count(), q.consumer_count())),
+        Err(e) => Err(reply_code(&e).unwrap_or(0)),
+    }
+}
+
+// Publishing.
+
+/// `basic.publish` with default options and properties, without waiting for the broker: the
+/// confirm it returns is only answered on a confirm channel.
+pub async fn basic_publish(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: impl AsRef<[u8]>,
+) -> PublisherConfirm {
+    ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body.as_ref(),
+        BasicProperties::default(),
+    )
+    .await
+    .expect("basic.publish")
 }
 
 /// Publishes on a confirm channel and returns the broker's confirmation: by then the broker has
@@ -124,6 +207,27 @@ pub async fn publish_props(
     assert!(c.is_ack(), "{c:?}");
 }
 
+// Consuming and getting.
+
+/// `basic.consume` whose deliveries need no ack.
+pub fn no_ack() -> BasicConsumeOptions {
+    BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    }
+}
+
+/// `basic.consume` of `queue` as `tag` ("" lets the broker name the consumer).
+pub async fn basic_consume(
+    ch: &Channel,
+    queue: &str,
+    tag: &str,
+    options: BasicConsumeOptions,
+) -> lapin::Result<Consumer> {
+    ch.basic_consume(queue.into(), tag.into(), options, no_args())
+        .await
+}
+
 /// A delivery's body as text.
 pub fn body(d: &Delivery) -> String {
     String::from_utf8_lossy(&d.data).into_owned()
@@ -147,6 +251,15 @@ pub async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
     get_all(ch, queue).await.iter().map(body).collect()
 }
 
+/// Takes the next ready message with `basic.get`, for the client to settle later.
+pub async fn get_unacked(ch: &Channel, queue: &str) -> Delivery {
+    ch.basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await
+        .expect("basic.get")
+        .expect("a message")
+        .delivery
+}
+
 /// `basic.get` until a message comes, for up to 5 s: a publish without confirms may still be on
 /// its way to the queue.
 pub async fn get_soon(
@@ -167,40 +280,23 @@ pub async fn get_soon(
     }
 }
 
-/// A well-behaved client is still served at `uri`: it declares a queue, publishes to it and gets
-/// its message back. Returns its connection, still open.
-pub async fn assert_served(uri: &str) -> Connection {
-    let conn = connect(uri).await;
-    let ch = conn.create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare("".into(), exclusive(), no_args())
-        .await
-        .expect("declare");
-    ch.basic_publish(
-        "".into(),
-        q.name().clone(),
-        BasicPublishOptions::default(),
-        b"still served",
-        BasicProperties::default(),
-    )
-    .await
-    .expect("publish");
-    let got = get_soon(&ch, q.name().as_str(), BasicGetOptions { no_ack: true }).await;
-    assert_eq!(got.map(|m| m.delivery.data), Some(b"still served".to_vec()));
-    conn
-}
+// Waiting for the broker.
 
-/// The passive declare's answer: (ready messages, consumers), or the reply code if refused.
-/// Asked on a connection of its own, so a refusal closes nothing the test uses.
-pub async fn counts(env: &Env, queue: &str) -> Result<(u32, u32), u16> {
-    let conn = env.connect().await;
-    let ch = conn.create_channel().await.expect("channel");
-    let r = ch.queue_declare(queue.into(), passive(), no_args()).await;
-    let _ = conn.close(200, "OK".into()).await;
-    match r {
-        Ok(q) => Ok((q.message_count(), q.consumer_count())),
-        Err(e) => Err(reply_code(&e).unwrap_or(0)),
-    }
+/// The next error the connection reports (a channel or connection close), within 5 s.
+pub async fn next_error(
+    events: &mut (impl futures::Stream<Item = lapin::Event> + Unpin),
+) -> lapin::Error {
+    use futures::StreamExt;
+    tokio::time::timeout(WAIT, async {
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(e) = event {
+                return e;
+            }
+        }
+        panic!("the connection's events ended without an error");
+    })
+    .await
+    .expect("an error within 5 s")
 }
 
 /// Polls until `check` holds: for effects the broker completes after answering the client
@@ -215,4 +311,16 @@ where
         assert!(tokio::time::Instant::now() < deadline, "never: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A well-behaved client is still served at `uri`: it declares a queue, publishes to it and gets
+/// its message back. Returns how closing its connection went.
+pub async fn assert_served(uri: &str) -> lapin::Result<()> {
+    let conn = connect(uri).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let q = declare_exclusive(&ch).await.expect("declare");
+    basic_publish(&ch, "", q.name().as_str(), b"still served").await;
+    let got = get_soon(&ch, q.name().as_str(), BasicGetOptions { no_ack: true }).await;
+    assert_eq!(got.map(|m| m.delivery.data), Some(b"still served".to_vec()));
+    conn.close(200, "bye".into()).await
 }

@@ -6,6 +6,8 @@
 
 pub mod client;
 
+// Not every test crate takes something from `client`.
+#[allow(unused_imports)]
 pub use client::*;
 
 use std::net::SocketAddr;
