@@ -1,6 +1,8 @@
 //! Criterion benchmarks for the per-message hot path: frame parsing, method decoding, content
 //! encoding, and topic matching with many bindings. Whole-broker load is measured with
 //! `../shared/tools/amqp-load.sh`, side by side with RabbitMQ.
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
 
 use std::hint::black_box;
 

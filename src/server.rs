@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, delayed};
 use crate::config::Config;
 use crate::connection;
 use crate::store::Store;
@@ -31,6 +31,7 @@ pub async fn run(
     let addr = listener.local_addr()?;
     info!(listen = %addr, version = env!("CARGO_PKG_VERSION"), "warren started");
     let (stop_tx, stop_rx) = watch::channel(false);
+    let scheduler = tokio::spawn(delayed::run(Arc::clone(&broker), stop_rx.clone()));
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -60,6 +61,10 @@ pub async fn run(
     .is_err()
     {
         connections.abort_all();
+    }
+    // It writes to the store: it must be done before the store closes.
+    if let Err(e) = scheduler.await {
+        warn!(cause = %e, "delayed-message scheduler failed");
     }
     drop(broker);
     store.close();

@@ -317,3 +317,89 @@ fn an_unusable_data_dir_is_one_clear_line() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn messages_taken_without_ack_do_not_come_back_after_kill_9() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let broker = start(dir.path(), port).await;
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(Default::default())
+        .await
+        .expect("confirms");
+    for (queue, n) in [("noack", 20), ("gets", 5)] {
+        ch.queue_declare(queue.into(), durable_queue(), FieldTable::default())
+            .await
+            .expect("queue");
+        for i in 0..n {
+            ch.basic_publish(
+                "".into(),
+                queue.into(),
+                Default::default(),
+                format!("m{i}").as_bytes(),
+                persistent(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirmed");
+        }
+    }
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut consumer = ch
+        .basic_consume("noack".into(), "".into(), no_ack, FieldTable::default())
+        .await
+        .expect("consume");
+    for _ in 0..20 {
+        next_delivery(&mut consumer).await;
+    }
+    for _ in 0..2 {
+        let got = ch
+            .basic_get("gets".into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get");
+        assert!(got.is_some(), "a message by basic.get with no-ack");
+    }
+    // The removals are batched with later writes: a confirmed publish after them flushes them.
+    ch.queue_declare("marker".into(), durable_queue(), FieldTable::default())
+        .await
+        .expect("marker queue");
+    ch.basic_publish(
+        "".into(),
+        "marker".into(),
+        Default::default(),
+        b"m",
+        persistent(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirmed");
+    broker.kill9();
+    let broker = start(dir.path(), port).await;
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let count = |q: lapin::Queue| q.message_count();
+    let noack = ch
+        .queue_declare("noack".into(), passive, FieldTable::default())
+        .await
+        .expect("queue is back");
+    assert_eq!(
+        count(noack),
+        0,
+        "no-ack deliveries are settled as they leave"
+    );
+    let gets = ch
+        .queue_declare("gets".into(), passive, FieldTable::default())
+        .await
+        .expect("queue is back");
+    assert_eq!(count(gets), 3, "only the messages never taken come back");
+}

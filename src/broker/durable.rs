@@ -7,6 +7,7 @@ use amq_protocol::types::generation::gen_field_table;
 use amq_protocol::types::parsing::parse_field_table;
 use tracing::warn;
 
+use super::delayed;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::{Topology, VHost};
 use crate::protocol::Message;
@@ -35,7 +36,7 @@ impl Topology {
             let record = ExchangeRecord {
                 vhost: self.vhost.to_string(),
                 name: x.name.to_string(),
-                kind: x.kind.as_str().into(),
+                kind: x.type_name().into(),
                 auto_delete: x.auto_delete,
                 internal: x.internal,
                 arguments: encode_table(&x.arguments),
@@ -142,19 +143,19 @@ impl VHost {
             .iter()
             .filter(|r| *r.vhost == *self.name)
         {
-            let Some(kind) = ExchangeKind::parse(&r.kind) else {
+            let arguments = decode_table(&r.arguments);
+            let (kind, delayed) = if r.kind == delayed::EXCHANGE_TYPE {
+                (delayed::routing_kind(&arguments).ok(), true)
+            } else {
+                (ExchangeKind::parse(&r.kind), false)
+            };
+            let Some(kind) = kind else {
                 warn!(exchange = %r.name, kind = %r.kind, "skipping stored exchange of unknown type");
                 continue;
             };
             t.exchanges.entry(r.name.clone()).or_insert_with(|| {
-                Exchange::new(
-                    &r.name,
-                    kind,
-                    true,
-                    r.auto_delete,
-                    r.internal,
-                    decode_table(&r.arguments),
-                )
+                let x = Exchange::new(&r.name, kind, true, r.auto_delete, r.internal, arguments);
+                if delayed { x.into_delayed() } else { x }
             });
         }
         for (r, messages) in recovered

@@ -88,6 +88,9 @@ pub struct Exchange {
     pub auto_delete: bool,
     /// Cannot be published to directly.
     pub internal: bool,
+    /// An `x-delayed-message` exchange: it holds messages with an `x-delay` until due, then
+    /// routes them as `kind` (its `x-delayed-type`) would.
+    pub delayed: bool,
     /// Declared arguments.
     pub arguments: FieldTable,
     bindings: Vec<Binding>,
@@ -111,10 +114,27 @@ impl Exchange {
             durable,
             auto_delete,
             internal,
+            delayed: false,
             arguments,
             bindings: Vec::new(),
             direct: HashMap::new(),
             topic: TopicTrie::new(),
+        }
+    }
+
+    /// The same exchange as an `x-delayed-message` one routing as its kind.
+    #[must_use]
+    pub fn into_delayed(mut self) -> Self {
+        self.delayed = true;
+        self
+    }
+
+    /// The type it was declared with.
+    pub fn type_name(&self) -> &'static str {
+        if self.delayed {
+            super::delayed::EXCHANGE_TYPE
+        } else {
+            self.kind.as_str()
         }
     }
 

@@ -1,6 +1,7 @@
 //! Vhosts, users, exchanges, bindings, the router and the queue registry.
 
 pub mod auth;
+pub mod delayed;
 mod durable;
 pub mod exchange;
 pub mod headers;
@@ -16,6 +17,7 @@ use parking_lot::RwLock;
 
 use crate::config::{Config, User};
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code};
+use crate::queue::args::{Declared, QueueArgs};
 use crate::queue::{Queue, QueueOptions};
 use crate::store::{Store, StoreError};
 use exchange::{Binding, Destination, Exchange, ExchangeKind};
@@ -29,6 +31,8 @@ pub struct Broker {
     next_connection: AtomicU64,
     /// Direct reply-to names and the channels whose reply consumers they reach.
     replies: parking_lot::Mutex<HashMap<String, (crate::queue::EventSender, u16)>>,
+    /// Messages that delayed exchanges hold, in every vhost.
+    delayed: Arc<delayed::Delayed>,
 }
 
 /// The pseudo-queue RabbitMQ's direct reply-to consumers consume from.
@@ -50,16 +54,18 @@ impl Broker {
     }
 
     fn build(config: Config, store: Option<&Arc<Store>>) -> Arc<Self> {
+        let delayed = delayed::Delayed::new(store.cloned());
         let vhosts = config
             .vhosts
             .iter()
-            .map(|v| (v.clone(), VHost::new(v, store.cloned())))
+            .map(|v| (v.clone(), VHost::new(v, store.cloned(), delayed.clone())))
             .collect();
         Arc::new(Self {
             config,
             vhosts,
             next_connection: AtomicU64::new(1),
             replies: parking_lot::Mutex::new(HashMap::new()),
+            delayed,
         })
     }
 
@@ -69,8 +75,17 @@ impl Broker {
         let mut recovered = store.recover()?;
         for vhost in broker.vhosts.values() {
             vhost.restore(&mut recovered, store);
+            vhost.attach_queues();
         }
+        broker
+            .delayed
+            .restore(std::mem::take(&mut recovered.delayed));
         Ok(broker)
+    }
+
+    /// Messages that delayed exchanges hold now, in every vhost.
+    pub fn delayed_count(&self) -> usize {
+        self.delayed.held_count()
     }
 
     /// Registers a channel's reply consumer under a fresh reply-to name, which it returns.
@@ -203,6 +218,8 @@ pub struct VHost {
     /// Its name.
     pub name: Arc<str>,
     topology: RwLock<Topology>,
+    /// Where its delayed exchanges hold messages (shared by the broker's vhosts).
+    delayed: Arc<delayed::Delayed>,
 }
 
 fn bool_text(b: bool) -> &'static str {
@@ -356,7 +373,7 @@ fn typed(v: Option<&AMQPValue>) -> String {
 
 impl VHost {
     /// A vhost with the predeclared `amq.*` exchanges.
-    pub fn new(name: &str, store: Option<Arc<Store>>) -> Arc<Self> {
+    pub fn new(name: &str, store: Option<Arc<Store>>, delayed: Arc<delayed::Delayed>) -> Arc<Self> {
         let mut topology = Topology {
             vhost: name.into(),
             store,
@@ -377,6 +394,7 @@ impl VHost {
         Arc::new(Self {
             name: name.into(),
             topology: RwLock::new(topology),
+            delayed,
         })
     }
 
@@ -401,18 +419,29 @@ impl VHost {
                 None => Err(ChannelError::no_exchange(&d.name, &self.name).into()),
             };
         }
-        let kind = ExchangeKind::parse(&d.kind).ok_or_else(|| {
-            ConnectionError::command_invalid(format_args!("unknown exchange type '{}'", d.kind))
-        })?;
+        // A delayed exchange's routing type is checked only when it is created, as RabbitMQ
+        // validates a new exchange but compares only the type name on a redeclare.
+        let delayed = d.kind == delayed::EXCHANGE_TYPE;
+        let kind = match ExchangeKind::parse(&d.kind) {
+            Some(kind) => Some(kind),
+            None if delayed => None,
+            None => {
+                return Err(ConnectionError::command_invalid(format_args!(
+                    "unknown exchange type '{}'",
+                    d.kind
+                ))
+                .into());
+            }
+        };
         if let Some(x) = t.exchanges.get(&d.name) {
             let ex = |arg: &str, r: &str, c: &str| {
                 ChannelError::inequivalent(arg, "exchange", &d.name, &self.name, r, c)
             };
-            if x.kind != kind {
+            if x.type_name() != d.kind {
                 return Err(ex(
                     "type",
-                    &format!("'{}'", kind.as_str()),
-                    &format!("'{}'", x.kind.as_str()),
+                    &format!("'{}'", d.kind),
+                    &format!("'{}'", x.type_name()),
                 )
                 .into());
             }
@@ -450,6 +479,10 @@ impl VHost {
             )
             .into());
         }
+        let kind = match kind {
+            Some(kind) => kind,
+            None => delayed::routing_kind(&d.arguments)?,
+        };
         let x = Exchange::new(
             &d.name,
             kind,
@@ -458,6 +491,7 @@ impl VHost {
             d.internal,
             d.arguments.clone(),
         );
+        let x = if delayed { x.into_delayed() } else { x };
         t.persist_exchange(&x);
         t.exchanges.insert(d.name.clone(), x);
         Ok(())
@@ -517,9 +551,23 @@ impl VHost {
         }
     }
 
+    /// Connects every registered queue (those brought back from the store) to this vhost.
+    fn attach_queues(self: &Arc<Self>) {
+        let queues: Vec<Arc<Queue>> = self.topology.read().queues.values().cloned().collect();
+        for q in queues {
+            q.attach(self.router());
+        }
+    }
+
+    /// What a queue uses to reach this vhost: its router, for dead letters, and its registry.
+    fn router(self: &Arc<Self>) -> std::sync::Weak<dyn crate::queue::Router> {
+        let weak: std::sync::Weak<Self> = Arc::downgrade(self);
+        weak
+    }
+
     /// Declares (or checks) a queue.
     pub fn declare_queue(
-        &self,
+        self: &Arc<Self>,
         d: &QueueDeclare,
         conn_id: u64,
     ) -> Result<QueueDeclared, ChannelError> {
@@ -528,6 +576,8 @@ impl VHost {
             if !q.accessible_by(conn_id) {
                 return Err(Self::locked(q));
             }
+            // A declare, passive or not, counts as use for `x-expires`.
+            q.touch();
             if !d.passive {
                 let ex = |arg: &str, r: bool, c: bool| {
                     ChannelError::inequivalent(
@@ -579,7 +629,17 @@ impl VHost {
         } else {
             d.name.as_str().into()
         };
-        let q = Queue::new(
+        let args = QueueArgs::parse(
+            &d.arguments,
+            Declared {
+                name: &name,
+                vhost: &self.name,
+                durable: d.durable,
+                exclusive: d.exclusive,
+                auto_delete: d.auto_delete,
+            },
+        )?;
+        let q = Queue::with_args(
             name.clone(),
             self.name.clone(),
             QueueOptions {
@@ -590,7 +650,9 @@ impl VHost {
                 // Exclusive queues die with their connection, so never outlive a restart.
                 store: t.queue_store(d.durable && !d.exclusive),
             },
+            args,
         );
+        q.attach(self.router());
         t.persist_queue(&q);
         t.queues.insert(name.to_string(), q);
         Ok(QueueDeclared {
@@ -788,12 +850,34 @@ impl VHost {
         }
     }
 
-    /// Routes a message: appends each distinct destination queue to `out`.
+    /// Routes a message: appends each distinct destination queue to `out`. A delayed exchange on
+    /// the way holds a message whose `x-delay` asks for it, and a delay sink stands in for the
+    /// queues it will reach (see [`delayed::Delayed`]).
     pub fn route(
         &self,
         exchange: &str,
         msg: &Message,
         out: &mut Vec<Arc<Queue>>,
+    ) -> Result<(), ChannelError> {
+        self.route_with(exchange, msg, out, true)
+    }
+
+    /// Routes a held message whose delay has passed: no delayed exchange holds it again.
+    fn route_held(
+        &self,
+        exchange: &str,
+        msg: &Message,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> Result<(), ChannelError> {
+        self.route_with(exchange, msg, out, false)
+    }
+
+    fn route_with(
+        &self,
+        exchange: &str,
+        msg: &Message,
+        out: &mut Vec<Arc<Queue>>,
+        delay: bool,
     ) -> Result<(), ChannelError> {
         let t = self.topology.read();
         let rk = msg.routing_key_str();
@@ -815,7 +899,21 @@ impl VHost {
         let mut seen: Vec<Arc<str>> = vec![x.name.clone()];
         let mut work: Vec<&Exchange> = vec![x];
         let mut next: Vec<Arc<str>> = Vec::new();
+        let mut holds = Vec::new();
         while let Some(x) = work.pop() {
+            // A held message has a route to come, so the alternate exchange does not take it
+            // (the plugin would hand it to the AE at once).
+            if delay
+                && x.delayed
+                && let Some(delay_ms) = delayed::delay_of(headers().as_ref())?
+            {
+                holds.push(delayed::Hold {
+                    exchange: x.name.clone(),
+                    delay_ms,
+                    durable: x.durable,
+                });
+                continue;
+            }
             let mut matched = false;
             x.route(rk, &mut headers, &mut |d| {
                 matched = true;
@@ -844,12 +942,26 @@ impl VHost {
             routed.dedup_by(|a, b| Arc::ptr_eq(a, b));
             out.append(&mut routed);
         }
+        if !holds.is_empty() {
+            self.delayed.hold(&self.name, msg, holds, out);
+        }
         Ok(())
     }
 
     /// Number of queues (for tests and logs).
     pub fn queue_count(&self) -> usize {
         self.topology.read().queues.len()
+    }
+}
+
+/// Dead letters reach their exchange through the vhost's router; an expired queue leaves it.
+impl crate::queue::Router for VHost {
+    fn route(&self, exchange: &str, msg: &Message, out: &mut Vec<Arc<Queue>>) -> bool {
+        VHost::route(self, exchange, msg, out).is_ok()
+    }
+
+    fn expire(&self, queue: &Arc<Queue>) {
+        self.drop_queue(queue);
     }
 }
 

@@ -8,7 +8,16 @@ use bytes::Bytes;
 use super::{Assembly, Channel, ChannelConsumer, Ctx, TxOp, Unacked, requeue_all, route};
 use crate::broker::REPLY_TO;
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code, encode};
-use crate::queue::{Consumer, Credit, InFlight, Queue};
+use crate::queue::{Consumer, Credit, InFlight, Published, Queue};
+
+/// What handing a message to its queues came to.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Handed {
+    /// The store keeps it somewhere: its confirm (or commit) waits for the flush.
+    pub persisted: bool,
+    /// A full queue refused it: its confirm is a nack (its commit fails).
+    pub rejected: bool,
+}
 
 fn random_tag(prefix: &str) -> String {
     use base64::Engine;
@@ -65,14 +74,15 @@ impl Channel {
         routed
     }
 
-    /// Hands a routed message to its queues (or back to its publisher) and counts its confirm.
+    /// Hands a routed message to its queues (or back to its publisher) and counts its confirm:
+    /// a nack if a full queue refused it, else an ack once the store has what it keeps.
     pub(super) fn hand_over(
         &mut self,
         ctx: &mut Ctx,
         msg: &Arc<Message>,
         mandatory: bool,
         queues: &mut Vec<Arc<Queue>>,
-    ) -> bool {
+    ) -> Handed {
         if queues.is_empty() && mandatory {
             encode::basic_return(
                 &mut ctx.out,
@@ -83,20 +93,25 @@ impl Channel {
                 ctx.frame_max,
             );
         }
-        let mut persisted = false;
+        let mut handed = Handed::default();
         for q in queues.drain(..) {
-            persisted |= q.publish(msg.clone());
+            match q.publish(msg.clone()) {
+                Published::Accepted { persisted } => handed.persisted |= persisted,
+                Published::Rejected => handed.rejected = true,
+            }
             if q.backlogged() {
                 ctx.throttle = Some(q);
             }
         }
         if self.confirm {
             self.publish_seq += 1;
-            if persisted {
+            if handed.rejected {
+                self.rejected.push_back(self.publish_seq);
+            } else if handed.persisted {
                 self.needs_flush.push_back(self.publish_seq);
             }
         }
-        persisted
+        handed
     }
 
     pub(super) fn qos(
@@ -188,7 +203,9 @@ impl Channel {
                             &message.msg,
                             ctx.frame_max,
                         );
-                        if !g.no_ack {
+                        if g.no_ack {
+                            q.settle(&message.message);
+                        } else {
                             self.unacked.push_back(Unacked {
                                 tag,
                                 queue: q,
@@ -451,6 +468,18 @@ impl Channel {
         self.release_credit(&settled);
         if !ack && requeue {
             requeue_all(settled);
+        } else if !ack {
+            // Each run of one queue's deliveries is dead-lettered (or dropped) together, in order.
+            let mut settled = settled.into_iter().peekable();
+            while let Some(first) = settled.next() {
+                let queue = first.queue;
+                let mut run = vec![first.message];
+                while let Some(u) = settled.next_if(|u| Arc::ptr_eq(&u.queue, &queue)) {
+                    run.push(u.message);
+                }
+                queue.reject(run);
+                queue.drain();
+            }
         } else {
             let mut last: Option<Arc<Queue>> = None;
             for u in settled {

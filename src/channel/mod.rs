@@ -16,7 +16,7 @@ use crate::protocol::method::{Decoded, Method};
 use crate::protocol::{
     AmqpError, ChannelError, ConnectionError, Message, PropertiesInfo, code, encode,
 };
-use crate::queue::{Credit, EventSender, Queue, QueueEvent, QueuedMessage};
+use crate::queue::{Credit, Entry, EventSender, Queue, QueueEvent};
 
 /// What a channel needs from its connection while it handles a frame.
 #[derive(Debug)]
@@ -54,7 +54,7 @@ impl Ctx {
 struct Unacked {
     tag: u64,
     queue: Arc<Queue>,
-    message: QueuedMessage,
+    message: Entry,
     /// The consumer's credit (None for `basic.get`).
     credit: Option<Arc<Credit>>,
 }
@@ -122,6 +122,8 @@ pub struct Channel {
     confirmed_to: u64,
     /// Confirm numbers of persistent publishes whose flush is still to come, in order.
     needs_flush: VecDeque<u64>,
+    /// Confirm numbers of publishes a full queue refused, to be nacked in their turn.
+    rejected: VecDeque<u64>,
     /// The highest confirm number a store barrier was already requested for.
     flush_requested: u64,
     tx: Option<Vec<TxOp>>,
@@ -146,6 +148,7 @@ impl Channel {
             publish_seq: 0,
             confirmed_to: 0,
             needs_flush: VecDeque::new(),
+            rejected: VecDeque::new(),
             flush_requested: 0,
             tx: None,
             last_queue: None,
@@ -260,19 +263,28 @@ impl Channel {
                     return Err(ChannelError::precondition("channel is not transactional").into());
                 };
                 let mut persisted = false;
+                let mut rejected = false;
                 for op in ops {
                     match op {
                         TxOp::Publish {
                             msg,
                             mandatory,
                             mut queues,
-                        } => persisted |= self.hand_over(ctx, &msg, mandatory, &mut queues),
+                        } => {
+                            let handed = self.hand_over(ctx, &msg, mandatory, &mut queues);
+                            persisted |= handed.persisted;
+                            rejected |= handed.rejected;
+                        }
                         TxOp::Settle {
                             settled,
                             ack,
                             requeue,
                         } => self.apply_settled(settled, ack, requeue),
                     }
+                }
+                // What the full queues did not refuse stays committed, as in RabbitMQ.
+                if rejected {
+                    return Err(ChannelError::precondition("partial tx completion").into());
                 }
                 // commit-ok promises what was committed is on disk.
                 if !(persisted && self.after_flush(ctx, 0, true)) {
@@ -402,6 +414,14 @@ impl Channel {
             .into());
         }
         let msg = self.override_reply_to(msg)?;
+        if let Some(raw) = msg.expiration() {
+            // RabbitMQ looks the exchange up before it reads the expiration.
+            let exchange = std::str::from_utf8(&msg.exchange).unwrap_or("\u{fffd}");
+            ctx.vhost
+                .check_publish(exchange)
+                .and_then(|()| crate::queue::expiry::check_expiration(raw))
+                .map_err(|e| e.on(60, 40))?;
+        }
         if self.tx.is_some() {
             let mut queues = Vec::new();
             route(ctx, &msg, &mut queues).map_err(|e| e.on(60, 40))?;
@@ -449,6 +469,17 @@ impl Channel {
             .needs_flush
             .front()
             .map_or(self.publish_seq, |first| first - 1);
+        while let Some(&nack) = self.rejected.front()
+            && nack <= confirmable
+        {
+            self.rejected.pop_front();
+            if nack - 1 > self.confirmed_to {
+                let multiple = nack - 1 - self.confirmed_to > 1;
+                encode::confirm(&mut ctx.out, self.id, nack - 1, multiple, false);
+            }
+            encode::confirm(&mut ctx.out, self.id, nack, false, true);
+            self.confirmed_to = nack;
+        }
         if confirmable > self.confirmed_to {
             let multiple = confirmable - self.confirmed_to > 1;
             encode::confirm(&mut ctx.out, self.id, confirmable, multiple, false);

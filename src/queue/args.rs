@@ -101,6 +101,9 @@ pub fn str_value(v: &AMQPValue) -> Option<String> {
     }
 }
 
+/// The longest TTL or expiry RabbitMQ accepts: ten years, in milliseconds.
+pub const MAX_EXPIRY_MS: u64 = 315_360_000_000;
+
 /// RabbitMQ's largest supported `x-max-priority`.
 pub const MAX_SUPPORTED_PRIORITY: i64 = 255;
 
@@ -197,16 +200,26 @@ impl QueueArgs {
                 d.name, d.vhost
             )));
         }
+        // RabbitMQ's `check_expiry`: a timer longer than ten years is refused.
+        let expiry = |key: &str, n: u64| {
+            if n > MAX_EXPIRY_MS {
+                Err(invalid(key, &format_args!("{{value_too_large,{n}}}")))
+            } else {
+                Ok(n)
+            }
+        };
         if let Some(n) = int("x-expires")? {
             if n == 0 {
                 return Err(invalid("x-expires", &format_args!("{{value_zero,0}}")));
             }
-            out.expires = Some(
-                u64::try_from(n)
-                    .map_err(|_| invalid("x-expires", &format_args!("{{value_negative,{n}}}")))?,
-            );
+            let n = u64::try_from(n)
+                .map_err(|_| invalid("x-expires", &format_args!("{{value_negative,{n}}}")))?;
+            out.expires = Some(expiry("x-expires", n)?);
         }
-        out.message_ttl = non_neg("x-message-ttl")?;
+        out.message_ttl = match non_neg("x-message-ttl")? {
+            Some(n) => Some(expiry("x-message-ttl", n)?),
+            None => None,
+        };
         out.max_length = non_neg("x-max-length")?;
         out.max_length_bytes = non_neg("x-max-length-bytes")?;
         if let Some(p) = non_neg("x-max-priority")? {
@@ -321,6 +334,24 @@ mod tests {
         assert_eq!(
             err(&[("x-expires", AMQPValue::LongInt(0))], declared()),
             format!("{prefix} 'x-expires' for queue 'q' in vhost '/': {{value_zero,0}}")
+        );
+        assert_eq!(
+            err(
+                &[("x-message-ttl", AMQPValue::LongLongInt(315_360_000_001))],
+                declared()
+            ),
+            format!(
+                "{prefix} 'x-message-ttl' for queue 'q' in vhost '/': {{value_too_large,315360000001}}"
+            )
+        );
+        assert_eq!(
+            err(
+                &[("x-expires", AMQPValue::LongLongInt(315_360_000_001))],
+                declared()
+            ),
+            format!(
+                "{prefix} 'x-expires' for queue 'q' in vhost '/': {{value_too_large,315360000001}}"
+            )
         );
         assert_eq!(
             err(&[("x-max-priority", AMQPValue::LongInt(300))], declared()),

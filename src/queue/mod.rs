@@ -1,20 +1,31 @@
-//! One queue: its ready messages, its consumers (round robin within prefetch credit) and requeueing.
+//! One queue: its ready messages, its consumers (round robin within prefetch credit), requeueing,
+//! and what its arguments ask for: TTLs and queue expiry ([`expiry`]), length limits, and
+//! dead-lettering ([`dead_letter`]).
 //!
 //! A queue's state sits behind one short-held lock, never held across an `.await`; deliveries leave
 //! through the consumer's connection inbox, an unbounded channel whose volume prefetch bounds.
+//! Dead letters are collected under the lock and routed once it is released: routing takes the
+//! vhost's topology lock and other queues' locks, which must never nest inside a queue's.
 
 pub mod args;
+pub mod dead_letter;
+pub mod expiry;
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
+use tracing::warn;
 
 use crate::protocol::{ChannelError, Message, code};
-use crate::store::Store;
+use crate::store::{Store, StoredRef};
+use args::{Declared, Overflow, QueueArgs};
+use dead_letter::{DeadLetter, Reason};
 
 /// A message in a queue, with its position so a requeue puts it back where it was.
 #[derive(Debug, Clone)]
@@ -29,17 +40,96 @@ pub struct QueuedMessage {
     pub persisted: bool,
 }
 
+/// A deadline that never comes.
+const NEVER: u64 = u64::MAX;
+
+/// A message as its queue hands it out and takes it back: the message and its position, plus the
+/// deadline its TTL set when it was queued (a requeue keeps it, as in RabbitMQ).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The message and its position.
+    pub message: QueuedMessage,
+    /// When its TTL runs out, in µs on the queue clock (`NEVER` without one).
+    expires: u64,
+}
+
+impl Deref for Entry {
+    type Target = QueuedMessage;
+
+    fn deref(&self) -> &QueuedMessage {
+        &self.message
+    }
+}
+
+impl Entry {
+    fn len(&self) -> u64 {
+        u64::try_from(self.message.msg.body.len()).unwrap_or(u64::MAX)
+    }
+}
+
+/// What became of a published message in one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Queued or delivered; `persisted` when the store keeps it (its confirm waits for the flush).
+    Accepted {
+        /// The store was asked to keep it.
+        persisted: bool,
+    },
+    /// Refused by a full queue (`reject-publish`, `reject-publish-dlx`): its publisher gets a
+    /// `basic.nack`.
+    Rejected,
+}
+
+/// How a queue reaches the rest of its vhost (which this module cannot name): the router its
+/// dead letters go through, and the registry an expired queue leaves.
+pub trait Router: Send + Sync + std::fmt::Debug {
+    /// Routes `msg` through the exchange named `exchange`, appending the queues it reaches to
+    /// `out`; false when there is no such exchange.
+    fn route(&self, exchange: &str, msg: &Message, out: &mut Vec<Arc<Queue>>) -> bool;
+    /// Deletes `queue`, unused for its `x-expires` time.
+    fn expire(&self, queue: &Arc<Queue>);
+}
+
+/// "Now" for expiry checks: read at most once per operation, and only if something can expire.
+struct Clock {
+    now: Option<u64>,
+    /// Only deadlines before `now` have passed: a publish's own TTL of 0 still lets a waiting
+    /// consumer have the message, as in RabbitMQ.
+    strict: bool,
+}
+
+impl Clock {
+    fn lazy() -> Self {
+        Self {
+            now: None,
+            strict: false,
+        }
+    }
+
+    fn expired(&mut self, expires: u64) -> bool {
+        if expires == NEVER {
+            return false;
+        }
+        let now = *self.now.get_or_insert_with(expiry::now_us);
+        if self.strict {
+            expires < now
+        } else {
+            expires <= now
+        }
+    }
+}
+
 /// A message on its way from its queue to a consumer's channel. Dropped before the channel takes
 /// it (a connection that goes away with deliveries still in its inbox), it returns to its queue:
 /// no path can lose it.
 #[derive(Debug)]
 pub struct InFlight {
     queue: Arc<Queue>,
-    message: Option<QueuedMessage>,
+    message: Option<Entry>,
 }
 
 impl InFlight {
-    fn new(queue: Arc<Queue>, message: QueuedMessage) -> Self {
+    fn new(queue: Arc<Queue>, message: Entry) -> Self {
         Self {
             queue,
             message: Some(message),
@@ -47,7 +137,7 @@ impl InFlight {
     }
 
     /// The message, which is now the taker's responsibility.
-    pub fn take(mut self) -> Option<QueuedMessage> {
+    pub fn take(mut self) -> Option<Entry> {
         self.message.take()
     }
 }
@@ -186,13 +276,50 @@ impl Consumer {
 
 #[derive(Debug, Default)]
 struct State {
-    ready: VecDeque<QueuedMessage>,
+    ready: VecDeque<Entry>,
+    /// Body bytes of the ready messages (`x-max-length-bytes`).
+    ready_bytes: u64,
     consumers: Vec<Consumer>,
     next_consumer: usize,
     next_seq: u64,
     deleted: bool,
     /// An auto-delete queue goes when its last consumer leaves, never before its first.
     had_consumer: bool,
+    /// When the queue was last used (declared, read with `basic.get`, left by its last
+    /// consumer), in µs, for `x-expires`.
+    last_used: u64,
+    /// The deadline the timer task sleeps toward, if any.
+    timer_at: Option<u64>,
+}
+
+impl State {
+    fn push_back(&mut self, e: Entry) {
+        self.ready_bytes = self.ready_bytes.saturating_add(e.len());
+        self.ready.push_back(e);
+    }
+
+    fn push_front(&mut self, e: Entry) {
+        self.ready_bytes = self.ready_bytes.saturating_add(e.len());
+        self.ready.push_front(e);
+    }
+
+    /// Puts a message back in sequence order.
+    fn insert(&mut self, e: Entry) {
+        self.ready_bytes = self.ready_bytes.saturating_add(e.len());
+        let at = self.ready.partition_point(|r| r.seq < e.seq);
+        self.ready.insert(at, e);
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        let e = self.ready.pop_front()?;
+        self.ready_bytes = self.ready_bytes.saturating_sub(e.len());
+        Some(e)
+    }
+
+    fn take_all(&mut self) -> VecDeque<Entry> {
+        self.ready_bytes = 0;
+        std::mem::take(&mut self.ready)
+    }
 }
 
 /// A queue's declared properties.
@@ -231,59 +358,358 @@ pub struct Queue {
     pub vhost: Arc<str>,
     /// How it was declared.
     pub options: QueueOptions,
+    /// The arguments that change its behaviour, read once when it was declared.
+    pub args: QueueArgs,
     state: Mutex<State>,
     /// Ready messages while consumers are attached, readable without the lock.
     backlog: std::sync::atomic::AtomicUsize,
     /// Wakes publishers held back by `FLOW_HIGH` once consumers have caught up.
     caught_up: tokio::sync::Notify,
+    /// Its vhost, for dead letters and expiry; set once it is registered there.
+    router: OnceLock<Weak<dyn Router>>,
+    /// Wakes its timer task, started by the first TTL or `x-expires` it has to keep.
+    timer: OnceLock<Arc<Notify>>,
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // The timer task holds only a weak reference: wake it so it sees the queue is gone.
+        if let Some(timer) = self.timer.get() {
+            timer.notify_one();
+        }
+    }
 }
 
 impl Queue {
-    /// A new empty queue.
+    /// A new empty queue, its arguments read from `options` (arguments that do not parse, which
+    /// `queue.declare` refuses before getting here, count as absent).
     pub fn new(name: Arc<str>, vhost: Arc<str>, options: QueueOptions) -> Arc<Self> {
+        let declared = Declared {
+            name: &name,
+            vhost: &vhost,
+            durable: options.durable,
+            exclusive: options.exclusive_owner.is_some(),
+            auto_delete: options.auto_delete,
+        };
+        let args = QueueArgs::parse(&options.arguments, declared).unwrap_or_else(|e| {
+            warn!(queue = %name, cause = %e, "ignoring invalid queue arguments");
+            QueueArgs::default()
+        });
+        Self::with_args(name, vhost, options, args)
+    }
+
+    /// A new empty queue with arguments already read.
+    pub fn with_args(
+        name: Arc<str>,
+        vhost: Arc<str>,
+        options: QueueOptions,
+        args: QueueArgs,
+    ) -> Arc<Self> {
         Arc::new(Self {
             name,
             vhost,
             options,
+            args,
             state: Mutex::new(State::default()),
             backlog: std::sync::atomic::AtomicUsize::new(0),
             caught_up: tokio::sync::Notify::new(),
+            router: OnceLock::new(),
+            timer: OnceLock::new(),
         })
     }
 
-    /// Appends a routed message and hands it to a consumer if one has credit; true when the
-    /// store was asked to keep it (its confirm then waits for the flush).
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> bool {
+    /// Connects the queue to its vhost once registered there, and starts its timer if its
+    /// arguments or restored messages need one.
+    pub fn attach(self: &Arc<Self>, router: Weak<dyn Router>) {
+        let _ = self.router.set(router);
+        let timed = {
+            let mut st = self.state.lock();
+            st.last_used = expiry::now_us();
+            self.args.message_ttl.is_some()
+                || self.args.expires.is_some()
+                || st.ready.iter().any(|e| e.expires != NEVER)
+        };
+        if timed {
+            self.ensure_timer();
+            let mut st = self.state.lock();
+            self.arm(&mut st);
+        }
+    }
+
+    fn router(&self) -> Option<Arc<dyn Router>> {
+        self.router.get().and_then(Weak::upgrade)
+    }
+
+    fn ensure_timer(self: &Arc<Self>) {
+        self.timer.get_or_init(|| expiry::start(self));
+    }
+
+    /// Appends a routed message and hands it to a consumer if one has credit, unless a length
+    /// limit refuses it.
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Published {
+        let mut dead = Vec::new();
+        let published = self.enqueue(msg, None, &mut dead);
+        dead_letter::process(dead);
+        published
+    }
+
+    /// A message's TTL here: the queue's and the message's, whichever is shorter.
+    fn ttl_of(&self, msg: &Message) -> Option<u64> {
+        let own = msg.expiration().and_then(expiry::ttl_ms);
+        match (self.args.message_ttl, own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether one more message would pass a length limit (RabbitMQ's `will_overflow`).
+    fn would_overflow(&self, st: &State, msg: &Message) -> bool {
+        let len = u64::try_from(st.ready.len()).unwrap_or(u64::MAX);
+        let bytes = u64::try_from(msg.body.len()).unwrap_or(u64::MAX);
+        self.args.max_length.is_some_and(|m| len + 1 > m)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|m| st.ready_bytes.saturating_add(bytes) > m)
+    }
+
+    /// Whether the ready messages are past a length limit (RabbitMQ's `over_max_length`).
+    fn over_limit(&self, st: &State) -> bool {
+        let len = u64::try_from(st.ready.len()).unwrap_or(u64::MAX);
+        self.args.max_length.is_some_and(|m| len > m)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|m| st.ready_bytes > m)
+    }
+
+    /// Takes a message in: a fresh publish (`reserved` None), or a dead letter whose sequence
+    /// number was reserved and whose store entry, if `persisted`, was already written.
+    fn enqueue(
+        self: &Arc<Self>,
+        msg: Arc<Message>,
+        reserved: Option<(u64, bool)>,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Published {
+        let ttl = self.ttl_of(&msg);
+        if ttl.is_some() {
+            self.ensure_timer();
+        }
+        let now = ttl.map(|_| expiry::now_us());
         let mut st = self.state.lock();
         if st.deleted {
-            return false;
+            drop(st);
+            if let Some((seq, true)) = reserved {
+                self.forget(seq, &msg);
+            }
+            return Published::Accepted { persisted: false };
+        }
+        if self.args.overflow != Overflow::DropHead && self.would_overflow(&st, &msg) {
+            drop(st);
+            let (seq, persisted) = reserved.unwrap_or((0, false));
+            let message = QueuedMessage {
+                seq,
+                msg,
+                redelivered: false,
+                persisted,
+            };
+            if self.args.overflow == Overflow::RejectPublishDlx
+                && self.args.dead_letter_exchange.is_some()
+            {
+                dead.push(DeadLetter {
+                    queue: self.clone(),
+                    message,
+                    reason: Reason::Maxlen,
+                });
+            } else {
+                self.settle(&message);
+            }
+            return Published::Rejected;
+        }
+        let (seq, persisted) = match reserved {
+            Some(r) => r,
+            None => {
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                let persisted = match &self.options.store {
+                    Some(qs) if msg.persistent() => {
+                        let stored = msg.stored(|| qs.store.next_message_id());
+                        qs.store.enqueue(qs.id, seq, stored.clone());
+                        true
+                    }
+                    _ => false,
+                };
+                (seq, persisted)
+            }
+        };
+        let entry = Entry {
+            message: QueuedMessage {
+                seq,
+                msg,
+                redelivered: false,
+                persisted,
+            },
+            expires: match (ttl, now) {
+                (Some(ttl), Some(now)) => expiry::after(now, ttl),
+                _ => NEVER,
+            },
+        };
+        if reserved.is_some() {
+            st.insert(entry);
+        } else {
+            st.push_back(entry);
+        }
+        let mut clock = match now {
+            Some(now) => Clock {
+                now: Some(now),
+                strict: true,
+            },
+            None => Clock::lazy(),
+        };
+        self.drain_locked(&mut st, &mut clock, dead);
+        // What no consumer took is now subject to the limits and to its TTL (even one of 0).
+        self.trim(&mut st, &mut Clock::lazy(), dead);
+        self.arm(&mut st);
+        Published::Accepted { persisted }
+    }
+
+    /// Reserves a position for a dead letter on its way in; `None` if the queue was deleted.
+    fn reserve(&self) -> Option<u64> {
+        let mut st = self.state.lock();
+        if st.deleted {
+            return None;
         }
         let seq = st.next_seq;
         st.next_seq += 1;
-        let persisted = match &self.options.store {
-            Some(qs) if msg.persistent() => {
-                let stored = msg.stored(|| qs.store.next_message_id());
-                qs.store.enqueue(qs.id, seq, stored.clone());
-                true
-            }
-            _ => false,
-        };
-        st.ready.push_back(QueuedMessage {
-            seq,
-            msg,
-            redelivered: false,
-            persisted,
-        });
-        self.drain_locked(&mut st);
-        persisted
+        Some(seq)
     }
 
-    /// Puts back messages read from the store, in order, after a restart.
+    /// Removes a stored message this queue never kept after all.
+    fn forget(&self, seq: u64, msg: &Message) {
+        if let (Some(qs), Some(stored)) = (&self.options.store, msg.stored.get()) {
+            qs.store.remove(qs.id, seq, stored.id);
+        }
+    }
+
+    /// Where the store keeps a message of this queue, if it does.
+    fn stored_ref(&self, m: &QueuedMessage) -> Option<StoredRef> {
+        match (&self.options.store, m.persisted, m.msg.stored.get()) {
+            (Some(qs), true, Some(stored)) => Some((qs.id, m.seq, stored.id)),
+            _ => None,
+        }
+    }
+
+    /// Drops messages from the head: those past a `drop-head` length limit, then expired ones.
+    fn trim(self: &Arc<Self>, st: &mut State, clock: &mut Clock, dead: &mut Vec<DeadLetter>) {
+        if self.args.overflow == Overflow::DropHead {
+            while self.over_limit(st) {
+                let Some(e) = st.pop_front() else { break };
+                self.discard(e.message, Reason::Maxlen, dead);
+            }
+        }
+        while st.ready.front().is_some_and(|e| clock.expired(e.expires)) {
+            let Some(e) = st.pop_front() else { break };
+            self.discard(e.message, Reason::Expired, dead);
+        }
+    }
+
+    /// A message leaves the queue unconsumed: dead-lettered if there is somewhere to send it.
+    fn discard(
+        self: &Arc<Self>,
+        message: QueuedMessage,
+        reason: Reason,
+        dead: &mut Vec<DeadLetter>,
+    ) {
+        if self.args.dead_letter_exchange.is_some() {
+            dead.push(DeadLetter {
+                queue: self.clone(),
+                message,
+                reason,
+            });
+        } else {
+            self.settle(&message);
+        }
+    }
+
+    /// The next moment the timer has work: the head's expiry or the queue's own.
+    fn next_deadline(&self, st: &State) -> Option<u64> {
+        let head = st.ready.front().map(|e| e.expires).filter(|&e| e != NEVER);
+        match (head, self.idle_deadline(st)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When an unused queue expires (`x-expires`); never while it has consumers.
+    fn idle_deadline(&self, st: &State) -> Option<u64> {
+        let ms = self.args.expires?;
+        st.consumers
+            .is_empty()
+            .then(|| expiry::after(st.last_used, ms))
+    }
+
+    /// Wakes the timer if it now has work sooner than it planned.
+    fn arm(&self, st: &mut State) {
+        let Some(timer) = self.timer.get() else {
+            return;
+        };
+        if let Some(next) = self.next_deadline(st)
+            && st.timer_at.is_none_or(|t| next < t)
+        {
+            st.timer_at = Some(next);
+            timer.notify_one();
+        }
+    }
+
+    /// The timer's work: expire from the head, delete the queue if unused for its `x-expires`,
+    /// and say when to come back.
+    fn tick(self: &Arc<Self>) -> expiry::Tick {
+        let now = expiry::now_us();
+        let mut dead = Vec::new();
+        let (idle, next) = {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return expiry::Tick::Stop;
+            }
+            let mut clock = Clock {
+                now: Some(now),
+                strict: false,
+            };
+            self.trim(&mut st, &mut clock, &mut dead);
+            let idle = self.idle_deadline(&st).is_some_and(|d| d <= now);
+            let next = if idle { None } else { self.next_deadline(&st) };
+            st.timer_at = next;
+            (idle, next)
+        };
+        dead_letter::process(dead);
+        if idle && let Some(router) = self.router() {
+            router.expire(self);
+            return expiry::Tick::Stop;
+        }
+        expiry::Tick::Sleep(next)
+    }
+
+    /// Records a use of the queue for `x-expires` (a declare, or a `basic.get`).
+    pub fn touch(&self) {
+        if self.args.expires.is_some() {
+            self.state.lock().last_used = expiry::now_us();
+        }
+    }
+
+    /// Puts back messages read from the store, in order, after a restart. Their TTLs count
+    /// from now: the store keeps no enqueue times.
     pub fn restore(&self, messages: impl IntoIterator<Item = QueuedMessage>) {
+        let now = expiry::now_us();
         let mut st = self.state.lock();
         for m in messages {
             st.next_seq = st.next_seq.max(m.seq + 1);
-            st.ready.push_back(m);
+            let expires = self
+                .ttl_of(&m.msg)
+                .map_or(NEVER, |ttl| expiry::after(now, ttl));
+            st.push_back(Entry {
+                message: m,
+                expires,
+            });
         }
     }
 
@@ -305,18 +731,29 @@ impl Queue {
         }
     }
 
-    /// Puts messages back at their original positions, marked redelivered.
-    pub fn requeue(self: &Arc<Self>, messages: impl IntoIterator<Item = QueuedMessage>) {
-        let mut st = self.state.lock();
-        if st.deleted {
+    /// Settles messages a client rejected without requeue: dead-lettered if the queue has a
+    /// dead-letter exchange (and still exists), else forgotten.
+    pub fn reject(self: &Arc<Self>, messages: impl IntoIterator<Item = Entry>) {
+        if self.args.dead_letter_exchange.is_none() || self.is_deleted() {
+            for m in messages {
+                self.settle(&m);
+            }
             return;
         }
-        for mut m in messages {
-            m.redelivered = true;
-            let at = st.ready.partition_point(|r| r.seq < m.seq);
-            st.ready.insert(at, m);
-        }
-        self.drain_locked(&mut st);
+        let dead = messages
+            .into_iter()
+            .map(|e| DeadLetter {
+                queue: self.clone(),
+                message: e.message,
+                reason: Reason::Rejected,
+            })
+            .collect();
+        dead_letter::process(dead);
+    }
+
+    /// Puts messages back at their original positions, marked redelivered.
+    pub fn requeue(self: &Arc<Self>, messages: impl IntoIterator<Item = Entry>) {
+        self.put_back_all(messages, true);
     }
 
     /// Takes back a message its consumer never saw, keeping its redelivered flag.
@@ -326,20 +763,43 @@ impl Queue {
         }
     }
 
-    fn put_back(self: &Arc<Self>, message: QueuedMessage) {
-        let mut st = self.state.lock();
-        if st.deleted {
-            return;
+    fn put_back(self: &Arc<Self>, message: Entry) {
+        self.put_back_all([message], false);
+    }
+
+    fn put_back_all(
+        self: &Arc<Self>,
+        messages: impl IntoIterator<Item = Entry>,
+        redelivered: bool,
+    ) {
+        let mut dead = Vec::new();
+        {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return;
+            }
+            for mut m in messages {
+                m.message.redelivered |= redelivered;
+                st.insert(m);
+            }
+            // As RabbitMQ's requeue: length limits, then expiry, then deliveries.
+            let mut clock = Clock::lazy();
+            self.trim(&mut st, &mut clock, &mut dead);
+            self.drain_locked(&mut st, &mut clock, &mut dead);
+            self.arm(&mut st);
         }
-        let at = st.ready.partition_point(|r| r.seq < message.seq);
-        st.ready.insert(at, message);
-        self.drain_locked(&mut st);
+        dead_letter::process(dead);
     }
 
     /// Delivers ready messages to consumers that have credit.
     pub fn drain(self: &Arc<Self>) {
-        let mut st = self.state.lock();
-        self.drain_locked(&mut st);
+        let mut dead = Vec::new();
+        {
+            let mut st = self.state.lock();
+            self.drain_locked(&mut st, &mut Clock::lazy(), &mut dead);
+            self.arm(&mut st);
+        }
+        dead_letter::process(dead);
     }
 
     /// Whether publishers should wait for this queue's consumers to catch up.
@@ -355,8 +815,13 @@ impl Queue {
         }
     }
 
-    fn drain_locked(self: &Arc<Self>, st: &mut State) {
-        self.drain_consumers(st);
+    fn drain_locked(
+        self: &Arc<Self>,
+        st: &mut State,
+        clock: &mut Clock,
+        dead: &mut Vec<DeadLetter>,
+    ) {
+        self.drain_consumers(st, clock, dead);
         let backlog = if st.consumers.is_empty() {
             0
         } else {
@@ -368,8 +833,20 @@ impl Queue {
         }
     }
 
-    fn drain_consumers(self: &Arc<Self>, st: &mut State) {
+    fn drain_consumers(
+        self: &Arc<Self>,
+        st: &mut State,
+        clock: &mut Clock,
+        dead: &mut Vec<DeadLetter>,
+    ) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
+            // An expired message is never delivered.
+            if st.ready.front().is_some_and(|e| clock.expired(e.expires)) {
+                if let Some(e) = st.pop_front() {
+                    self.discard(e.message, Reason::Expired, dead);
+                }
+                continue;
+            }
             let n = st.consumers.len();
             let Some(i) = (0..n)
                 .map(|k| (st.next_consumer + k) % n)
@@ -378,11 +855,16 @@ impl Queue {
                 return;
             };
             st.next_consumer = (i + 1) % n;
-            let Some(message) = st.ready.pop_front() else {
+            let Some(message) = st.pop_front() else {
                 st.consumers[i].release();
                 return;
             };
-            self.mark_delivered(&message);
+            // A no-ack delivery is settled as it leaves, as RabbitMQ's autoack does.
+            if st.consumers[i].no_ack {
+                self.settle(&message.message);
+            } else {
+                self.mark_delivered(&message.message);
+            }
             let c = &st.consumers[i];
             let event = QueueEvent::Deliver {
                 channel: c.channel,
@@ -402,19 +884,34 @@ impl Queue {
                 if let QueueEvent::Deliver { message, .. } = event
                     && let Some(message) = message.take()
                 {
-                    st.ready.push_front(message);
+                    st.push_front(message);
                 }
             }
         }
     }
 
-    /// Takes the next ready message for `basic.get`, with the count left behind it.
-    pub fn get(&self) -> Option<(QueuedMessage, u32)> {
-        let mut st = self.state.lock();
-        let m = st.ready.pop_front()?;
-        self.mark_delivered(&m);
-        let left = u32::try_from(st.ready.len()).unwrap_or(u32::MAX);
-        Some((m, left))
+    /// Takes the next ready message for `basic.get`, with the count left behind it; expired
+    /// messages at the head go first.
+    pub fn get(self: &Arc<Self>) -> Option<(Entry, u32)> {
+        let mut dead = Vec::new();
+        let got = {
+            let mut st = self.state.lock();
+            if self.args.expires.is_some() {
+                st.last_used = expiry::now_us();
+            }
+            let mut clock = Clock::lazy();
+            self.trim(&mut st, &mut clock, &mut dead);
+            let got = st.pop_front().map(|m| {
+                self.mark_delivered(&m);
+                // The count left behind is taken after the new head's expiry, as in RabbitMQ.
+                self.trim(&mut st, &mut clock, &mut dead);
+                (m, u32::try_from(st.ready.len()).unwrap_or(u32::MAX))
+            });
+            self.arm(&mut st);
+            got
+        };
+        dead_letter::process(dead);
+        got
     }
 
     /// Attaches a consumer, enforcing exclusive use.
@@ -433,7 +930,10 @@ impl Queue {
         }
         st.consumers.push(consumer);
         st.had_consumer = true;
-        self.drain_locked(&mut st);
+        let mut dead = Vec::new();
+        self.drain_locked(&mut st, &mut Clock::lazy(), &mut dead);
+        drop(st);
+        dead_letter::process(dead);
         Ok(())
     }
 
@@ -445,6 +945,10 @@ impl Queue {
             .retain(|c| !(c.conn_id == conn_id && c.channel == channel && &*c.tag == tag));
         if st.next_consumer >= st.consumers.len() {
             st.next_consumer = 0;
+        }
+        if st.consumers.is_empty() && self.args.expires.is_some() {
+            st.last_used = expiry::now_us();
+            self.arm(&mut st);
         }
         self.options.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
     }
@@ -462,11 +966,11 @@ impl Queue {
     /// Drops every ready message and returns how many there were.
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
-        let n = st.ready.len();
-        for m in st.ready.drain(..) {
-            self.settle(&m);
+        let all = st.take_all();
+        for m in &all {
+            self.settle(m);
         }
-        u32::try_from(n).unwrap_or(u32::MAX)
+        u32::try_from(all.len()).unwrap_or(u32::MAX)
     }
 
     /// Marks the queue deleted, telling its consumers; returns the ready count it had.
@@ -474,7 +978,10 @@ impl Queue {
         let mut st = self.state.lock();
         st.deleted = true;
         let n = u32::try_from(st.ready.len()).unwrap_or(u32::MAX);
-        st.ready.clear();
+        st.take_all();
+        if let Some(timer) = self.timer.get() {
+            timer.notify_one();
+        }
         if let Some(qs) = &self.options.store {
             qs.store.drop_queue(qs.id);
         }
@@ -534,6 +1041,61 @@ mod tests {
                 (Bytes::from_static(b"c"), false)
             ]
         );
+    }
+
+    fn bodies(q: &Arc<Queue>) -> Vec<Bytes> {
+        std::iter::from_fn(|| q.get())
+            .map(|(m, _)| m.msg.body.clone())
+            .collect()
+    }
+
+    #[test]
+    fn length_limits_drop_the_head_or_refuse_the_publish() {
+        let limited = |overflow| {
+            let args = QueueArgs {
+                max_length: Some(2),
+                overflow,
+                ..QueueArgs::default()
+            };
+            Queue::with_args("q".into(), "/".into(), QueueOptions::default(), args)
+        };
+        let q = limited(Overflow::DropHead);
+        for b in [&b"a"[..], b"b", b"c"] {
+            assert_eq!(q.publish(msg(b)), Published::Accepted { persisted: false });
+        }
+        assert_eq!(bodies(&q), [&b"b"[..], b"c"]);
+        let q = limited(Overflow::RejectPublish);
+        let published: Vec<_> = [&b"a"[..], b"b", b"c"]
+            .into_iter()
+            .map(|b| q.publish(msg(b)))
+            .collect();
+        assert_eq!(published[2], Published::Rejected);
+        assert_eq!(bodies(&q), [&b"a"[..], b"b"]);
+    }
+
+    #[test]
+    fn a_ttl_of_zero_keeps_nothing_nobody_takes_at_once() {
+        let args = QueueArgs {
+            message_ttl: Some(0),
+            ..QueueArgs::default()
+        };
+        let q = Queue::with_args("q".into(), "/".into(), QueueOptions::default(), args);
+        q.publish(msg(b"gone"));
+        assert_eq!(q.message_count(), 0);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let consumer = Consumer {
+            tag: "c".into(),
+            channel: 1,
+            conn_id: 1,
+            tx,
+            no_ack: true,
+            exclusive: false,
+            credit: Credit::new(0),
+            channel_credit: Credit::new(0),
+        };
+        assert!(q.add_consumer(consumer).is_ok());
+        q.publish(msg(b"taken"));
+        assert!(matches!(rx.try_recv(), Ok(QueueEvent::Deliver { .. })));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! One tree, `messages`, holds both message bodies (`m` + message id) and per-queue index entries
 //! (`i` + queue id + sequence), so that a batch that adds or removes a message and its index is
-//! atomic (sled batches are atomic within one tree). A single writer thread applies everything
+//! atomic (sled batches are atomic within one tree). Messages that delayed exchanges hold live in
+//! the same tree (`d` + hold id) and reference their body as an index entry does, so routing a
+//! held message and forgetting it can share one batch. A single writer thread applies everything
 //! that arrived while the previous flush ran as one batch, flushes once, and only then runs the
 //! batch's completions (publisher confirms, `tx.commit-ok`).
 
@@ -19,11 +21,15 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::{error, info, warn};
 
-pub use codec::{BindingRecord, ExchangeRecord, QueueRecord, StoredMessage};
+pub use codec::{BindingRecord, DelayRecord, ExchangeRecord, QueueRecord, StoredMessage};
 
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
 const VERSION_KEY: &[u8] = b"format-version";
+
+/// A queue id the store never hands out (ids start at 1): the delayed-message sink's, whose index
+/// entries only live until the scheduler purges them and are dropped at start.
+pub const DELAY_SINK_QUEUE: u64 = 0;
 
 /// Why the store could not be used.
 #[derive(Debug)]
@@ -82,15 +88,43 @@ enum Op {
     DropQueue {
         queue: u64,
     },
+    Delay {
+        id: u64,
+        record: Vec<u8>,
+        message: Arc<StoredMessage>,
+    },
+    Undelay {
+        id: u64,
+        message_id: u64,
+    },
+    /// A dead-letter move: one batch takes the message out of its queue and adds it to others.
+    Move {
+        from: Option<StoredRef>,
+        to: Vec<(u64, u64, Arc<StoredMessage>)>,
+    },
     Barrier(Completion),
     Stop,
 }
+
+/// A stored message's place in a queue: (queue id, sequence, message id).
+pub type StoredRef = (u64, u64, u64);
 
 /// A recovered durable queue's messages, in queue order.
 #[derive(Debug, Default)]
 pub struct RecoveredQueue {
     /// (sequence, message, delivered before) in order.
     pub messages: Vec<(u64, Arc<StoredMessage>, bool)>,
+}
+
+/// A held message of a delayed exchange, read back at start.
+#[derive(Debug)]
+pub struct RecoveredDelay {
+    /// The hold's id (its key).
+    pub id: u64,
+    /// Where and when it goes.
+    pub record: DelayRecord,
+    /// The message.
+    pub message: Arc<StoredMessage>,
 }
 
 /// Everything the store held at start.
@@ -102,6 +136,8 @@ pub struct Recovered {
     pub queues: Vec<(QueueRecord, RecoveredQueue)>,
     /// Bindings between durable entities.
     pub bindings: Vec<BindingRecord>,
+    /// Messages durable delayed exchanges hold, in the order they were held.
+    pub delayed: Vec<RecoveredDelay>,
     /// Records that could not be decoded and were skipped.
     pub damaged: usize,
 }
@@ -144,6 +180,44 @@ fn body_key(id: u64) -> [u8; 9] {
     k
 }
 
+fn delay_key(id: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'd';
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The id in the last key under `prefix` (keys are a prefix byte and a big-endian id).
+fn last_id(tree: &sled::Tree, prefix: &[u8]) -> u64 {
+    tree.scan_prefix(prefix)
+        .keys()
+        .next_back()
+        .and_then(|k| k.ok())
+        .and_then(|k| k.get(1..9).and_then(|b| b.try_into().ok()))
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// A stored body by id, read once however many entries reference it; `None` if missing or damaged.
+fn load_body(
+    messages: &sled::Tree,
+    bodies: &mut HashMap<u64, Arc<StoredMessage>>,
+    id: u64,
+) -> Result<Option<Arc<StoredMessage>>, sled::Error> {
+    if let Some(m) = bodies.get(&id) {
+        return Ok(Some(m.clone()));
+    }
+    let Some(raw) = messages.get(body_key(id))? else {
+        return Ok(None);
+    };
+    let Some(m) = StoredMessage::decode(id, Bytes::from(raw.to_vec())) else {
+        return Ok(None);
+    };
+    let m = Arc::new(m);
+    bodies.insert(id, m.clone());
+    Ok(Some(m))
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir` with `cache_bytes` of sled page cache.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<Self>, StoreError> {
@@ -181,14 +255,19 @@ impl Store {
         }
         let meta = db.open_tree("meta").map_err(sled_err)?;
         let messages = db.open_tree("messages").map_err(sled_err)?;
-        let max_id = messages
-            .scan_prefix(b"m")
-            .keys()
-            .next_back()
-            .and_then(|k| k.ok())
-            .and_then(|k| k.get(1..9).and_then(|b| b.try_into().ok()))
-            .map(u64::from_be_bytes)
+        // Queue ids, hold ids and message ids come from one counter: none may be handed out twice,
+        // even when no message with a higher id is left.
+        let max_queue = meta
+            .scan_prefix(b"q")
+            .values()
+            .filter_map(|v| v.ok())
+            .filter_map(|v| QueueRecord::decode(&v))
+            .map(|r| r.id)
+            .max()
             .unwrap_or(0);
+        let max_id = last_id(&messages, b"m")
+            .max(last_id(&messages, b"d"))
+            .max(max_queue);
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(StoreStats::default());
         let writer = Writer {
@@ -261,9 +340,34 @@ impl Store {
         });
     }
 
+    /// Moves a dead-lettered message in one atomic batch: out of its queue (`from`, when it was
+    /// stored there) and into each `(queue, seq, message)` of `to`, so that after a crash it is
+    /// in exactly one place.
+    pub fn move_message(&self, from: Option<StoredRef>, to: Vec<(u64, u64, Arc<StoredMessage>)>) {
+        if from.is_none() && to.is_empty() {
+            return;
+        }
+        self.send(Op::Move { from, to });
+    }
+
     /// Removes every message of a deleted queue.
     pub fn drop_queue(&self, queue: u64) {
         self.send(Op::DropQueue { queue });
+    }
+
+    /// Keeps a message a durable delayed exchange holds, under the hold's own `id` (a fresh
+    /// [`Store::next_message_id`]); the body is shared with any queue that stores the same message.
+    pub fn delay(&self, id: u64, record: &DelayRecord, message: Arc<StoredMessage>) {
+        self.send(Op::Delay {
+            id,
+            record: record.encode(),
+            message,
+        });
+    }
+
+    /// Forgets a held message once it was routed (or could no longer be).
+    pub fn undelay(&self, id: u64, message_id: u64) {
+        self.send(Op::Undelay { id, message_id });
     }
 
     /// Runs `done` once everything sent before it is flushed to disk.
@@ -312,25 +416,36 @@ impl Store {
                     out.damaged += 1;
                     continue;
                 };
-                let msg = match bodies.get(&id) {
-                    Some(m) => m.clone(),
-                    None => {
-                        let Some(raw) = messages.get(body_key(id)).map_err(sled_err)? else {
-                            out.damaged += 1;
-                            continue;
-                        };
-                        let Some(m) = StoredMessage::decode(id, Bytes::from(raw.to_vec())) else {
-                            out.damaged += 1;
-                            continue;
-                        };
-                        let m = Arc::new(m);
-                        bodies.insert(id, m.clone());
-                        m
-                    }
+                let Some(msg) = load_body(&messages, &mut bodies, id).map_err(sled_err)? else {
+                    out.damaged += 1;
+                    continue;
                 };
                 recovered.messages.push((seq, msg, delivered));
                 total += 1;
             }
+        }
+        for item in messages.scan_prefix(b"d") {
+            let (k, v) = item.map_err(sled_err)?;
+            let (Some(id), Some(record)) = (
+                k.get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes),
+                DelayRecord::decode(&v),
+            ) else {
+                out.damaged += 1;
+                continue;
+            };
+            let Some(message) =
+                load_body(&messages, &mut bodies, record.message_id).map_err(sled_err)?
+            else {
+                out.damaged += 1;
+                continue;
+            };
+            out.delayed.push(RecoveredDelay {
+                id,
+                record,
+                message,
+            });
         }
         if out.damaged > 0 {
             warn!(damaged = out.damaged, "skipped damaged store records");
@@ -339,6 +454,7 @@ impl Store {
             exchanges = out.exchanges.len(),
             queues = out.queues.len(),
             messages = total,
+            delayed = out.delayed.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered store"
         );
@@ -396,27 +512,25 @@ impl Writer {
                         queue,
                         seq,
                         message,
-                    } => {
-                        let id = message.id;
-                        let refs = self.refs.entry(id).or_insert(0);
-                        if *refs == 0 {
-                            new_bodies.insert(id, message);
-                        }
-                        *refs += 1;
-                        fresh.insert(index_key(queue, seq), id);
-                    }
+                    } => self.add(queue, seq, message, &mut fresh, &mut new_bodies),
                     Op::Remove {
                         queue,
                         seq,
                         message_id,
-                    } => {
-                        let key = index_key(queue, seq);
-                        if fresh.remove(&key).is_some() {
-                            self.stats.elided.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            batch.remove(&key[..]);
+                    } => self.take(
+                        (queue, seq, message_id),
+                        &mut fresh,
+                        &mut batch,
+                        &mut new_bodies,
+                    ),
+                    Op::Move { from, to } => {
+                        // Added before the removal, so a body shared by both never drops to zero refs.
+                        for (queue, seq, message) in to {
+                            self.add(queue, seq, message, &mut fresh, &mut new_bodies);
                         }
-                        self.release(message_id, &mut batch, &mut new_bodies);
+                        if let Some(from) = from {
+                            self.take(from, &mut fresh, &mut batch, &mut new_bodies);
+                        }
                     }
                     Op::Delivered {
                         queue,
@@ -443,6 +557,23 @@ impl Writer {
                                 self.release(u64::from_be_bytes(id), &mut batch, &mut new_bodies);
                             }
                         }
+                    }
+                    Op::Delay {
+                        id,
+                        record,
+                        message,
+                    } => {
+                        let refs = self.refs.entry(message.id).or_insert(0);
+                        if *refs == 0 {
+                            new_bodies.insert(message.id, message);
+                        }
+                        *refs += 1;
+                        batch.insert(&delay_key(id)[..], record);
+                    }
+                    Op::Undelay { id, message_id } => {
+                        // A batch keeps the last write per key: this cancels a hold written in it.
+                        batch.remove(&delay_key(id)[..]);
+                        self.release(message_id, &mut batch, &mut new_bodies);
                     }
                     Op::Barrier(done) => completions.push(done),
                     Op::Stop => stop = true,
@@ -473,6 +604,39 @@ impl Writer {
         }
     }
 
+    fn add(
+        &mut self,
+        queue: u64,
+        seq: u64,
+        message: Arc<StoredMessage>,
+        fresh: &mut HashMap<[u8; 17], u64>,
+        new_bodies: &mut HashMap<u64, Arc<StoredMessage>>,
+    ) {
+        let id = message.id;
+        let refs = self.refs.entry(id).or_insert(0);
+        if *refs == 0 {
+            new_bodies.insert(id, message);
+        }
+        *refs += 1;
+        fresh.insert(index_key(queue, seq), id);
+    }
+
+    fn take(
+        &mut self,
+        (queue, seq, message_id): StoredRef,
+        fresh: &mut HashMap<[u8; 17], u64>,
+        batch: &mut sled::Batch,
+        new_bodies: &mut HashMap<u64, Arc<StoredMessage>>,
+    ) {
+        let key = index_key(queue, seq);
+        if fresh.remove(&key).is_some() {
+            self.stats.elided.fetch_add(1, Ordering::Relaxed);
+        } else {
+            batch.remove(&key[..]);
+        }
+        self.release(message_id, batch, new_bodies);
+    }
+
     fn release(
         &mut self,
         id: u64,
@@ -497,8 +661,219 @@ impl Writer {
                 *self.refs.entry(u64::from_be_bytes(id)).or_insert(0) += 1;
             }
         }
+        for item in self.messages.scan_prefix(b"d") {
+            let Ok((_, v)) = item else { continue };
+            if let Some(r) = DelayRecord::decode(&v) {
+                *self.refs.entry(r.message_id).or_insert(0) += 1;
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod delay_tests {
+    use super::*;
+
+    fn message(id: u64, body: &'static str) -> Arc<StoredMessage> {
+        Arc::new(StoredMessage {
+            id,
+            exchange: Bytes::from_static(b"later"),
+            routing_key: Bytes::from_static(b"k"),
+            properties: Bytes::from_static(&[0x10, 0, 2]),
+            body: Bytes::from_static(body.as_bytes()),
+        })
+    }
+
+    fn record(message_id: u64, due_ms: u64) -> DelayRecord {
+        DelayRecord {
+            message_id,
+            vhost: "/".into(),
+            exchange: "later".into(),
+            due_ms,
+        }
+    }
+
+    fn flushed(store: &Store) {
+        let (tx, rx) = mpsc::channel();
+        store.after_flush(Box::new(move || {
+            let _ = tx.send(());
+        }));
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("flush");
+    }
+
+    fn bodies(store: &Store) -> usize {
+        store
+            .db
+            .open_tree("messages")
+            .expect("tree")
+            .scan_prefix(b"m")
+            .count()
+    }
+
+    #[test]
+    fn holds_come_back_with_their_bodies_and_go_with_their_last_reference() {
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            let store = Store::open(dir.path(), 1 << 20).expect("open");
+            let kept = message(store.next_message_id(), "kept");
+            let routed = message(store.next_message_id(), "routed");
+            let (h1, h2, h3) = (
+                store.next_message_id(),
+                store.next_message_id(),
+                store.next_message_id(),
+            );
+            store.delay(h1, &record(kept.id, 2_000), kept.clone());
+            store.delay(h2, &record(routed.id, 1_000), routed.clone());
+            // The same body also in the sink's index, as a held persistent publish is.
+            store.enqueue(DELAY_SINK_QUEUE, 0, routed.clone());
+            flushed(&store);
+            assert_eq!(
+                bodies(&store),
+                2,
+                "a body shared by a hold and an index is stored once"
+            );
+            store.undelay(h2, routed.id);
+            flushed(&store);
+            assert_eq!(bodies(&store), 2, "the sink's entry still references it");
+            store.drop_queue(DELAY_SINK_QUEUE);
+            // Held and routed in one batch: never written.
+            store.delay(h3, &record(routed.id, 5), routed.clone());
+            store.undelay(h3, routed.id);
+            flushed(&store);
+            assert_eq!(
+                bodies(&store),
+                1,
+                "the routed body went with its last reference"
+            );
+        }
+        let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+        let rec = store.recover().expect("recover");
+        assert_eq!(rec.damaged, 0);
+        let back: Vec<_> = rec
+            .delayed
+            .iter()
+            .map(|d| (d.record.clone(), &d.message.body[..]))
+            .collect();
+        assert_eq!(back, [(record(1, 2_000), &b"kept"[..])]);
+        assert!(
+            store.next_message_id() > rec.delayed[0].id,
+            "hold ids are not handed out again"
+        );
+    }
+
+    #[test]
+    fn queue_ids_are_not_handed_out_again_after_a_restart() {
+        let dir = tempfile::tempdir().expect("dir");
+        let id = {
+            let store = Store::open(dir.path(), 1 << 20).expect("open");
+            let id = store.next_message_id();
+            let r = QueueRecord {
+                id,
+                vhost: "/".into(),
+                name: "q".into(),
+                auto_delete: false,
+                arguments: vec![0, 0, 0, 0],
+            };
+            store.put_meta(QueueRecord::key("/", "q"), Some(r.encode()));
+            flushed(&store);
+            id
+        };
+        let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+        assert!(store.next_message_id() > id);
+    }
+}
+
+#[cfg(test)]
+mod move_tests {
+    use super::*;
+
+    fn message(id: u64, body: &'static str) -> Arc<StoredMessage> {
+        Arc::new(StoredMessage {
+            id,
+            exchange: Bytes::from_static(b"dlx"),
+            routing_key: Bytes::from_static(b"k"),
+            properties: Bytes::from_static(&[0x10, 0, 2]),
+            body: Bytes::from_static(body.as_bytes()),
+        })
+    }
+
+    fn flushed(store: &Store) {
+        let (tx, rx) = mpsc::channel();
+        store.after_flush(Box::new(move || {
+            let _ = tx.send(());
+        }));
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("flush");
+    }
+
+    #[test]
+    fn a_move_leaves_its_source_and_reaches_every_target_in_one_batch() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (src, a, b) = (1, 2, 3);
+        {
+            let store = Store::open(dir.path(), 1 << 20).expect("open");
+            for (id, name) in [(src, "src"), (a, "a"), (b, "b")] {
+                let r = QueueRecord {
+                    id,
+                    vhost: "/".into(),
+                    name: name.into(),
+                    auto_delete: false,
+                    arguments: vec![0, 0, 0, 0],
+                };
+                store.put_meta(QueueRecord::key("/", name), Some(r.encode()));
+            }
+            let original = message(store.next_message_id(), "original");
+            store.enqueue(src, 0, original.clone());
+            flushed(&store);
+            let dead = message(store.next_message_id(), "dead-lettered");
+            store.move_message(
+                Some((src, 0, original.id)),
+                vec![(a, 5, dead.clone()), (b, 0, dead.clone())],
+            );
+            // Moved on again before the flush: the entry in a is never written.
+            let again = message(store.next_message_id(), "again");
+            store.move_message(Some((a, 5, dead.id)), vec![(b, 1, again)]);
+            flushed(&store);
+        }
+        let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+        let rec = store.recover().expect("recover");
+        let mut queues: Vec<(String, Vec<(u64, Bytes)>)> = rec
+            .queues
+            .iter()
+            .map(|(r, q)| {
+                let msgs = q
+                    .messages
+                    .iter()
+                    .map(|(seq, m, _)| (*seq, m.body.clone()))
+                    .collect();
+                (r.name.clone(), msgs)
+            })
+            .collect();
+        queues.sort();
+        assert_eq!(
+            queues,
+            vec![
+                ("a".to_string(), vec![]),
+                (
+                    "b".to_string(),
+                    vec![
+                        (0, Bytes::from_static(b"dead-lettered")),
+                        (1, Bytes::from_static(b"again"))
+                    ]
+                ),
+                ("src".to_string(), vec![]),
+            ]
+        );
+        let bodies = store
+            .db
+            .open_tree("messages")
+            .expect("tree")
+            .scan_prefix(b"m")
+            .count();
+        assert_eq!(bodies, 2, "the original body went with its last reference");
+    }
+}
