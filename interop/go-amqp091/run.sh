@@ -26,13 +26,11 @@ declare -A TIMEOUTS=(
 # printed on every run) so CI stays meaningful while the work they need is open. Remove each one
 # as soon as Warren passes it.
 declare -A EXCLUDED=(
-    # Needs dead-lettering on reject (the extensions issue, not built yet).
-    [TestDeclareArgsRejectToDeadLetterQueue]="needs x-dead-letter-exchange (not implemented yet)"
     # These skip their body unless the server's product is "RabbitMQ" but leave their connection
     # open when they do, so goleak fails them; Warren announces itself as Warren.
     [TestIntegrationRecoverNotImplemented]="skips on non-RabbitMQ products, then leaks its connection (goleak)"
     [TestRabbitMQQueueNackMultipleRequeue]="skips on non-RabbitMQ products, then leaks its connection (goleak)"
-    [TestRabbitMQQueueTTLGet]="skips on non-RabbitMQ products, then leaks its connection (goleak); also needs TTL"
+    [TestRabbitMQQueueTTLGet]="skips on non-RabbitMQ products, then leaks its connection (goleak)"
 )
 
 url=${1:?usage: run.sh AMQP_URL}
