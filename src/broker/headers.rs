@@ -1,5 +1,6 @@
 //! Headers exchange routing: matching message headers against binding arguments, RabbitMQ-style.
 
+use crate::protocol::table::type_name;
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 /// The binding argument that selects the match mode.
@@ -125,32 +126,9 @@ pub fn x_match_is_valid(binding_args: &FieldTable) -> Result<(), String> {
         )),
         None => Err(format!(
             "Invalid x-match field type {} (value {}); expected longstr",
-            rabbit_type_name(value),
+            type_name(value),
             erlang_value(value)
         )),
-    }
-}
-
-/// The type atom RabbitMQ's table parser assigns, as it appears in error texts.
-fn rabbit_type_name(value: &AMQPValue) -> &'static str {
-    match value {
-        AMQPValue::Boolean(_) => "bool",
-        AMQPValue::ShortShortInt(_) => "byte",
-        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
-        AMQPValue::ShortInt(_) => "short",
-        AMQPValue::ShortUInt(_) => "unsignedshort",
-        AMQPValue::LongInt(_) => "signedint",
-        AMQPValue::LongUInt(_) => "unsignedint",
-        AMQPValue::LongLongInt(_) => "long",
-        AMQPValue::Float(_) => "float",
-        AMQPValue::Double(_) => "double",
-        AMQPValue::DecimalValue(_) => "decimal",
-        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
-        AMQPValue::FieldArray(_) => "array",
-        AMQPValue::Timestamp(_) => "timestamp",
-        AMQPValue::FieldTable(_) => "table",
-        AMQPValue::ByteArray(_) => "binary",
-        AMQPValue::Void => "void",
     }
 }
 

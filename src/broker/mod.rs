@@ -16,6 +16,7 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::RwLock;
 
 use crate::config::{Config, User};
+use crate::protocol::table::type_name;
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code};
 use crate::queue::args::{Declared, QueueArgs};
 use crate::queue::{Queue, QueueOptions};
@@ -246,29 +247,6 @@ const QUEUE_EQUIVALENCE_ARGS: [&str; 14] = [
 
 /// The only argument RabbitMQ compares when an exchange is redeclared.
 const EXCHANGE_EQUIVALENCE_ARGS: [&str; 1] = ["alternate-exchange"];
-
-/// RabbitMQ's name for a field's wire type (its table parser's atoms).
-fn type_name(v: &AMQPValue) -> &'static str {
-    match v {
-        AMQPValue::Boolean(_) => "bool",
-        AMQPValue::ShortShortInt(_) => "byte",
-        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
-        AMQPValue::ShortInt(_) => "short",
-        AMQPValue::ShortUInt(_) => "unsignedshort",
-        AMQPValue::LongInt(_) => "signedint",
-        AMQPValue::LongUInt(_) => "unsignedint",
-        AMQPValue::LongLongInt(_) => "long",
-        AMQPValue::Float(_) => "float",
-        AMQPValue::Double(_) => "double",
-        AMQPValue::DecimalValue(_) => "decimal",
-        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
-        AMQPValue::FieldArray(_) => "array",
-        AMQPValue::Timestamp(_) => "timestamp",
-        AMQPValue::FieldTable(_) => "table",
-        AMQPValue::ByteArray(_) => "binary",
-        AMQPValue::Void => "void",
-    }
-}
 
 /// A value as Erlang's `~ts`/`~tp` prints it in RabbitMQ's equivalence errors (scalars exactly,
 /// containers approximately: nobody reads those).

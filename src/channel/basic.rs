@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::{Assembly, Channel, ChannelConsumer, Ctx, TxOp, Unacked, requeue_all, route};
 use crate::broker::REPLY_TO;
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code, encode};
-use crate::queue::{Consumer, Credit, InFlight, Published, Queue};
+use crate::queue::{Consumer, Credit, InFlight, Published, Queue, args};
 
 /// What handing a message to its queues came to.
 #[derive(Debug, Default, Clone, Copy)]
@@ -194,13 +194,14 @@ impl Channel {
                     Some((message, left)) => {
                         let tag = self.next_delivery_tag;
                         self.next_delivery_tag += 1;
+                        let counted = message.counted_message(true);
                         encode::get_ok(
                             &mut ctx.out,
                             self.id,
                             tag,
                             message.redelivered,
                             left,
-                            &message.msg,
+                            counted.as_ref().unwrap_or(&message.msg),
                             ctx.frame_max,
                         );
                         if g.no_ack {
@@ -249,19 +250,9 @@ impl Channel {
             return self.consume_replies(ctx, c);
         }
         let name = self.queue_name(c.queue.as_str())?;
-        let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
-            random_tag("amq.ctag-").into()
-        } else {
-            c.consumer_tag.as_str().into()
-        };
-        if self.consumers.contains_key(&tag) {
-            return Err(ConnectionError::new(
-                code::NOT_ALLOWED,
-                format_args!("attempt to reuse consumer tag '{tag}'"),
-            )
-            .into());
-        }
+        let tag = self.consumer_tag(c.consumer_tag.as_str())?;
         let q = ctx.vhost.queue(&name, ctx.conn_id)?;
+        let priority = consumer_priority(&c.arguments, &q)?;
         let credit = Credit::new(self.prefetch_count);
         let before = ctx.out.len();
         if !c.nowait {
@@ -282,6 +273,7 @@ impl Channel {
             exclusive: c.exclusive,
             credit: credit.clone(),
             channel_credit: self.channel_credit.clone(),
+            priority,
         };
         if let Err(e) = q.add_consumer(consumer) {
             ctx.out.truncate(before);
@@ -298,20 +290,28 @@ impl Channel {
         Ok(())
     }
 
-    /// Makes this channel's direct reply-to consumer (no-ack, one per channel, as in RabbitMQ).
-    fn consume_replies(&mut self, ctx: &mut Ctx, c: basic::Consume) -> Result<(), AmqpError> {
-        let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
+    /// The tag for a new consumer: the one asked for, or a fresh `amq.ctag-...`; reusing a tag on
+    /// the channel is a connection error in RabbitMQ.
+    fn consumer_tag(&self, requested: &str) -> Result<Arc<str>, AmqpError> {
+        let tag: Arc<str> = if requested.is_empty() {
             random_tag("amq.ctag-").into()
         } else {
-            c.consumer_tag.as_str().into()
+            requested.into()
         };
-        if self.consumers.contains_key(&tag) {
+        let reply_tag = self.reply.as_ref().is_some_and(|(_, t)| *t == tag);
+        if self.consumers.contains_key(&tag) || reply_tag {
             return Err(ConnectionError::new(
                 code::NOT_ALLOWED,
                 format_args!("attempt to reuse consumer tag '{tag}'"),
             )
             .into());
         }
+        Ok(tag)
+    }
+
+    /// Makes this channel's direct reply-to consumer (no-ack, one per channel, as in RabbitMQ).
+    fn consume_replies(&mut self, ctx: &mut Ctx, c: basic::Consume) -> Result<(), AmqpError> {
+        let tag = self.consumer_tag(c.consumer_tag.as_str())?;
         if !c.no_ack {
             return Err(ChannelError::precondition("reply consumer cannot acknowledge").into());
         }
@@ -379,13 +379,14 @@ impl Channel {
         };
         let tag = self.next_delivery_tag;
         self.next_delivery_tag += 1;
+        let counted = message.counted_message(false);
         encode::deliver(
             &mut ctx.out,
             self.id,
             consumer_tag,
             tag,
             message.redelivered,
-            &message.msg,
+            counted.as_ref().unwrap_or(&message.msg),
             ctx.frame_max,
         );
         if !c.no_ack {
@@ -499,6 +500,26 @@ impl Channel {
             self.kick_consumers();
         }
     }
+}
+
+/// A consumer's `x-priority`, checked as RabbitMQ's `check_consume_arguments` checks it (0 when
+/// absent).
+fn consumer_priority(
+    args: &amq_protocol::types::FieldTable,
+    q: &Queue,
+) -> Result<i64, ChannelError> {
+    let Some(v) = args.inner().get("x-priority") else {
+        return Ok(0);
+    };
+    let Some(n) = args::int_value(v) else {
+        return Err(ChannelError::precondition(format_args!(
+            "invalid arg 'x-priority' for queue '{}' in vhost '{}': \"expected integer, got {}\"",
+            q.name,
+            q.vhost,
+            args::type_name(v)
+        )));
+    };
+    Ok(n)
 }
 
 fn unknown_tag(tag: u64) -> ChannelError {

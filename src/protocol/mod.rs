@@ -5,6 +5,7 @@ pub mod encode;
 pub mod error;
 pub mod frame;
 pub mod method;
+pub mod table;
 
 pub use content::{Message, PropertiesInfo};
 pub use error::{AmqpError, ChannelError, ConnectionError, code};

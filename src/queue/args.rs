@@ -54,29 +54,7 @@ pub struct QueueArgs {
     pub delivery_limit: Option<u64>,
 }
 
-/// RabbitMQ's name for a field-table value type, as its error texts print it.
-pub fn type_name(v: &AMQPValue) -> &'static str {
-    match v {
-        AMQPValue::Boolean(_) => "bool",
-        AMQPValue::ShortShortInt(_) => "byte",
-        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
-        AMQPValue::ShortInt(_) => "short",
-        AMQPValue::ShortUInt(_) => "unsignedshort",
-        AMQPValue::LongInt(_) => "signedint",
-        AMQPValue::LongUInt(_) => "unsignedint",
-        AMQPValue::LongLongInt(_) => "long",
-        AMQPValue::Float(_) => "float",
-        AMQPValue::Double(_) => "double",
-        AMQPValue::DecimalValue(_) => "decimal",
-        AMQPValue::ShortString(_) => "shortstr",
-        AMQPValue::LongString(_) => "longstr",
-        AMQPValue::FieldArray(_) => "array",
-        AMQPValue::Timestamp(_) => "timestamp",
-        AMQPValue::FieldTable(_) => "table",
-        AMQPValue::ByteArray(_) => "binary",
-        AMQPValue::Void => "void",
-    }
-}
+pub use crate::protocol::table::type_name;
 
 /// The integer in a value of one of the integer types RabbitMQ accepts for numeric arguments.
 pub fn int_value(v: &AMQPValue) -> Option<i64> {
@@ -106,6 +84,52 @@ pub const MAX_EXPIRY_MS: u64 = 315_360_000_000;
 
 /// RabbitMQ's largest supported `x-max-priority`.
 pub const MAX_SUPPORTED_PRIORITY: i64 = 255;
+
+/// The arguments RabbitMQ 3.10's classic queues take (`rabbit_classic_queue:capabilities`).
+const CLASSIC_ARGS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-queue-master-locator",
+];
+
+/// The arguments RabbitMQ 3.10's quorum queues take.
+const QUORUM_ARGS: &[&str] = &[
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-dead-letter-strategy",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-overflow",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-quorum-initial-group-size",
+    "x-delivery-limit",
+    "x-message-ttl",
+    "x-queue-leader-locator",
+];
+
+/// The arguments RabbitMQ 3.10's streams take.
+const STREAM_ARGS: &[&str] = &[
+    "x-max-length-bytes",
+    "x-queue-type",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+    "x-queue-leader-locator",
+];
 
 /// What a queue was declared with, beyond its arguments.
 #[derive(Debug, Clone, Copy)]
@@ -193,12 +217,46 @@ impl QueueArgs {
                     d.name, d.vhost
                 )));
             }
-            out.delivery_limit = non_neg("x-delivery-limit")?;
-        } else if get("x-delivery-limit").is_some() {
+        }
+        // RabbitMQ 3.10 refuses an argument another queue type knows but this one does not;
+        // arguments no type knows are ignored.
+        let (supported, type_name_) = match out.queue_type {
+            QueueType::Classic => (CLASSIC_ARGS, "rabbit_classic_queue"),
+            QueueType::Quorum => (QUORUM_ARGS, "rabbit_quorum_queue"),
+        };
+        if let Some(key) = args.inner().keys().map(|k| k.as_str()).find(|k| {
+            !supported.contains(k)
+                && [CLASSIC_ARGS, QUORUM_ARGS, STREAM_ARGS]
+                    .iter()
+                    .any(|known| known.contains(k))
+        }) {
             return Err(ChannelError::precondition(format_args!(
-                "invalid arg 'x-delivery-limit' for queue '{}' in vhost '{}' of queue type rabbit_classic_queue",
+                "invalid arg '{key}' for queue '{}' in vhost '{}' of queue type {type_name_}",
                 d.name, d.vhost
             )));
+        }
+        if out.queue_type == QueueType::Quorum {
+            // RabbitMQ 3.10 does not check it: a count never exceeds a non-integer, and always
+            // exceeds a negative limit once the message has come back.
+            out.delivery_limit = get("x-delivery-limit")
+                .and_then(int_value)
+                .map(|n| u64::try_from(n).unwrap_or(0));
+            // Both strategies are accepted; at-least-once is kept as at-most-once, as RabbitMQ
+            // itself does unless the queue also rejects publishes past its length limit.
+            if let Some(v) = get("x-dead-letter-strategy") {
+                match str_value(v).as_deref() {
+                    Some("at-most-once" | "at-least-once") => {}
+                    Some(_) => {
+                        return Err(invalid("x-dead-letter-strategy", &"invalid_dlx_strategy"));
+                    }
+                    None => {
+                        return Err(invalid(
+                            "x-dead-letter-strategy",
+                            &format_args!("{{unacceptable_type,{}}}", type_name(v)),
+                        ));
+                    }
+                }
+            }
         }
         // RabbitMQ's `check_expiry`: a timer longer than ten years is refused.
         let expiry = |key: &str, n: u64| {
@@ -413,6 +471,42 @@ mod tests {
             err(&[("x-delivery-limit", AMQPValue::LongInt(3))], declared())
                 .contains("of queue type rabbit_classic_queue")
         );
+        assert_eq!(
+            err(
+                &[
+                    ("x-queue-type", AMQPValue::LongString("quorum".into())),
+                    ("x-max-priority", AMQPValue::LongInt(5)),
+                ],
+                declared()
+            ),
+            "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue"
+        );
+        assert_eq!(
+            err(
+                &[
+                    ("x-queue-type", AMQPValue::LongString("quorum".into())),
+                    (
+                        "x-dead-letter-strategy",
+                        AMQPValue::LongString("bogus".into())
+                    ),
+                ],
+                declared()
+            ),
+            "PRECONDITION_FAILED - invalid arg 'x-dead-letter-strategy' for queue 'q' in vhost '/': invalid_dlx_strategy"
+        );
+        let lenient = QueueArgs::parse(
+            &table(&[
+                ("x-queue-type", AMQPValue::LongString("quorum".into())),
+                ("x-delivery-limit", AMQPValue::LongInt(-1)),
+                (
+                    "x-dead-letter-strategy",
+                    AMQPValue::LongString("at-least-once".into()),
+                ),
+                ("x-ha-policy", AMQPValue::LongString("all".into())),
+            ]),
+            declared(),
+        );
+        assert_eq!(lenient.map(|a| a.delivery_limit), Ok(Some(0)));
     }
 
     #[test]

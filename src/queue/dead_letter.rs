@@ -23,6 +23,8 @@ pub enum Reason {
     Expired,
     /// A length limit pushed it out (or kept it out).
     Maxlen,
+    /// A quorum queue's `x-delivery-limit` was exceeded.
+    DeliveryLimit,
 }
 
 impl Reason {
@@ -32,6 +34,7 @@ impl Reason {
             Self::Rejected => "rejected",
             Self::Expired => "expired",
             Self::Maxlen => "maxlen",
+            Self::DeliveryLimit => "delivery_limit",
         }
     }
 }
@@ -112,7 +115,7 @@ impl Queue {
         for q in targets.drain(..) {
             let Some(seq) = q.reserve() else { continue };
             let persisted = match &q.options.store {
-                Some(qs) if msg.persistent() => {
+                Some(qs) if q.keeps(&msg) => {
                     let stored = msg.stored(|| qs.store.next_message_id()).clone();
                     adds.push((qs.id, seq, stored));
                     store.get_or_insert_with(|| qs.store.clone());
@@ -423,7 +426,7 @@ pub(super) fn make_message(msg: &Message, d: Cause<'_>) -> Option<(Message, Vec<
     if d.routing_key.is_some() {
         headers.retain(|(k, _)| k != b"CC");
     }
-    let properties = rewrite_properties(props, flags, &msg.info, &headers)?;
+    let properties = rewrite_properties(props, flags, &msg.info, &headers, true)?;
     let info = PropertiesInfo::scan(&properties)?;
     let routing_key = match d.routing_key {
         Some(rk) => Bytes::copy_from_slice(rk.as_bytes()),
@@ -439,13 +442,42 @@ pub(super) fn make_message(msg: &Message, d: Cause<'_>) -> Option<(Message, Vec<
     Some((out, marks))
 }
 
-/// The property list with `headers` in place of the old table and no expiration; every other
-/// property keeps its bytes.
+/// The message a quorum queue delivers: its headers with `x-delivery-count` set (a long, in a
+/// table sorted as RabbitMQ's `set_table_value` leaves it); every other property keeps its bytes.
+pub(super) fn with_delivery_count(msg: &Message, count: u32) -> Option<Message> {
+    let props = &msg.properties;
+    let flags = u16::from_be_bytes(props.get(0..2)?.try_into().ok()?);
+    let mut headers = match &msg.info.headers {
+        Some(r) => {
+            let (start, end) = (usize::try_from(r.start).ok()?, usize::try_from(r.end).ok()?);
+            parse_entries(props.get(start + 4..end)?)?
+        }
+        None => Vec::new(),
+    };
+    set(
+        &mut headers,
+        "x-delivery-count",
+        [&[b'l'][..], &i64::from(count).to_be_bytes()].concat(),
+    );
+    let properties = rewrite_properties(props, flags, &msg.info, &sorted(headers), false)?;
+    let info = PropertiesInfo::scan(&properties)?;
+    Some(Message::new(
+        msg.exchange.clone(),
+        msg.routing_key.clone(),
+        properties,
+        info,
+        msg.body.clone(),
+    ))
+}
+
+/// The property list with `headers` in place of the old table, and without its expiration if
+/// `drop_expiration`; every other property keeps its bytes.
 fn rewrite_properties(
     props: &[u8],
     flags: u16,
     info: &PropertiesInfo,
     headers: &Table,
+    drop_expiration: bool,
 ) -> Option<Bytes> {
     let range = |r: &std::ops::Range<u32>| -> Option<(usize, usize)> {
         Some((usize::try_from(r.start).ok()?, usize::try_from(r.end).ok()?))
@@ -460,14 +492,19 @@ fn rewrite_properties(
     };
     // The expiration short string, with its length byte.
     let expiration = match &info.expiration {
-        Some(r) => {
+        Some(r) if drop_expiration => {
             let (s, e) = range(r)?;
             Some((s.checked_sub(1)?, e))
         }
-        None => None,
+        _ => None,
+    };
+    let flags = if drop_expiration {
+        flags & !FLAG_EXPIRATION
+    } else {
+        flags
     };
     let mut out = Vec::with_capacity(props.len() + 256);
-    out.extend_from_slice(&((flags | FLAG_HEADERS) & !FLAG_EXPIRATION).to_be_bytes());
+    out.extend_from_slice(&(flags | FLAG_HEADERS).to_be_bytes());
     out.extend_from_slice(props.get(2..h_start)?);
     put_table(&mut out, headers);
     match expiration {

@@ -1,6 +1,8 @@
-//! One queue: its ready messages, its consumers (round robin within prefetch credit), requeueing,
-//! and what its arguments ask for: TTLs and queue expiry ([`expiry`]), length limits, and
-//! dead-lettering ([`dead_letter`]).
+//! One queue: its ready messages (in priority order in an `x-max-priority` queue), its consumers
+//! (highest `x-priority` first, round robin among equals within prefetch credit; only the first
+//! in a single-active-consumer queue), requeueing, and what its arguments ask for: TTLs and queue
+//! expiry ([`expiry`]), length limits, quorum delivery limits, and dead-lettering
+//! ([`dead_letter`]).
 //!
 //! A queue's state sits behind one short-held lock, never held across an `.await`; deliveries leave
 //! through the consumer's connection inbox, an unbounded channel whose volume prefetch bounds.
@@ -24,7 +26,7 @@ use tracing::warn;
 
 use crate::protocol::{ChannelError, Message, code};
 use crate::store::{Store, StoredRef};
-use args::{Declared, Overflow, QueueArgs};
+use args::{Declared, Overflow, QueueArgs, QueueType};
 use dead_letter::{DeadLetter, Reason};
 
 /// A message in a queue, with its position so a requeue puts it back where it was.
@@ -51,6 +53,11 @@ pub struct Entry {
     pub message: QueuedMessage,
     /// When its TTL runs out, in µs on the queue clock (`NEVER` without one).
     expires: u64,
+    /// Its priority in a priority queue, capped at the queue's maximum (0 elsewhere).
+    priority: u8,
+    /// In a quorum queue, how many times it came back (requeued by its consumer or with its
+    /// channel); `None` elsewhere.
+    delivery_count: Option<u32>,
 }
 
 impl Deref for Entry {
@@ -64,6 +71,22 @@ impl Deref for Entry {
 impl Entry {
     fn len(&self) -> u64 {
         u64::try_from(self.message.msg.body.len()).unwrap_or(u64::MAX)
+    }
+
+    /// The message as a quorum queue hands it out, with its `x-delivery-count` header: as in
+    /// RabbitMQ 3.10, on every `basic.get` (0 the first time) and on a consumer's redeliveries;
+    /// `None` when the message goes as it was published.
+    pub fn counted_message(&self, get: bool) -> Option<Message> {
+        match self.delivery_count {
+            Some(n) if get || n > 0 => dead_letter::with_delivery_count(&self.message.msg, n),
+            _ => None,
+        }
+    }
+
+    /// Whether it goes before `other`: higher priority first, then publish order.
+    fn before(&self, other: &Entry) -> bool {
+        (std::cmp::Reverse(self.priority), self.seq)
+            < (std::cmp::Reverse(other.priority), other.seq)
     }
 }
 
@@ -249,6 +272,8 @@ pub struct Consumer {
     pub credit: Arc<Credit>,
     /// Per-channel (global) prefetch.
     pub channel_credit: Arc<Credit>,
+    /// Its `x-priority`: deliveries go to the highest that has credit.
+    pub priority: i64,
 }
 
 impl Consumer {
@@ -294,6 +319,11 @@ struct State {
 
 impl State {
     fn push_back(&mut self, e: Entry) {
+        // Only a priority queue can have a back that belongs after a new message.
+        if self.ready.back().is_some_and(|b| e.before(b)) {
+            self.insert(e);
+            return;
+        }
         self.ready_bytes = self.ready_bytes.saturating_add(e.len());
         self.ready.push_back(e);
     }
@@ -303,10 +333,10 @@ impl State {
         self.ready.push_front(e);
     }
 
-    /// Puts a message back in sequence order.
+    /// Puts a message back in its place: by priority, then sequence order.
     fn insert(&mut self, e: Entry) {
         self.ready_bytes = self.ready_bytes.saturating_add(e.len());
-        let at = self.ready.partition_point(|r| r.seq < e.seq);
+        let at = self.ready.partition_point(|r| r.before(&e));
         self.ready.insert(at, e);
     }
 
@@ -453,6 +483,25 @@ impl Queue {
         published
     }
 
+    /// Whether the store keeps `msg` here: a persistent message, or any message in a quorum
+    /// queue (which RabbitMQ writes to its log whatever the delivery mode).
+    fn keeps(&self, msg: &Message) -> bool {
+        msg.persistent() || self.args.queue_type == QueueType::Quorum
+    }
+
+    /// A fresh entry's delivery count: 0 in a quorum queue, none elsewhere.
+    fn counts_deliveries(&self) -> Option<u32> {
+        (self.args.queue_type == QueueType::Quorum).then_some(0)
+    }
+
+    /// A message's place among priorities: its own, capped at the queue's `x-max-priority` as
+    /// RabbitMQ caps it; 0 in a queue without one.
+    fn priority_of(&self, msg: &Message) -> u8 {
+        self.args
+            .max_priority
+            .map_or(0, |max| msg.info.priority.min(max))
+    }
+
     /// A message's TTL here: the queue's and the message's, whichever is shorter.
     fn ttl_of(&self, msg: &Message) -> Option<u64> {
         let own = msg.expiration().and_then(expiry::ttl_ms);
@@ -532,7 +581,7 @@ impl Queue {
                 let seq = st.next_seq;
                 st.next_seq += 1;
                 let persisted = match &self.options.store {
-                    Some(qs) if msg.persistent() => {
+                    Some(qs) if self.keeps(&msg) => {
                         let stored = msg.stored(|| qs.store.next_message_id());
                         qs.store.enqueue(qs.id, seq, stored.clone());
                         true
@@ -542,6 +591,7 @@ impl Queue {
                 (seq, persisted)
             }
         };
+        let priority = self.priority_of(&msg);
         let entry = Entry {
             message: QueuedMessage {
                 seq,
@@ -553,6 +603,8 @@ impl Queue {
                 (Some(ttl), Some(now)) => expiry::after(now, ttl),
                 _ => NEVER,
             },
+            priority,
+            delivery_count: self.counts_deliveries(),
         };
         if reserved.is_some() {
             st.insert(entry);
@@ -706,9 +758,12 @@ impl Queue {
             let expires = self
                 .ttl_of(&m.msg)
                 .map_or(NEVER, |ttl| expiry::after(now, ttl));
+            let priority = self.priority_of(&m.msg);
             st.push_back(Entry {
                 message: m,
                 expires,
+                priority,
+                delivery_count: self.counts_deliveries(),
             });
         }
     }
@@ -780,6 +835,13 @@ impl Queue {
             }
             for mut m in messages {
                 m.message.redelivered |= redelivered;
+                if redelivered && let Some(n) = &mut m.delivery_count {
+                    *n = n.saturating_add(1);
+                    if self.args.delivery_limit.is_some_and(|l| u64::from(*n) > l) {
+                        self.discard(m.message, Reason::DeliveryLimit, &mut dead);
+                        continue;
+                    }
+                }
                 st.insert(m);
             }
             // As RabbitMQ's requeue: length limits, then expiry, then deliveries.
@@ -848,10 +910,7 @@ impl Queue {
                 continue;
             }
             let n = st.consumers.len();
-            let Some(i) = (0..n)
-                .map(|k| (st.next_consumer + k) % n)
-                .find(|&i| st.consumers[i].try_acquire())
-            else {
+            let Some(i) = self.pick_consumer(st) else {
                 return;
             };
             st.next_consumer = (i + 1) % n;
@@ -888,6 +947,35 @@ impl Queue {
                 }
             }
         }
+    }
+
+    /// The consumer the next delivery goes to, its credit taken: a single-active-consumer queue's
+    /// first; else the first with credit among the highest `x-priority` (consumers are kept in
+    /// descending priority), round robin among equals.
+    fn pick_consumer(&self, st: &State) -> Option<usize> {
+        if self.args.single_active_consumer {
+            return st.consumers.first()?.try_acquire().then_some(0);
+        }
+        let n = st.consumers.len();
+        let mut start = 0;
+        while start < n {
+            let p = st.consumers[start].priority;
+            let len = st.consumers[start..].partition_point(|c| c.priority == p);
+            let end = start + len;
+            let first = if (start..end).contains(&st.next_consumer) {
+                st.next_consumer - start
+            } else {
+                0
+            };
+            if let Some(i) = (0..len)
+                .map(|k| start + (first + k) % len)
+                .find(|&i| st.consumers[i].try_acquire())
+            {
+                return Some(i);
+            }
+            start = end;
+        }
+        None
     }
 
     /// Takes the next ready message for `basic.get`, with the count left behind it; expired
@@ -928,7 +1016,15 @@ impl Queue {
                 ),
             ));
         }
-        st.consumers.push(consumer);
+        if self.args.single_active_consumer {
+            // Registration order decides who is active next.
+            st.consumers.push(consumer);
+        } else {
+            let at = st
+                .consumers
+                .partition_point(|c| c.priority >= consumer.priority);
+            st.consumers.insert(at, consumer);
+        }
         st.had_consumer = true;
         let mut dead = Vec::new();
         self.drain_locked(&mut st, &mut Clock::lazy(), &mut dead);
@@ -939,8 +1035,13 @@ impl Queue {
 
     /// Detaches a consumer; returns true when the queue is auto-delete and has none left (the
     /// consumer may already be gone, dropped when its connection stopped taking deliveries).
-    pub fn remove_consumer(&self, conn_id: u64, channel: u16, tag: &str) -> bool {
+    /// In a single-active-consumer queue the next consumer in registration order takes over.
+    pub fn remove_consumer(self: &Arc<Self>, conn_id: u64, channel: u16, tag: &str) -> bool {
         let mut st = self.state.lock();
+        let was_active = st
+            .consumers
+            .first()
+            .is_some_and(|c| c.conn_id == conn_id && c.channel == channel && &*c.tag == tag);
         st.consumers
             .retain(|c| !(c.conn_id == conn_id && c.channel == channel && &*c.tag == tag));
         if st.next_consumer >= st.consumers.len() {
@@ -950,7 +1051,15 @@ impl Queue {
             st.last_used = expiry::now_us();
             self.arm(&mut st);
         }
-        self.options.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
+        let mut dead = Vec::new();
+        if self.args.single_active_consumer && was_active {
+            self.drain_locked(&mut st, &mut Clock::lazy(), &mut dead);
+        }
+        let gone =
+            self.options.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted;
+        drop(st);
+        dead_letter::process(dead);
+        gone
     }
 
     /// Number of ready messages.
@@ -1092,6 +1201,7 @@ mod tests {
             exclusive: false,
             credit: Credit::new(0),
             channel_credit: Credit::new(0),
+            priority: 0,
         };
         assert!(q.add_consumer(consumer).is_ok());
         q.publish(msg(b"taken"));
@@ -1113,6 +1223,7 @@ mod tests {
                 exclusive: false,
                 credit: Credit::new(2),
                 channel_credit: channel_credit.clone(),
+                priority: 0,
             };
             assert!(q.add_consumer(c).is_ok());
         }
