@@ -403,3 +403,136 @@ async fn messages_taken_without_ack_do_not_come_back_after_kill_9() {
         .expect("queue is back");
     assert_eq!(count(gets), 3, "only the messages never taken come back");
 }
+
+fn args(pairs: &[(&str, lapin::types::AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+async fn ready(ch: &lapin::Channel, queue: &str) -> u32 {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .map(|q| q.message_count())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn dead_lettered_and_expiring_persistent_messages_are_right_after_kill_9() {
+    use lapin::types::{AMQPValue, LongString};
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let broker = start(dir.path(), port).await;
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(Default::default())
+        .await
+        .expect("confirms");
+    ch.queue_declare("dlq".into(), durable_queue(), FieldTable::default())
+        .await
+        .expect("dlq");
+    let to_dlq = [
+        ("x-dead-letter-exchange", text("")),
+        ("x-dead-letter-routing-key", text("dlq")),
+    ];
+    ch.queue_declare("rejects".into(), durable_queue(), args(&to_dlq))
+        .await
+        .expect("rejects");
+    let mut ttl = to_dlq.to_vec();
+    ttl.push(("x-message-ttl", AMQPValue::LongInt(300)));
+    ch.queue_declare("expiring".into(), durable_queue(), args(&ttl))
+        .await
+        .expect("expiring");
+    for queue in ["rejects", "expiring"] {
+        ch.basic_publish(
+            "".into(),
+            queue.into(),
+            Default::default(),
+            queue.as_bytes(),
+            persistent(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirmed");
+    }
+    let m = ch
+        .basic_get("rejects".into(), BasicGetOptions { no_ack: false })
+        .await
+        .expect("get")
+        .expect("a message");
+    m.delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .expect("reject");
+    // Wait for the move, then make sure it is flushed: a confirmed publish comes after it.
+    for _ in 0..200 {
+        if ready(&ch, "dlq").await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ch.basic_publish(
+        "".into(),
+        "dlq".into(),
+        Default::default(),
+        b"marker",
+        persistent(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirmed");
+    broker.kill9();
+
+    let broker = start(dir.path(), port).await;
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.expect("channel");
+    assert_eq!(
+        ready(&ch, "rejects").await,
+        0,
+        "the rejected message moved for good"
+    );
+    // The expiring message was not delivered before the crash; after it, it still expires into dlq.
+    let mut got = Vec::new();
+    for _ in 0..300 {
+        if let Some(m) = ch
+            .basic_get("dlq".into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+        {
+            let reason = m
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-first-death-reason").cloned());
+            got.push((
+                String::from_utf8_lossy(&m.delivery.data).to_string(),
+                reason,
+            ));
+            if got.len() == 3 {
+                break;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            ("rejects".to_string(), Some(text("rejected"))),
+            ("marker".to_string(), None),
+            ("expiring".to_string(), Some(text("expired"))),
+        ]
+    );
+    assert_eq!(ready(&ch, "expiring").await, 0);
+    broker.kill9();
+}
