@@ -536,3 +536,46 @@ async fn dead_lettered_and_expiring_persistent_messages_are_right_after_kill_9()
     assert_eq!(ready(&ch, "expiring").await, 0);
     broker.kill9();
 }
+
+#[tokio::test]
+async fn a_ttl_that_runs_out_while_the_broker_is_down_is_not_restarted() {
+    use lapin::types::AMQPValue;
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let broker = start(dir.path(), port).await;
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(Default::default())
+        .await
+        .expect("confirms");
+    let ttl = args(&[("x-message-ttl", AMQPValue::LongInt(400))]);
+    ch.queue_declare("short-lived".into(), durable_queue(), ttl)
+        .await
+        .expect("queue");
+    ch.basic_publish(
+        "".into(),
+        "short-lived".into(),
+        Default::default(),
+        b"stale",
+        persistent(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirmed");
+    broker.kill9();
+    // Down for longer than the TTL: the message is expired when the broker comes back.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let broker = start(dir.path(), port).await;
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let got = ch
+        .basic_get("short-lived".into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("get");
+    assert!(
+        got.is_none(),
+        "a message whose TTL ran out during the downtime was delivered"
+    );
+    broker.kill9();
+}

@@ -256,3 +256,36 @@ async fn arguments_of_another_queue_type_are_refused_with_rabbitmq_texts() {
         )
     );
 }
+
+#[tokio::test]
+async fn the_delivery_count_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().to_path_buf();
+    let broker = TestBroker::start_with(|c| c.data_dir = path.clone()).await;
+    let q = {
+        let conn = broker.connect().await;
+        let ch = common::confirm_channel(&conn).await;
+        let q = quorum_queue(
+            &ch,
+            "qq-count",
+            &[("x-delivery-limit", AMQPValue::LongInt(5))],
+        )
+        .await;
+        publish(&ch, "", &q, "poison").await;
+        for _ in 0..2 {
+            let d = get(&ch, &q).await.expect("a message");
+            requeue(&ch, &d).await;
+        }
+        // A confirmed publish after the requeues flushes their counts with it.
+        publish(&ch, "", &q, "marker").await;
+        let _ = conn.close(200, "bye".into()).await;
+        q
+    };
+    broker.stop().await;
+    let broker = TestBroker::start_with(|c| c.data_dir = path.clone()).await;
+    let (_c, ch) = broker.channel().await;
+    let d = get(&ch, &q).await.expect("the message is back");
+    assert_eq!(body(&d), "poison");
+    assert_eq!(delivery_count(&d), Some(AMQPValue::LongLongInt(2)));
+    broker.stop().await;
+}

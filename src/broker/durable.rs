@@ -177,14 +177,15 @@ impl VHost {
                     }),
                 },
             );
-            q.restore(std::mem::take(&mut messages.messages).into_iter().map(
-                |(seq, stored, delivered)| QueuedMessage {
-                    seq,
-                    msg: Arc::new(Message::recovered(stored)),
-                    redelivered: delivered,
+            q.restore(std::mem::take(&mut messages.messages).into_iter().map(|r| {
+                let m = QueuedMessage {
+                    seq: r.seq,
+                    msg: Arc::new(Message::recovered(r.message)),
+                    redelivered: r.delivered,
                     persisted: true,
-                },
-            ));
+                };
+                (m, r.stored_at, r.delivery_count)
+            }));
             t.queues.insert(r.name.clone(), q);
         }
         for r in recovered.bindings.iter().filter(|r| *r.vhost == *self.name) {

@@ -748,22 +748,27 @@ impl Queue {
         }
     }
 
-    /// Puts back messages read from the store, in order, after a restart. Their TTLs count
-    /// from now: the store keeps no enqueue times.
-    pub fn restore(&self, messages: impl IntoIterator<Item = QueuedMessage>) {
+    /// Puts back messages read from the store, in order, after a restart. A TTL keeps counting
+    /// from when the message was stored (ms since the Unix epoch), downtime included, so a
+    /// message that expired while the broker was down is never delivered.
+    pub fn restore(&self, messages: impl IntoIterator<Item = (QueuedMessage, Option<u64>, u32)>) {
         let now = expiry::now_us();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let mut st = self.state.lock();
-        for m in messages {
+        for (m, stored_at, count) in messages {
             st.next_seq = st.next_seq.max(m.seq + 1);
+            let waited = stored_at.map_or(0, |t| now_ms.saturating_sub(t));
             let expires = self
                 .ttl_of(&m.msg)
-                .map_or(NEVER, |ttl| expiry::after(now, ttl));
+                .map_or(NEVER, |ttl| expiry::after(now, ttl.saturating_sub(waited)));
             let priority = self.priority_of(&m.msg);
             st.push_back(Entry {
                 message: m,
                 expires,
                 priority,
-                delivery_count: self.counts_deliveries(),
+                delivery_count: self.counts_deliveries().map(|_| count),
             });
         }
     }
@@ -837,6 +842,9 @@ impl Queue {
                 m.message.redelivered |= redelivered;
                 if redelivered && let Some(n) = &mut m.delivery_count {
                     *n = n.saturating_add(1);
+                    if let (true, Some(qs)) = (m.message.persisted, &self.options.store) {
+                        qs.store.set_delivery_count(qs.id, m.message.seq, *n);
+                    }
                     if self.args.delivery_limit.is_some_and(|l| u64::from(*n) > l) {
                         self.discard(m.message, Reason::DeliveryLimit, &mut dead);
                         continue;

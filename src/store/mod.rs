@@ -102,6 +102,11 @@ enum Op {
         from: Option<StoredRef>,
         to: Vec<(u64, u64, Arc<StoredMessage>)>,
     },
+    Count {
+        queue: u64,
+        seq: u64,
+        count: u32,
+    },
     Barrier(Completion),
     Stop,
 }
@@ -112,8 +117,23 @@ pub type StoredRef = (u64, u64, u64);
 /// A recovered durable queue's messages, in queue order.
 #[derive(Debug, Default)]
 pub struct RecoveredQueue {
-    /// (sequence, message, delivered before) in order.
-    pub messages: Vec<(u64, Arc<StoredMessage>, bool)>,
+    /// The messages, in queue order.
+    pub messages: Vec<RecoveredMessage>,
+}
+
+/// One message of a recovered queue.
+#[derive(Debug)]
+pub struct RecoveredMessage {
+    /// Its position in the queue.
+    pub seq: u64,
+    /// The message.
+    pub message: Arc<StoredMessage>,
+    /// Whether it was delivered before.
+    pub delivered: bool,
+    /// When it was stored, in ms since the Unix epoch: TTLs keep counting across a restart.
+    pub stored_at: Option<u64>,
+    /// Its quorum-queue delivery count.
+    pub delivery_count: u32,
 }
 
 /// A held message of a delayed exchange, read back at start.
@@ -350,6 +370,11 @@ impl Store {
         self.send(Op::Move { from, to });
     }
 
+    /// Records a quorum-queue message's delivery count, so poison detection survives a restart.
+    pub fn set_delivery_count(&self, queue: u64, seq: u64, count: u32) {
+        self.send(Op::Count { queue, seq, count });
+    }
+
     /// Removes every message of a deleted queue.
     pub fn drop_queue(&self, queue: u64) {
         self.send(Op::DropQueue { queue });
@@ -420,7 +445,21 @@ impl Store {
                     out.damaged += 1;
                     continue;
                 };
-                recovered.messages.push((seq, msg, delivered));
+                let stored_at = v
+                    .get(9..17)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes);
+                let delivery_count = v
+                    .get(17..21)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u32::from_be_bytes);
+                recovered.messages.push(RecoveredMessage {
+                    seq,
+                    message: msg,
+                    delivered,
+                    stored_at,
+                    delivery_count,
+                });
                 total += 1;
             }
         }
@@ -501,6 +540,8 @@ impl Writer {
             let mut batch = sled::Batch::default();
             // Index entries written in this batch, so an ack in the same batch cancels the write.
             let mut fresh: HashMap<[u8; 17], u64> = HashMap::new();
+            // Delivery counts for entries first written in this batch.
+            let mut counts: HashMap<[u8; 17], u32> = HashMap::new();
             let mut new_bodies: HashMap<u64, Arc<StoredMessage>> = HashMap::new();
             for op in ops {
                 match op {
@@ -542,8 +583,13 @@ impl Writer {
                             // Written with the marker below, in this same batch.
                             *tagged = message_id | (1 << 63);
                         } else {
-                            let mut v = message_id.to_be_bytes().to_vec();
-                            v.push(1);
+                            // Keep the stored time that follows the flag.
+                            let mut v = match self.messages.get(key) {
+                                Ok(Some(old)) => old.to_vec(),
+                                _ => message_id.to_be_bytes().to_vec(),
+                            };
+                            v.resize(v.len().max(9), 0);
+                            v[8] = 1;
                             batch.insert(&key[..], v);
                         }
                     }
@@ -575,6 +621,17 @@ impl Writer {
                         batch.remove(&delay_key(id)[..]);
                         self.release(message_id, &mut batch, &mut new_bodies);
                     }
+                    Op::Count { queue, seq, count } => {
+                        let key = index_key(queue, seq);
+                        if fresh.contains_key(&key) {
+                            counts.insert(key, count);
+                        } else if let Ok(Some(old)) = self.messages.get(key) {
+                            let mut v = old.to_vec();
+                            v.resize(v.len().max(21), 0);
+                            v[17..21].copy_from_slice(&count.to_be_bytes());
+                            batch.insert(&key[..], v);
+                        }
+                    }
                     Op::Barrier(done) => completions.push(done),
                     Op::Stop => stop = true,
                 }
@@ -582,10 +639,17 @@ impl Writer {
             for (id, m) in new_bodies {
                 batch.insert(&body_key(id)[..], m.encode());
             }
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             for (key, tagged) in fresh {
                 let delivered = tagged >> 63 == 1;
                 let mut v = (tagged & !(1 << 63)).to_be_bytes().to_vec();
                 v.push(u8::from(delivered));
+                v.extend_from_slice(&now_ms.to_be_bytes());
+                if let Some(count) = counts.get(&key) {
+                    v.extend_from_slice(&count.to_be_bytes());
+                }
                 batch.insert(&key[..], v);
                 self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
             }
@@ -848,7 +912,7 @@ mod move_tests {
                 let msgs = q
                     .messages
                     .iter()
-                    .map(|(seq, m, _)| (*seq, m.body.clone()))
+                    .map(|m| (m.seq, m.message.body.clone()))
                     .collect();
                 (r.name.clone(), msgs)
             })

@@ -71,7 +71,13 @@ fn messages_come_back_in_order_with_delivered_markers() {
             let msgs: Vec<_> = q
                 .messages
                 .iter()
-                .map(|(seq, m, d)| (*seq, String::from_utf8_lossy(&m.body).to_string(), *d))
+                .map(|m| {
+                    (
+                        m.seq,
+                        String::from_utf8_lossy(&m.message.body).to_string(),
+                        m.delivered,
+                    )
+                })
                 .collect();
             (r.name.clone(), msgs)
         })
@@ -90,7 +96,7 @@ fn messages_come_back_in_order_with_delivered_markers() {
             ("b".to_string(), vec![(0, "shared".to_string(), false)]),
         ]
     );
-    let m = &rec.queues[0].1.messages[0].1;
+    let m = &rec.queues[0].1.messages[0].message;
     assert_eq!(&m.properties[..], &[0x10, 0, 2]);
     assert!(
         store.next_message_id() > m.id,
