@@ -8,6 +8,14 @@ fn put(out: &mut Vec<u8>, field: &[u8]) {
     out.extend_from_slice(&field[..usize::try_from(len).unwrap_or(0).min(field.len())]);
 }
 
+/// A `meta` tree key: a kind octet, then vhost and name.
+fn named_key(kind: u8, vhost: &str, name: &str) -> Vec<u8> {
+    let mut k = vec![kind];
+    put(&mut k, vhost.as_bytes());
+    put(&mut k, name.as_bytes());
+    k
+}
+
 struct Reader<'a> {
     raw: &'a [u8],
     pos: usize,
@@ -120,10 +128,7 @@ pub struct ExchangeRecord {
 impl ExchangeRecord {
     /// The record's key in the `meta` tree.
     pub fn key(vhost: &str, name: &str) -> Vec<u8> {
-        let mut k = vec![b'x'];
-        put(&mut k, vhost.as_bytes());
-        put(&mut k, name.as_bytes());
-        k
+        named_key(b'x', vhost, name)
     }
 
     /// Encodes the record.
@@ -170,10 +175,7 @@ pub struct QueueRecord {
 impl QueueRecord {
     /// The record's key in the `meta` tree.
     pub fn key(vhost: &str, name: &str) -> Vec<u8> {
-        let mut k = vec![b'q'];
-        put(&mut k, vhost.as_bytes());
-        put(&mut k, name.as_bytes());
-        k
+        named_key(b'q', vhost, name)
     }
 
     /// Encodes the record.
