@@ -36,7 +36,6 @@ fn server_properties() -> FieldTable {
         "exchange_exchange_bindings",
         "basic.nack",
         "consumer_cancel_notify",
-        "connection.blocked",
         "authentication_failure_close",
         "per_consumer_qos",
         "direct_reply_to",
@@ -323,6 +322,25 @@ pub(super) async fn run(
 #[cfg(test)]
 mod tests {
     use super::negotiate;
+
+    #[test]
+    fn only_working_capabilities_are_advertised() {
+        let props = super::server_properties();
+        let Some(amq_protocol::types::AMQPValue::FieldTable(caps)) =
+            props.inner().get("capabilities")
+        else {
+            panic!("no capabilities table");
+        };
+        for cap in [
+            "publisher_confirms",
+            "consumer_priorities",
+            "direct_reply_to",
+        ] {
+            assert!(caps.contains_key(cap), "{cap} works and is advertised");
+        }
+        // Warren has no memory or disk alarm yet, so it never sends connection.blocked.
+        assert!(!caps.contains_key("connection.blocked"));
+    }
 
     #[test]
     fn tune_values_above_the_offer_or_below_the_minimum_are_refused() {
