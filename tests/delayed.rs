@@ -8,15 +8,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::{free_port, start};
 use common::{TestBroker, WAIT, next_delivery, refusal};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 
 const DELAYED: &str = "x-delayed-message";
 
@@ -420,69 +418,6 @@ async fn a_delay_past_the_supported_bound_closes_the_channel_with_406() {
         0,
         "the refused message went nowhere"
     );
-}
-
-// The real binary, killed with SIGKILL and restarted on the same data dir.
-
-struct Process {
-    child: Child,
-    port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-async fn start(dir: &Path, port: u16) -> Process {
-    let child = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-level",
-            "warn",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn warren");
-    let process = Process { child, port };
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return process;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("warren did not start on port {port}");
-}
-
-impl Process {
-    async fn connect(&self) -> Connection {
-        let uri = format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port);
-        Connection::connect(&uri, ConnectionProperties::default())
-            .await
-            .expect("connect")
-    }
-
-    /// SIGKILL: no shutdown path runs.
-    fn kill9(self) {
-        drop(self);
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

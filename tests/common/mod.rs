@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod process;
 
 // Not every test crate takes something from `client`.
 #[allow(unused_imports)]
