@@ -45,6 +45,8 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Time to wait for `close-ok` after the broker closes a connection, in milliseconds.
     pub close_timeout_ms: u64,
+    /// Memory for queued messages and the store's cache, in bytes (0: 40% of the machine's).
+    pub memory_budget: u64,
     /// Users who may log in only from a loopback address.
     pub loopback_users: Vec<String>,
     /// Users.
@@ -68,6 +70,7 @@ impl Default for Config {
             max_message_size: 134_217_728,
             handshake_timeout_ms: 10_000,
             close_timeout_ms: 3_000,
+            memory_budget: 0,
             loopback_users: vec!["guest".into()],
             users: vec![User {
                 name: "guest".into(),
@@ -106,6 +109,32 @@ impl Config {
             return Err("channel_max must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The memory budget in bytes: as set, or 40% of the machine's memory (as RabbitMQ's default
+    /// high watermark), or 1 GiB where that cannot be read.
+    pub fn memory_budget_bytes(&self) -> u64 {
+        if self.memory_budget > 0 {
+            return self.memory_budget;
+        }
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kib * 1024 / 10 * 4)
+            })
+            .unwrap_or(1 << 30)
+    }
+
+    /// The store's page cache: a quarter of the budget, at most 64 MiB.
+    pub fn store_cache_bytes(&self) -> u64 {
+        (self.memory_budget_bytes() / 4).min(64 << 20)
+    }
+
+    /// What is left of the budget for messages held in queues.
+    pub fn queue_memory_bytes(&self) -> u64 {
+        self.memory_budget_bytes() - self.store_cache_bytes()
     }
 
     /// The handshake timeout.

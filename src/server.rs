@@ -15,9 +15,6 @@ use crate::config::Config;
 use crate::connection;
 use crate::store::Store;
 
-/// sled's page cache (counted in the broker's memory).
-const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
-
 /// Serves AMQP on `listener` until `shutdown` completes, then closes every client connection with
 /// 320 CONNECTION_FORCED and waits (bounded) for them to finish.
 pub async fn run(
@@ -25,11 +22,16 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let store = Store::open(&config.data_dir, STORE_CACHE_BYTES)
+    let store = Store::open(&config.data_dir, config.store_cache_bytes())
         .map_err(|e| io::Error::other(e.to_string()))?;
     let broker = Broker::open(config, &store).map_err(|e| io::Error::other(e.to_string()))?;
     let addr = listener.local_addr()?;
-    info!(listen = %addr, version = env!("CARGO_PKG_VERSION"), "warren started");
+    info!(
+        listen = %addr,
+        version = env!("CARGO_PKG_VERSION"),
+        memory_budget = broker.config.memory_budget_bytes(),
+        "warren started"
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let scheduler = tokio::spawn(delayed::run(Arc::clone(&broker), stop_rx.clone()));
     let mut connections = JoinSet::new();

@@ -158,6 +158,7 @@ impl VHost {
                 if delayed { x.into_delayed() } else { x }
             });
         }
+        let mut missing = 0;
         for (r, messages) in recovered
             .queues
             .iter_mut()
@@ -175,19 +176,29 @@ impl VHost {
                         store: store.clone(),
                         id: r.id,
                     }),
+                    pager: t.pager.clone(),
                 },
             );
-            q.restore(std::mem::take(&mut messages.messages).into_iter().map(|r| {
-                let m = QueuedMessage {
-                    seq: r.seq,
-                    msg: Arc::new(Message::recovered(r.message)),
-                    redelivered: r.delivered,
-                    persisted: true,
-                };
-                (m, r.stored_at, r.delivery_count)
-            }));
+            // Bodies are read one at a time: the queue keeps in memory what its budget allows.
+            let loaded = std::mem::take(&mut messages.messages)
+                .into_iter()
+                .filter_map(|r| {
+                    let Some(stored) = store.load_message(r.message_id) else {
+                        missing += 1;
+                        return None;
+                    };
+                    let m = QueuedMessage {
+                        seq: r.seq,
+                        msg: Arc::new(Message::recovered(stored)),
+                        redelivered: r.delivered,
+                        persisted: true,
+                    };
+                    Some((m, r.stored_at, r.delivery_count))
+                });
+            q.restore(loaded);
             t.queues.insert(r.name.clone(), q);
         }
+        recovered.damaged += missing;
         for r in recovered.bindings.iter().filter(|r| *r.vhost == *self.name) {
             let destination = if r.to_queue {
                 match t.queues.get(&r.destination) {

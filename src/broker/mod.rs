@@ -14,11 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::RwLock;
+use tracing::{info, warn};
 
 use crate::config::{Config, User};
 use crate::protocol::table::type_name;
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code};
 use crate::queue::args::{Declared, QueueArgs};
+use crate::queue::paging::Pager;
 use crate::queue::{Queue, QueueOptions};
 use crate::store::{Store, StoreError};
 use exchange::{Binding, Destination, Exchange, ExchangeKind};
@@ -34,6 +36,8 @@ pub struct Broker {
     replies: parking_lot::Mutex<HashMap<String, (crate::queue::EventSender, u16)>>,
     /// Messages that delayed exchanges hold, in every vhost.
     delayed: Arc<delayed::Delayed>,
+    /// The memory budget of queued messages (none for a broker kept in memory).
+    pager: Option<Arc<Pager>>,
 }
 
 /// The pseudo-queue RabbitMQ's direct reply-to consumers consume from.
@@ -56,10 +60,15 @@ impl Broker {
 
     fn build(config: Config, store: Option<&Arc<Store>>) -> Arc<Self> {
         let delayed = delayed::Delayed::new(store.cloned());
+        let pager = store.map(|s| Pager::new(s.clone(), config.queue_memory_bytes()));
         let vhosts = config
             .vhosts
             .iter()
-            .map(|v| (v.clone(), VHost::new(v, store.cloned(), delayed.clone())))
+            .map(|v| {
+                let vhost = VHost::new(v, store.cloned(), delayed.clone());
+                vhost.topology.write().pager = pager.clone();
+                (v.clone(), vhost)
+            })
             .collect();
         Arc::new(Self {
             config,
@@ -67,21 +76,44 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             replies: parking_lot::Mutex::new(HashMap::new()),
             delayed,
+            pager,
         })
     }
 
     /// A broker backed by `store`, with its durable entities and messages brought back.
     pub fn open(config: Config, store: &Arc<Store>) -> Result<Arc<Self>, StoreError> {
+        let started = std::time::Instant::now();
         let broker = Self::build(config, Some(store));
         let mut recovered = store.recover()?;
+        let queues = recovered.queues.len();
+        let messages: usize = recovered.queues.iter().map(|(_, q)| q.messages.len()).sum();
+        let damaged = recovered.damaged;
         for vhost in broker.vhosts.values() {
             vhost.restore(&mut recovered, store);
             vhost.attach_queues();
         }
+        if recovered.damaged > damaged {
+            warn!(
+                missing = recovered.damaged - damaged,
+                "skipped stored messages whose body is missing or damaged"
+            );
+        }
         broker
             .delayed
             .restore(std::mem::take(&mut recovered.delayed));
+        info!(
+            queues,
+            messages = messages - (recovered.damaged - damaged),
+            paged = broker.pager.as_ref().map_or(0, |p| p.paged_out()),
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "recovered queues and messages"
+        );
         Ok(broker)
+    }
+
+    /// The memory budget of queued messages, if the broker has a store to page to.
+    pub fn pager(&self) -> Option<&Arc<Pager>> {
+        self.pager.as_ref()
     }
 
     /// Messages that delayed exchanges hold now, in every vhost.
@@ -211,6 +243,8 @@ struct Topology {
     vhost: Arc<str>,
     /// Where durable entities are recorded (none for a broker kept in memory).
     store: Option<Arc<Store>>,
+    /// The broker's memory budget for queued messages (none for a broker kept in memory).
+    pager: Option<Arc<Pager>>,
 }
 
 /// A virtual host: its own exchanges, queues and bindings.
@@ -627,6 +661,7 @@ impl VHost {
                 arguments: d.arguments.clone(),
                 // Exclusive queues die with their connection, so never outlive a restart.
                 store: t.queue_store(d.durable && !d.exclusive),
+                pager: t.pager.clone(),
             },
             args,
         );

@@ -28,8 +28,13 @@ use crate::queue::{QueueEvent, QueueEvent::Deliver};
 
 /// Past this many unwritten bytes the connection stops reading until the socket drains.
 const HIGH_WATER: usize = 4 * 1024 * 1024;
-/// Read chunk reserved per socket read.
+/// Read chunk reserved when the read buffer runs low.
 const READ_CHUNK: usize = 64 * 1024;
+/// Space left in the read buffer below which a fresh chunk is reserved. Reads fill a chunk
+/// before taking another: queued messages are slices of the chunk they arrived in and keep all of
+/// it alive, so a chunk per read would cost a publisher that sends one small message per read
+/// 64 KiB for each message it leaves queued.
+const READ_MIN: usize = 4 * 1024;
 
 #[derive(Debug, PartialEq, Eq)]
 enum State {
@@ -163,7 +168,9 @@ impl Connection {
                         last_write = Instant::now();
                     }
                     if ready.is_readable() && can_read {
-                        rbuf.reserve(READ_CHUNK);
+                        if rbuf.capacity() - rbuf.len() < READ_MIN {
+                            rbuf.reserve(READ_CHUNK);
+                        }
                         match stream.try_read_buf(&mut rbuf) {
                             Ok(0) => return Ok(()),
                             Ok(_) => {

@@ -154,16 +154,21 @@ impl Message {
 
     /// A message read back from the store.
     pub fn recovered(stored: Arc<StoredMessage>) -> Self {
-        let info = PropertiesInfo::scan(&stored.properties).unwrap_or_default();
-        let msg = Self::new(
-            stored.exchange.clone(),
-            stored.routing_key.clone(),
-            stored.properties.clone(),
-            info,
-            stored.body.clone(),
-        );
+        let msg = Self::transient(StoredMessage::clone(&stored));
         let _ = msg.stored.set(stored);
         msg
+    }
+
+    /// A transient message read back from a page: stored parts, but no stored form.
+    pub fn transient(parts: StoredMessage) -> Self {
+        let info = PropertiesInfo::scan(&parts.properties).unwrap_or_default();
+        Self::new(
+            parts.exchange,
+            parts.routing_key,
+            parts.properties,
+            info,
+            parts.body,
+        )
     }
 
     /// The stored form, made (with a fresh id from `next_id`) on first use.

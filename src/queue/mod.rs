@@ -12,6 +12,7 @@
 pub mod args;
 pub mod dead_letter;
 pub mod expiry;
+pub mod paging;
 
 use std::collections::VecDeque;
 use std::ops::Deref;
@@ -28,6 +29,7 @@ use crate::protocol::{ChannelError, Message, code};
 use crate::store::{Store, StoredRef};
 use args::{Declared, Overflow, QueueArgs, QueueType};
 use dead_letter::{DeadLetter, Reason};
+use paging::{Admit, Charge, Pager, Slot};
 
 /// A message in a queue, with its position so a requeue puts it back where it was.
 #[derive(Debug, Clone)]
@@ -69,10 +71,6 @@ impl Deref for Entry {
 }
 
 impl Entry {
-    fn len(&self) -> u64 {
-        u64::try_from(self.message.msg.body.len()).unwrap_or(u64::MAX)
-    }
-
     /// The message as a quorum queue hands it out, with its `x-delivery-count` header: as in
     /// RabbitMQ 3.10, on every `basic.get` (0 the first time) and on a consumer's redeliveries;
     /// `None` when the message goes as it was published.
@@ -81,12 +79,6 @@ impl Entry {
             Some(n) if get || n > 0 => dead_letter::with_delivery_count(&self.message.msg, n),
             _ => None,
         }
-    }
-
-    /// Whether it goes before `other`: higher priority first, then publish order.
-    fn before(&self, other: &Entry) -> bool {
-        (std::cmp::Reverse(self.priority), self.seq)
-            < (std::cmp::Reverse(other.priority), other.seq)
     }
 }
 
@@ -301,9 +293,11 @@ impl Consumer {
 
 #[derive(Debug, Default)]
 struct State {
-    ready: VecDeque<Entry>,
+    ready: VecDeque<Slot>,
     /// Body bytes of the ready messages (`x-max-length-bytes`).
     ready_bytes: u64,
+    /// What the ready messages held in memory cost the broker's budget.
+    charge: Charge,
     consumers: Vec<Consumer>,
     next_consumer: usize,
     next_seq: u64,
@@ -318,37 +312,59 @@ struct State {
 }
 
 impl State {
-    fn push_back(&mut self, e: Entry) {
+    fn push_back(&mut self, e: Entry, admit: Admit) {
+        let s = self.charge.admit(e, admit);
+        self.ready_bytes = self.ready_bytes.saturating_add(s.body_len());
         // Only a priority queue can have a back that belongs after a new message.
-        if self.ready.back().is_some_and(|b| e.before(b)) {
-            self.insert(e);
-            return;
+        if self.ready.back().is_some_and(|b| s.before(b)) {
+            let at = self.ready.partition_point(|r| r.before(&s));
+            self.ready.insert(at, s);
+        } else {
+            self.ready.push_back(s);
         }
-        self.ready_bytes = self.ready_bytes.saturating_add(e.len());
-        self.ready.push_back(e);
     }
 
     fn push_front(&mut self, e: Entry) {
-        self.ready_bytes = self.ready_bytes.saturating_add(e.len());
-        self.ready.push_front(e);
+        let s = self.charge.admit(e, Admit::Resident);
+        self.ready_bytes = self.ready_bytes.saturating_add(s.body_len());
+        self.ready.push_front(s);
     }
 
     /// Puts a message back in its place: by priority, then sequence order.
-    fn insert(&mut self, e: Entry) {
-        self.ready_bytes = self.ready_bytes.saturating_add(e.len());
-        let at = self.ready.partition_point(|r| r.before(&e));
-        self.ready.insert(at, e);
+    fn insert(&mut self, e: Entry, admit: Admit) {
+        let s = self.charge.admit(e, admit);
+        self.ready_bytes = self.ready_bytes.saturating_add(s.body_len());
+        let at = self.ready.partition_point(|r| r.before(&s));
+        self.ready.insert(at, s);
     }
 
+    /// The head, read back from disk if it was paged out (a page that cannot be read is logged
+    /// and skipped).
     fn pop_front(&mut self) -> Option<Entry> {
-        let e = self.ready.pop_front()?;
-        self.ready_bytes = self.ready_bytes.saturating_sub(e.len());
-        Some(e)
+        loop {
+            let s = self.ready.pop_front()?;
+            self.ready_bytes = self.ready_bytes.saturating_sub(s.body_len());
+            if let Some(e) = self.charge.release(s) {
+                return Some(e);
+            }
+        }
     }
 
-    fn take_all(&mut self) -> VecDeque<Entry> {
+    /// Empties the ready list, each message read back (and handed to `each`) only if `read`.
+    fn clear(&mut self, read: bool, mut each: impl FnMut(Entry)) -> u32 {
+        let mut n = 0u32;
+        while let Some(s) = self.ready.pop_front() {
+            n = n.saturating_add(1);
+            if read {
+                if let Some(e) = self.charge.release(s) {
+                    each(e);
+                }
+            } else {
+                self.charge.drop_slot(s);
+            }
+        }
         self.ready_bytes = 0;
-        std::mem::take(&mut self.ready)
+        n
     }
 }
 
@@ -365,6 +381,8 @@ pub struct QueueOptions {
     pub arguments: FieldTable,
     /// Where a durable queue keeps its persistent messages.
     pub store: Option<QueueStore>,
+    /// The broker's memory budget, and where messages past it are paged (none: all in memory).
+    pub pager: Option<Arc<Pager>>,
 }
 
 /// A durable queue's place in the store.
@@ -438,9 +456,12 @@ impl Queue {
         Arc::new(Self {
             name,
             vhost,
+            state: Mutex::new(State {
+                charge: Charge::new(options.pager.clone()),
+                ..State::default()
+            }),
             options,
             args,
-            state: Mutex::new(State::default()),
             backlog: std::sync::atomic::AtomicUsize::new(0),
             caught_up: tokio::sync::Notify::new(),
             router: OnceLock::new(),
@@ -607,9 +628,9 @@ impl Queue {
             delivery_count: self.counts_deliveries(),
         };
         if reserved.is_some() {
-            st.insert(entry);
+            st.insert(entry, Admit::Pageable);
         } else {
-            st.push_back(entry);
+            st.push_back(entry, Admit::Pageable);
         }
         let mut clock = match now {
             Some(now) => Clock {
@@ -764,12 +785,15 @@ impl Queue {
                 .ttl_of(&m.msg)
                 .map_or(NEVER, |ttl| expiry::after(now, ttl.saturating_sub(waited)));
             let priority = self.priority_of(&m.msg);
-            st.push_back(Entry {
-                message: m,
-                expires,
-                priority,
-                delivery_count: self.counts_deliveries().map(|_| count),
-            });
+            st.push_back(
+                Entry {
+                    message: m,
+                    expires,
+                    priority,
+                    delivery_count: self.counts_deliveries().map(|_| count),
+                },
+                Admit::Stored,
+            );
         }
     }
 
@@ -850,7 +874,7 @@ impl Queue {
                         continue;
                     }
                 }
-                st.insert(m);
+                st.insert(m, Admit::Resident);
             }
             // As RabbitMQ's requeue: length limits, then expiry, then deliveries.
             let mut clock = Clock::lazy();
@@ -1083,19 +1107,15 @@ impl Queue {
     /// Drops every ready message and returns how many there were.
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
-        let all = st.take_all();
-        for m in &all {
-            self.settle(m);
-        }
-        u32::try_from(all.len()).unwrap_or(u32::MAX)
+        st.clear(self.options.store.is_some(), |m| self.settle(&m))
     }
 
     /// Marks the queue deleted, telling its consumers; returns the ready count it had.
     pub fn delete(&self) -> u32 {
         let mut st = self.state.lock();
         st.deleted = true;
-        let n = u32::try_from(st.ready.len()).unwrap_or(u32::MAX);
-        st.take_all();
+        // The store drops the queue's stored messages below, all at once.
+        let n = st.clear(false, |_| {});
         if let Some(timer) = self.timer.get() {
             timer.notify_one();
         }
@@ -1164,6 +1184,53 @@ mod tests {
         std::iter::from_fn(|| q.get())
             .map(|(m, _)| m.msg.body.clone())
             .collect()
+    }
+
+    #[test]
+    fn past_the_budget_messages_are_paged_and_read_back_in_priority_order() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), 1 << 20).expect("store");
+        // No budget at all: every message is paged.
+        let pager = Pager::new(store.clone(), 0);
+        let args = QueueArgs {
+            max_priority: Some(9),
+            ..QueueArgs::default()
+        };
+        let options = QueueOptions {
+            pager: Some(pager.clone()),
+            ..QueueOptions::default()
+        };
+        let q = Queue::with_args("q".into(), "/".into(), options, args);
+        let with_priority = |body: &'static [u8], p: u8| {
+            let props = Bytes::from(vec![0x08, 0, p]);
+            let info = crate::protocol::PropertiesInfo::scan(&props).expect("props");
+            Arc::new(Message::new(
+                Bytes::from_static(b"x"),
+                Bytes::from_static(b"k"),
+                props,
+                info,
+                Bytes::from_static(body),
+            ))
+        };
+        for (b, p) in [(&b"low"[..], 1), (b"high", 8), (b"mid", 5), (b"high2", 8)] {
+            q.publish(with_priority(b, p));
+        }
+        assert_eq!(pager.paged_out(), 4);
+        assert_eq!(pager.resident_bytes(), 0);
+        let (m, _) = q.get().expect("first");
+        assert_eq!(
+            &m.msg.routing_key[..],
+            b"k",
+            "a paged message keeps its routing key"
+        );
+        assert_eq!(m.msg.info.priority, 8, "and its properties");
+        q.requeue([m]);
+        assert_eq!(bodies(&q), [&b"high"[..], b"high2", b"mid", b"low"]);
+        for b in [&b"a"[..], b"b"] {
+            q.publish(msg(b));
+        }
+        assert_eq!(q.purge(), 2, "paged messages count in a purge");
+        assert!(q.get().is_none());
     }
 
     #[test]

@@ -121,13 +121,14 @@ pub struct RecoveredQueue {
     pub messages: Vec<RecoveredMessage>,
 }
 
-/// One message of a recovered queue.
+/// One message of a recovered queue; its body stays on disk until [`Store::load_message`] reads
+/// it, so recovery never holds more bodies than the queues keep in memory.
 #[derive(Debug)]
 pub struct RecoveredMessage {
     /// Its position in the queue.
     pub seq: u64,
-    /// The message.
-    pub message: Arc<StoredMessage>,
+    /// The stored message's id.
+    pub message_id: u64,
     /// Whether it was delivered before.
     pub delivered: bool,
     /// When it was stored, in ms since the Unix epoch: TTLs keep counting across a restart.
@@ -181,6 +182,11 @@ pub struct Store {
     writer: mpsc::Sender<Op>,
     thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
     next_id: AtomicU64,
+    /// Copies of queued messages paged out under memory pressure, keyed by page id; never flushed
+    /// for their own sake and emptied at start (a transient message does not outlive a restart).
+    pages: sled::Tree,
+    /// The `messages` tree, read outside the writer by recovery and by paging.
+    messages: sled::Tree,
     /// Counters.
     pub stats: Arc<StoreStats>,
 }
@@ -275,6 +281,8 @@ impl Store {
         }
         let meta = db.open_tree("meta").map_err(sled_err)?;
         let messages = db.open_tree("messages").map_err(sled_err)?;
+        let pages = db.open_tree("pages").map_err(sled_err)?;
+        pages.clear().map_err(sled_err)?;
         // Queue ids, hold ids and message ids come from one counter: none may be handed out twice,
         // even when no message with a higher id is left.
         let max_queue = meta
@@ -293,7 +301,7 @@ impl Store {
         let writer = Writer {
             db: db.clone(),
             meta,
-            messages,
+            messages: messages.clone(),
             rx,
             refs: HashMap::new(),
             stats: stats.clone(),
@@ -308,6 +316,8 @@ impl Store {
             writer: tx,
             thread: parking_lot::Mutex::new(Some(thread)),
             next_id: AtomicU64::new(max_id + 1),
+            pages,
+            messages,
             stats,
         }))
     }
@@ -429,7 +439,7 @@ impl Store {
         for (record, recovered) in &mut out.queues {
             for item in messages.scan_prefix(&index_key(record.id, 0)[..9]) {
                 let (k, v) = item.map_err(sled_err)?;
-                let (Some(seq), Some(id), delivered) = (
+                let (Some(seq), Some(message_id), delivered) = (
                     k.get(9..17)
                         .and_then(|b| b.try_into().ok())
                         .map(u64::from_be_bytes),
@@ -438,10 +448,6 @@ impl Store {
                         .map(u64::from_be_bytes),
                     v.get(8) == Some(&1),
                 ) else {
-                    out.damaged += 1;
-                    continue;
-                };
-                let Some(msg) = load_body(&messages, &mut bodies, id).map_err(sled_err)? else {
                     out.damaged += 1;
                     continue;
                 };
@@ -455,7 +461,7 @@ impl Store {
                     .map_or(0, u32::from_be_bytes);
                 recovered.messages.push(RecoveredMessage {
                     seq,
-                    message: msg,
+                    message_id,
                     delivered,
                     stored_at,
                     delivery_count,
@@ -495,9 +501,51 @@ impl Store {
             messages = total,
             delayed = out.delayed.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "recovered store"
+            "read the store's index"
         );
         Ok(out)
+    }
+
+    /// A stored message's body and properties, read from disk; `None` if missing or damaged.
+    pub fn load_message(&self, id: u64) -> Option<Arc<StoredMessage>> {
+        match self.messages.get(body_key(id)) {
+            Ok(Some(raw)) => StoredMessage::decode(id, Bytes::from(raw.to_vec())).map(Arc::new),
+            Ok(None) => None,
+            Err(e) => {
+                error!(cause = %e, id, "cannot read a stored message");
+                None
+            }
+        }
+    }
+
+    /// Writes a page (a queued message's copy) and returns its id; `None` if sled refused it.
+    pub fn page_out(&self, record: &[u8]) -> Option<u64> {
+        let id = self.next_message_id();
+        match self.pages.insert(id.to_be_bytes(), record) {
+            Ok(_) => Some(id),
+            Err(e) => {
+                error!(cause = %e, "cannot page a message out; keeping it in memory");
+                None
+            }
+        }
+    }
+
+    /// Reads a page back and forgets it.
+    pub fn page_in(&self, id: u64) -> Option<Bytes> {
+        match self.pages.remove(id.to_be_bytes()) {
+            Ok(raw) => raw.map(|r| Bytes::from(r.to_vec())),
+            Err(e) => {
+                error!(cause = %e, id, "cannot read a paged message");
+                None
+            }
+        }
+    }
+
+    /// Forgets a page without reading it.
+    pub fn drop_page(&self, id: u64) {
+        if let Err(e) = self.pages.remove(id.to_be_bytes()) {
+            warn!(cause = %e, id, "cannot remove a paged message");
+        }
     }
 
     /// Flushes what is pending and stops the writer.
@@ -912,7 +960,12 @@ mod move_tests {
                 let msgs = q
                     .messages
                     .iter()
-                    .map(|m| (m.seq, m.message.body.clone()))
+                    .map(|m| {
+                        (
+                            m.seq,
+                            store.load_message(m.message_id).expect("body").body.clone(),
+                        )
+                    })
                     .collect();
                 (r.name.clone(), msgs)
             })

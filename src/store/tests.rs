@@ -74,7 +74,10 @@ fn messages_come_back_in_order_with_delivered_markers() {
                 .map(|m| {
                     (
                         m.seq,
-                        String::from_utf8_lossy(&m.message.body).to_string(),
+                        String::from_utf8_lossy(
+                            &store.load_message(m.message_id).expect("body").body,
+                        )
+                        .to_string(),
                         m.delivered,
                     )
                 })
@@ -96,7 +99,9 @@ fn messages_come_back_in_order_with_delivered_markers() {
             ("b".to_string(), vec![(0, "shared".to_string(), false)]),
         ]
     );
-    let m = &rec.queues[0].1.messages[0].message;
+    let m = store
+        .load_message(rec.queues[0].1.messages[0].message_id)
+        .expect("body");
     assert_eq!(&m.properties[..], &[0x10, 0, 2]);
     assert!(
         store.next_message_id() > m.id,
@@ -185,4 +190,21 @@ fn damaged_records_are_skipped_and_counted() {
     let rec = store.recover().expect("recover");
     assert_eq!(rec.damaged, 1);
     assert_eq!(rec.queues.len(), 1);
+}
+
+#[test]
+fn pages_do_not_outlive_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let id = {
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let id = store.page_out(b"transient").expect("page");
+        flushed(&store);
+        assert_eq!(store.page_in(id).as_deref(), Some(&b"transient"[..]));
+        assert_eq!(store.page_in(id), None, "a page is read back once");
+        let again = store.page_out(b"left behind").expect("page");
+        flushed(&store);
+        again
+    };
+    let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+    assert_eq!(store.page_in(id), None, "pages are emptied at start");
 }

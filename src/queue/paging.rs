@@ -1,0 +1,305 @@
+//! The broker's memory budget for queued messages, and paging past it.
+//!
+//! Every queue charges the messages it holds ready in memory to one broker-wide [`Pager`]. Once
+//! the charges reach the budget, a message entering a queue is paged out instead: a copy goes to
+//! the store's `pages` tree (a persistent message recovered at start needs none: its stored body
+//! is read back instead), and the queue keeps only a [`Slot`] of under 64 bytes. A paged message
+//! is read back when it leaves the queue's ready list, as a consumer or `basic.get` reaches it.
+//!
+//! Queues report their charges in steps of [`GRANULE`], under their own lock, so the shared
+//! counter is not touched per message: a message that goes straight to a waiting consumer costs
+//! no atomic operation at all.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use tracing::error;
+
+use super::{Entry, QueuedMessage};
+use crate::protocol::Message;
+use crate::store::{Store, StoredMessage};
+
+/// How far a queue's own count may drift from what it reported before it reports again.
+pub const GRANULE: i64 = 64 * 1024;
+
+/// The broker-wide budget for message bytes held in queues, and the store that takes the rest.
+#[derive(Debug)]
+pub struct Pager {
+    store: Arc<Store>,
+    limit: u64,
+    resident: AtomicU64,
+    paged_out: AtomicU64,
+}
+
+impl Pager {
+    /// A budget of `limit` bytes of queued messages, paging to `store` beyond it.
+    pub fn new(store: Arc<Store>, limit: u64) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            limit,
+            resident: AtomicU64::new(0),
+            paged_out: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes of queued messages held in memory, as queues last reported them.
+    pub fn resident_bytes(&self) -> u64 {
+        self.resident.load(Ordering::Relaxed)
+    }
+
+    /// Messages paged out since start.
+    pub fn paged_out(&self) -> u64 {
+        self.paged_out.load(Ordering::Relaxed)
+    }
+
+    fn has_room(&self) -> bool {
+        self.resident.load(Ordering::Relaxed) < self.limit
+    }
+
+    fn report(&self, delta: i64) {
+        if delta >= 0 {
+            self.resident
+                .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+        } else {
+            // Never below zero, even if reports race.
+            let _ = self
+                .resident
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                    Some(r.saturating_sub(delta.unsigned_abs()))
+                });
+        }
+    }
+
+    /// Pages out a message whose stored body is on disk already.
+    fn stored(&self, id: u64) -> Page {
+        self.paged_out.fetch_add(1, Ordering::Relaxed);
+        Page::Stored(id)
+    }
+
+    /// Writes a copy of `msg` (with its stored id, if the store keeps it) and returns its page.
+    fn page_out(&self, msg: &Message) -> Option<Page> {
+        let stored_id = msg.stored.get().map_or(0, |s| s.id);
+        let record = StoredMessage {
+            id: stored_id,
+            exchange: msg.exchange.clone(),
+            routing_key: msg.routing_key.clone(),
+            properties: msg.properties.clone(),
+            body: msg.body.clone(),
+        };
+        let mut raw = stored_id.to_be_bytes().to_vec();
+        raw.extend_from_slice(&record.encode());
+        let id = self.store.page_out(&raw)?;
+        self.paged_out.fetch_add(1, Ordering::Relaxed);
+        Some(Page::Copy(id))
+    }
+
+    /// Reads a paged message back; `None` (logged) if its record is gone or damaged.
+    fn page_in(&self, page: Page) -> Option<Arc<Message>> {
+        let stored = match page {
+            Page::Copy(id) => {
+                let raw: Bytes = self.store.page_in(id)?;
+                let stored_id = u64::from_be_bytes(raw.get(..8)?.try_into().ok()?);
+                let m = StoredMessage::decode(stored_id, raw.slice(8..));
+                if m.is_none() {
+                    error!(page = id, "a paged message is damaged");
+                }
+                m?
+            }
+            Page::Stored(id) => {
+                let m = self.store.load_message(id);
+                if m.is_none() {
+                    error!(message = id, "a stored message is missing");
+                }
+                return m.map(|m| Arc::new(Message::recovered(m)));
+            }
+        };
+        Some(Arc::new(if stored.id == 0 {
+            Message::transient(stored)
+        } else {
+            Message::recovered(Arc::new(stored))
+        }))
+    }
+
+    /// Forgets a page whose message is dropped unread.
+    fn forget(&self, page: Page) {
+        if let Page::Copy(id) = page {
+            self.store.drop_page(id);
+        }
+    }
+}
+
+/// Where a paged message is.
+#[derive(Debug, Clone, Copy)]
+enum Page {
+    /// A copy in the store's `pages` tree, under this page id.
+    Copy(u64),
+    /// Its stored body in the `messages` tree, under this message id (a recovered message).
+    Stored(u64),
+}
+
+/// How a message may be held when it enters a queue's ready list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Paged out if the budget is spent.
+    Pageable,
+    /// Read back from its stored body if the budget is spent, which is safe once its write is on
+    /// disk (a message recovered at start).
+    Stored,
+    /// Kept in memory whatever the budget (a message coming back from a consumer).
+    Resident,
+}
+
+#[derive(Debug)]
+enum Held {
+    Resident(Arc<Message>),
+    Paged { page: Page, len: u32 },
+}
+
+/// A message in a queue's ready list: an [`Entry`] whose message may be paged out.
+#[derive(Debug)]
+pub struct Slot {
+    seq: u64,
+    /// When its TTL runs out, in µs on the queue clock.
+    pub expires: u64,
+    delivery_count: Option<u32>,
+    priority: u8,
+    redelivered: bool,
+    persisted: bool,
+    held: Held,
+}
+
+/// The bytes a message in memory is charged: its parts and its own allocation.
+fn footprint(m: &Message) -> i64 {
+    let parts = m.body.len() + m.properties.len() + m.exchange.len() + m.routing_key.len();
+    i64::try_from(parts + std::mem::size_of::<Message>()).unwrap_or(i64::MAX)
+}
+
+impl Slot {
+    /// Body bytes, for `x-max-length-bytes`.
+    pub fn body_len(&self) -> u64 {
+        match &self.held {
+            Held::Resident(m) => u64::try_from(m.body.len()).unwrap_or(u64::MAX),
+            Held::Paged { len, .. } => u64::from(*len),
+        }
+    }
+
+    /// Whether it goes before `other`: higher priority first, then publish order.
+    pub fn before(&self, other: &Slot) -> bool {
+        (std::cmp::Reverse(self.priority), self.seq)
+            < (std::cmp::Reverse(other.priority), other.seq)
+    }
+}
+
+/// A queue's ready messages' charge against the broker's budget.
+#[derive(Debug, Default)]
+pub struct Charge {
+    pager: Option<Arc<Pager>>,
+    /// Charged here and not yet reported to the pager.
+    unreported: i64,
+}
+
+impl Charge {
+    /// A queue's charge against `pager` (none: everything stays in memory).
+    pub fn new(pager: Option<Arc<Pager>>) -> Self {
+        Self {
+            pager,
+            unreported: 0,
+        }
+    }
+
+    fn add(&mut self, delta: i64) {
+        self.unreported += delta;
+        if self.unreported.abs() >= GRANULE
+            && let Some(p) = &self.pager
+        {
+            p.report(self.unreported);
+            self.unreported = 0;
+        }
+    }
+
+    /// Makes `e` a slot: held in memory while the budget allows (or `admit` insists), else paged.
+    pub fn admit(&mut self, e: Entry, admit: Admit) -> Slot {
+        let Entry {
+            message:
+                QueuedMessage {
+                    seq,
+                    msg,
+                    redelivered,
+                    persisted,
+                },
+            expires,
+            priority,
+            delivery_count,
+        } = e;
+        let page = match &self.pager {
+            Some(p) if admit != Admit::Resident && !p.has_room() => match admit {
+                Admit::Stored => msg.stored.get().map(|s| p.stored(s.id)),
+                _ => p.page_out(&msg),
+            },
+            _ => None,
+        };
+        let held = match page {
+            Some(page) => Held::Paged {
+                page,
+                len: u32::try_from(msg.body.len()).unwrap_or(u32::MAX),
+            },
+            None => {
+                self.add(footprint(&msg));
+                Held::Resident(msg)
+            }
+        };
+        Slot {
+            seq,
+            expires,
+            delivery_count,
+            priority,
+            redelivered,
+            persisted,
+            held,
+        }
+    }
+
+    /// The entry a slot holds, read back from disk if it was paged; `None` (logged) if its page
+    /// is lost.
+    pub fn release(&mut self, s: Slot) -> Option<Entry> {
+        let msg = match s.held {
+            Held::Resident(msg) => {
+                self.add(-footprint(&msg));
+                msg
+            }
+            Held::Paged { page, .. } => self.pager.as_ref()?.page_in(page)?,
+        };
+        Some(Entry {
+            message: QueuedMessage {
+                seq: s.seq,
+                msg,
+                redelivered: s.redelivered,
+                persisted: s.persisted,
+            },
+            expires: s.expires,
+            priority: s.priority,
+            delivery_count: s.delivery_count,
+        })
+    }
+
+    /// Drops a slot unread.
+    pub fn drop_slot(&mut self, s: Slot) {
+        match s.held {
+            Held::Resident(msg) => self.add(-footprint(&msg)),
+            Held::Paged { page, .. } => {
+                if let Some(p) = &self.pager {
+                    p.forget(page);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if let Some(p) = &self.pager {
+            p.report(self.unreported);
+        }
+    }
+}
