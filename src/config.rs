@@ -45,6 +45,8 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Time to wait for `close-ok` after the broker closes a connection, in milliseconds.
     pub close_timeout_ms: u64,
+    /// The product name announced to clients in `connection.start`.
+    pub product: String,
     /// Memory for queued messages and the store's cache, in bytes (0: 40% of the machine's).
     pub memory_budget: u64,
     /// Users who may log in only from a loopback address.
@@ -71,6 +73,7 @@ impl Default for Config {
             handshake_timeout_ms: 10_000,
             close_timeout_ms: 3_000,
             memory_budget: 0,
+            product: "Warren".into(),
             loopback_users: vec!["guest".into()],
             users: vec![User {
                 name: "guest".into(),

@@ -29,7 +29,7 @@ pub(super) struct Negotiated {
     pub cancel_notify: bool,
 }
 
-fn server_properties() -> FieldTable {
+fn server_properties(product: &str) -> FieldTable {
     let mut caps = FieldTable::default();
     for cap in [
         "publisher_confirms",
@@ -46,7 +46,7 @@ fn server_properties() -> FieldTable {
     let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
     let mut props = FieldTable::default();
     props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-    props.insert("product".into(), text("Warren"));
+    props.insert("product".into(), text(product));
     props.insert("version".into(), text(env!("CARGO_PKG_VERSION")));
     props.insert("platform".into(), text("Rust"));
     props.insert("cluster_name".into(), text("warren"));
@@ -196,7 +196,7 @@ pub(super) async fn run(
         AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
             version_major: 0,
             version_minor: 9,
-            server_properties: server_properties(),
+            server_properties: server_properties(&broker.config.product),
             mechanisms: "PLAIN AMQPLAIN".into(),
             locales: "en_US".into(),
         })),
@@ -325,7 +325,7 @@ mod tests {
 
     #[test]
     fn only_working_capabilities_are_advertised() {
-        let props = super::server_properties();
+        let props = super::server_properties("Warren");
         let Some(amq_protocol::types::AMQPValue::FieldTable(caps)) =
             props.inner().get("capabilities")
         else {
