@@ -8,7 +8,8 @@
 //!
 //! Queues report their charges in steps of [`GRANULE`], under their own lock, so the shared
 //! counter is not touched per message: a message that goes straight to a waiting consumer costs
-//! no atomic operation at all.
+//! no atomic operation at all. The price is that each queue may hold up to a granule more than
+//! the budget says (80 MiB across 10,000 queues).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +22,7 @@ use crate::protocol::Message;
 use crate::store::{Store, StoredMessage};
 
 /// How far a queue's own count may drift from what it reported before it reports again.
-pub const GRANULE: i64 = 64 * 1024;
+pub const GRANULE: i64 = 8 * 1024;
 
 /// The broker-wide budget for message bytes held in queues, and the store that takes the rest.
 #[derive(Debug)]
