@@ -3,7 +3,7 @@
 //! Every queue charges the messages it holds ready in memory to one broker-wide [`Pager`]. Once
 //! the charges reach the budget, a message entering a queue is paged out instead: a copy goes to
 //! the store's `pages` tree (a persistent message recovered at start needs none: its stored body
-//! is read back instead), and the queue keeps only a [`Slot`] of under 64 bytes. A paged message
+//! is read back instead), and the queue keeps only a [`Slot`] of 40 bytes. A paged message
 //! is read back when it leaves the queue's ready list, as a consumer or `basic.get` reaches it.
 //!
 //! Queues report their charges in steps of [`GRANULE`], under their own lock, so the shared
@@ -154,21 +154,56 @@ pub enum Admit {
 #[derive(Debug)]
 enum Held {
     Resident(Arc<Message>),
-    Paged { page: Page, len: u32 },
+    /// Flattened from [`Page`] so the bool's spare values hold the variant: 16 bytes in all.
+    Paged {
+        id: u64,
+        len: u32,
+        stored: bool,
+    },
 }
 
-/// A message in a queue's ready list: an [`Entry`] whose message may be paged out.
+impl Held {
+    fn paged(page: Page, len: u32) -> Self {
+        match page {
+            Page::Copy(id) => Self::Paged {
+                id,
+                len,
+                stored: false,
+            },
+            Page::Stored(id) => Self::Paged {
+                id,
+                len,
+                stored: true,
+            },
+        }
+    }
+}
+
+fn page(id: u64, stored: bool) -> Page {
+    if stored {
+        Page::Stored(id)
+    } else {
+        Page::Copy(id)
+    }
+}
+
+/// A message in a queue's ready list: an [`Entry`] whose message may be paged out. All a paged
+/// message costs in memory is this record, 40 bytes.
 #[derive(Debug)]
 pub struct Slot {
     seq: u64,
     /// When its TTL runs out, in µs on the queue clock.
     pub expires: u64,
-    delivery_count: Option<u32>,
+    held: Held,
+    /// A quorum queue's delivery count (`counted` says whether there is one), kept flat.
+    delivery_count: u32,
+    counted: bool,
     priority: u8,
     redelivered: bool,
     persisted: bool,
-    held: Held,
 }
+
+const _: () = assert!(std::mem::size_of::<Slot>() <= 40);
 
 /// The bytes a message in memory is charged: its parts and its own allocation.
 fn footprint(m: &Message) -> i64 {
@@ -241,10 +276,7 @@ impl Charge {
             _ => None,
         };
         let held = match page {
-            Some(page) => Held::Paged {
-                page,
-                len: u32::try_from(msg.body.len()).unwrap_or(u32::MAX),
-            },
+            Some(page) => Held::paged(page, u32::try_from(msg.body.len()).unwrap_or(u32::MAX)),
             None => {
                 self.add(footprint(&msg));
                 Held::Resident(msg)
@@ -253,7 +285,8 @@ impl Charge {
         Slot {
             seq,
             expires,
-            delivery_count,
+            delivery_count: delivery_count.unwrap_or(0),
+            counted: delivery_count.is_some(),
             priority,
             redelivered,
             persisted,
@@ -269,7 +302,7 @@ impl Charge {
                 self.add(-footprint(&msg));
                 msg
             }
-            Held::Paged { page, .. } => self.pager.as_ref()?.page_in(page)?,
+            Held::Paged { id, stored, .. } => self.pager.as_ref()?.page_in(page(id, stored))?,
         };
         Some(Entry {
             message: QueuedMessage {
@@ -280,7 +313,7 @@ impl Charge {
             },
             expires: s.expires,
             priority: s.priority,
-            delivery_count: s.delivery_count,
+            delivery_count: s.counted.then_some(s.delivery_count),
         })
     }
 
@@ -288,9 +321,9 @@ impl Charge {
     pub fn drop_slot(&mut self, s: Slot) {
         match s.held {
             Held::Resident(msg) => self.add(-footprint(&msg)),
-            Held::Paged { page, .. } => {
+            Held::Paged { id, stored, .. } => {
                 if let Some(p) = &self.pager {
-                    p.forget(page);
+                    p.forget(page(id, stored));
                 }
             }
         }

@@ -281,8 +281,9 @@ impl Store {
         }
         let meta = db.open_tree("meta").map_err(sled_err)?;
         let messages = db.open_tree("messages").map_err(sled_err)?;
+        // Dropped whole (node by node, not key by key): a crash can leave millions of pages.
+        db.drop_tree("pages").map_err(sled_err)?;
         let pages = db.open_tree("pages").map_err(sled_err)?;
-        pages.clear().map_err(sled_err)?;
         // Queue ids, hold ids and message ids come from one counter: none may be handed out twice,
         // even when no message with a higher id is left.
         let max_queue = meta
