@@ -36,18 +36,7 @@ fi
 echo "$(javac -version 2>&1), amqp-client $(deb_version librabbitmq-client-java)," \
     "slf4j $(deb_version libslf4j-java)"
 
-# The checks print the final line themselves; if the JVM dies before that, say so in the same format.
-set +e
-out=$work/out
-java -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -Dorg.slf4j.simpleLogger.logFile=System.err \
-    -cp "$work:$JARS" InteropChecks "$url" </dev/null | tee "$out"
-status=${PIPESTATUS[0]}
-set -e
-if ! tail -n 1 "$out" | grep -Eq '^[0-9]+ passed, [0-9]+ failed$'; then
-    passed=$(grep -c '^ok ' "$out" || true)
-    failed=$(grep -c '^FAIL ' "$out" || true)
-    echo "FAIL runner: InteropChecks exited with status $status before its summary"
-    echo "$passed passed, $((failed + 1)) failed"
-    status=1
-fi
-exit "$status"
+# The checks print the final line themselves; if they die before that, run_checks says so.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/checks.sh"
+run_checks InteropChecks java -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -Dorg.slf4j.simpleLogger.logFile=System.err \
+    -cp "$work:$JARS" InteropChecks "$url"

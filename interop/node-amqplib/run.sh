@@ -50,19 +50,7 @@ if ! setup; then
 fi
 echo "node $("$node" --version), amqplib $AMQPLIB_VERSION"
 
-# The runner prints the final line itself; if it dies before that, say so in the same format.
-set +e
-out=$(mktemp)
-INTEROP_AMQPLIB_DIR=$prefix/node_modules/amqplib NODE_PATH=$prefix/node_modules \
-    "$node" "$here/test_amqplib.js" "$url" | tee "$out"
-status=${PIPESTATUS[0]}
-set -e
-if ! tail -n 1 "$out" | grep -Eq '^[0-9]+ passed, [0-9]+ failed$'; then
-    passed=$(grep -c '^ok ' "$out" || true)
-    failed=$(grep -c '^FAIL ' "$out" || true)
-    echo "FAIL runner: test_amqplib.js exited with status $status before its summary"
-    echo "$passed passed, $((failed + 1)) failed"
-    status=1
-fi
-rm -f "$out"
-exit "$status"
+# The checks print the final line themselves; if they die before that, run_checks says so.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/checks.sh"
+run_checks test_amqplib.js env INTEROP_AMQPLIB_DIR="$prefix/node_modules/amqplib" NODE_PATH="$prefix/node_modules" \
+    "$node" "$here/test_amqplib.js" "$url"

@@ -25,18 +25,6 @@ fi
 echo "php $(php -r 'echo PHP_VERSION;'), php-amqplib" \
     "$(php -r "require '$AUTOLOAD'; echo PhpAmqpLib\\Package::VERSION;") (php-amqplib $(deb_version php-amqplib))"
 
-# The checks print the final line themselves; if PHP dies before that, say so in the same format.
-set +e
-out=$(mktemp)
-php "$here/test_amqplib.php" "$url" </dev/null | tee "$out"
-status=${PIPESTATUS[0]}
-set -e
-if ! tail -n 1 "$out" | grep -Eq '^[0-9]+ passed, [0-9]+ failed$'; then
-    passed=$(grep -c '^ok ' "$out" || true)
-    failed=$(grep -c '^FAIL ' "$out" || true)
-    echo "FAIL runner: test_amqplib.php exited with status $status before its summary"
-    echo "$passed passed, $((failed + 1)) failed"
-    status=1
-fi
-rm -f "$out"
-exit "$status"
+# The checks print the final line themselves; if they die before that, run_checks says so.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/checks.sh"
+run_checks test_amqplib.php php "$here/test_amqplib.php" "$url"

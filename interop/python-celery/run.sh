@@ -42,18 +42,6 @@ if ! setup; then
 fi
 echo "python $("$venv/bin/python" -c 'import platform; print(platform.python_version())'), celery $CELERY_VERSION, kombu $KOMBU_VERSION, amqp $AMQP_VERSION"
 
-# The runner prints the final line itself; if it dies before that, say so in the same format.
-set +e
-out=$(mktemp)
-PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" -u "$here/test_celery.py" "$url" | tee "$out"
-status=${PIPESTATUS[0]}
-set -e
-if ! tail -n 1 "$out" | grep -Eq '^[0-9]+ passed, [0-9]+ failed$'; then
-    passed=$(grep -c '^ok ' "$out" || true)
-    failed=$(grep -c '^FAIL ' "$out" || true)
-    echo "FAIL runner: test_celery.py exited with status $status before its summary"
-    echo "$passed passed, $((failed + 1)) failed"
-    status=1
-fi
-rm -f "$out"
-exit "$status"
+# The checks print the final line themselves; if they die before that, run_checks says so.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/checks.sh"
+run_checks test_celery.py env PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" -u "$here/test_celery.py" "$url"

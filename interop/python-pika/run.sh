@@ -35,18 +35,6 @@ if ! setup; then
 fi
 echo "python $("$venv/bin/python" -c 'import platform; print(platform.python_version())'), pika $PIKA_VERSION"
 
-# The runner prints the final line itself; if it dies before that, say so in the same format.
-set +e
-out=$(mktemp)
-"$venv/bin/python" -u "$here/test_pika.py" "$url" | tee "$out"
-status=${PIPESTATUS[0]}
-set -e
-if ! tail -n 1 "$out" | grep -Eq '^[0-9]+ passed, [0-9]+ failed$'; then
-    passed=$(grep -c '^ok ' "$out" || true)
-    failed=$(grep -c '^FAIL ' "$out" || true)
-    echo "FAIL runner: test_pika.py exited with status $status before its summary"
-    echo "$passed passed, $((failed + 1)) failed"
-    status=1
-fi
-rm -f "$out"
-exit "$status"
+# The checks print the final line themselves; if they die before that, run_checks says so.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/checks.sh"
+run_checks test_pika.py "$venv/bin/python" -u "$here/test_pika.py" "$url"

@@ -24,18 +24,6 @@ fi
 echo "ruby $(ruby -e 'print RUBY_VERSION'), bunny $(ruby -e 'require "bunny"; print Bunny::VERSION')" \
     "(ruby-bunny $(deb_version ruby-bunny))"
 
-# The checks print the final line themselves; if Ruby dies before that, say so in the same format.
-set +e
-out=$(mktemp)
-ruby "$here/test_bunny.rb" "$url" </dev/null | tee "$out"
-status=${PIPESTATUS[0]}
-set -e
-if ! tail -n 1 "$out" | grep -Eq '^[0-9]+ passed, [0-9]+ failed$'; then
-    passed=$(grep -c '^ok ' "$out" || true)
-    failed=$(grep -c '^FAIL ' "$out" || true)
-    echo "FAIL runner: test_bunny.rb exited with status $status before its summary"
-    echo "$passed passed, $((failed + 1)) failed"
-    status=1
-fi
-rm -f "$out"
-exit "$status"
+# The checks print the final line themselves; if they die before that, run_checks says so.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/checks.sh"
+run_checks test_bunny.rb ruby "$here/test_bunny.rb" "$url"
