@@ -312,30 +312,38 @@ struct State {
 }
 
 impl State {
-    fn push_back(&mut self, e: Entry, admit: Admit) {
+    /// Makes `e` a slot (paged out if the budget says so) and counts its bytes.
+    fn slot(&mut self, e: Entry, admit: Admit) -> Slot {
         let s = self.charge.admit(e, admit);
         self.ready_bytes = self.ready_bytes.saturating_add(s.body_len());
+        s
+    }
+
+    /// Puts a slot in its place: by priority, then sequence order.
+    fn place(&mut self, s: Slot) {
+        let at = self.ready.partition_point(|r| r.before(&s));
+        self.ready.insert(at, s);
+    }
+
+    fn push_back(&mut self, e: Entry, admit: Admit) {
+        let s = self.slot(e, admit);
         // Only a priority queue can have a back that belongs after a new message.
         if self.ready.back().is_some_and(|b| s.before(b)) {
-            let at = self.ready.partition_point(|r| r.before(&s));
-            self.ready.insert(at, s);
+            self.place(s);
         } else {
             self.ready.push_back(s);
         }
     }
 
     fn push_front(&mut self, e: Entry) {
-        let s = self.charge.admit(e, Admit::Resident);
-        self.ready_bytes = self.ready_bytes.saturating_add(s.body_len());
+        let s = self.slot(e, Admit::Resident);
         self.ready.push_front(s);
     }
 
     /// Puts a message back in its place: by priority, then sequence order.
     fn insert(&mut self, e: Entry, admit: Admit) {
-        let s = self.charge.admit(e, admit);
-        self.ready_bytes = self.ready_bytes.saturating_add(s.body_len());
-        let at = self.ready.partition_point(|r| r.before(&s));
-        self.ready.insert(at, s);
+        let s = self.slot(e, admit);
+        self.place(s);
     }
 
     /// The head, read back from disk if it was paged out (a page that cannot be read is logged

@@ -19,7 +19,7 @@ use tracing::error;
 
 use super::{Entry, QueuedMessage};
 use crate::protocol::Message;
-use crate::store::{Store, StoredMessage};
+use crate::store::{Store, StoredMessage, encode_message};
 
 /// How far a queue's own count may drift from what it reported before it reports again.
 pub const GRANULE: i64 = 8 * 1024;
@@ -81,15 +81,10 @@ impl Pager {
     /// Writes a copy of `msg` (with its stored id, if the store keeps it) and returns its page.
     fn page_out(&self, msg: &Message) -> Option<Page> {
         let stored_id = msg.stored.get().map_or(0, |s| s.id);
-        let record = StoredMessage {
-            id: stored_id,
-            exchange: msg.exchange.clone(),
-            routing_key: msg.routing_key.clone(),
-            properties: msg.properties.clone(),
-            body: msg.body.clone(),
-        };
-        let mut raw = stored_id.to_be_bytes().to_vec();
-        raw.extend_from_slice(&record.encode());
+        let raw = encode_message(
+            &stored_id.to_be_bytes(),
+            [&msg.exchange, &msg.routing_key, &msg.properties, &msg.body],
+        );
         let id = self.store.page_out(&raw)?;
         self.paged_out.fetch_add(1, Ordering::Relaxed);
         Some(Page::Copy(id))

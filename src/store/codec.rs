@@ -75,20 +75,30 @@ pub struct StoredMessage {
     pub body: Bytes,
 }
 
+/// Encodes a message's exchange, routing key, properties and body as [`StoredMessage::decode`]
+/// reads them, after `prefix`, in one allocation.
+pub fn encode_message(prefix: &[u8], parts: [&[u8]; 4]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(prefix.len() + 16 + len);
+    out.extend_from_slice(prefix);
+    for p in parts {
+        put(&mut out, p);
+    }
+    out
+}
+
 impl StoredMessage {
     /// Encodes the message for the `messages` tree.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            16 + self.exchange.len()
-                + self.routing_key.len()
-                + self.properties.len()
-                + self.body.len(),
-        );
-        put(&mut out, &self.exchange);
-        put(&mut out, &self.routing_key);
-        put(&mut out, &self.properties);
-        put(&mut out, &self.body);
-        out
+        encode_message(
+            &[],
+            [
+                &self.exchange,
+                &self.routing_key,
+                &self.properties,
+                &self.body,
+            ],
+        )
     }
 
     /// Decodes a stored message without copying its parts.

@@ -21,7 +21,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::{error, info, warn};
 
-pub use codec::{BindingRecord, DelayRecord, ExchangeRecord, QueueRecord, StoredMessage};
+pub use codec::{
+    BindingRecord, DelayRecord, ExchangeRecord, QueueRecord, StoredMessage, encode_message,
+};
 
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
