@@ -49,6 +49,8 @@ pub struct Config {
     pub product: String,
     /// Memory for queued messages and the store's cache, in bytes (0: 40% of the machine's).
     pub memory_budget: u64,
+    /// Deliveries a consumer with no prefetch limit may hold unacked before the rest wait.
+    pub consumer_max_unacked: u32,
     /// Users who may log in only from a loopback address.
     pub loopback_users: Vec<String>,
     /// Users.
@@ -73,6 +75,7 @@ impl Default for Config {
             handshake_timeout_ms: 10_000,
             close_timeout_ms: 3_000,
             memory_budget: 0,
+            consumer_max_unacked: 65_535,
             product: "Warren".into(),
             loopback_users: vec!["guest".into()],
             users: vec![User {

@@ -9,6 +9,7 @@
 //! - [`store`]: durable storage.
 //! - [`protocol`]: frames, methods, content and reply codes (pure, no I/O).
 //! - [`config`]: settings from the TOML file and the command line.
+//! - [`log`]: log output that client-supplied text cannot forge.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod log;
 pub mod protocol;
 pub mod queue;
 pub mod server;

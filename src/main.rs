@@ -97,6 +97,7 @@ fn serve(settings: Config) -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(warren::log::fields())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -6,18 +6,17 @@
 //! so the raw client in the test thread does not disturb the figures.
 #![allow(unsafe_code)]
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use amq_protocol::frame::{AMQPFrame, gen_frame};
-use amq_protocol::protocol::{AMQPClass, basic, channel, connection, queue};
-use amq_protocol::types::FieldTable;
-use bytes::BytesMut;
-use warren::protocol::frame::{Frame, parse_frame};
-use warren::protocol::method::{Method, decode};
+use amq_protocol::protocol::{AMQPClass, basic, queue};
+use common::blocking::Raw;
+use warren::protocol::frame::Frame;
 
 struct Counting;
 
@@ -76,81 +75,6 @@ fn start_broker() -> std::net::SocketAddr {
     addr
 }
 
-struct Raw {
-    sock: TcpStream,
-    buf: BytesMut,
-}
-
-impl Raw {
-    fn send(&mut self, channel: u16, class: AMQPClass) {
-        let frame = AMQPFrame::Method(channel, class);
-        let (bytes, _) = cookie_factory::r#gen(gen_frame(&frame), Vec::new()).expect("encode");
-        self.sock.write_all(&bytes).expect("write");
-    }
-
-    fn frame(&mut self) -> Frame {
-        loop {
-            if let Some(f) = parse_frame(&mut self.buf, 0).expect("frame") {
-                return f;
-            }
-            let mut chunk = [0u8; 65536];
-            let n = self.sock.read(&mut chunk).expect("read");
-            assert!(n > 0, "broker closed the socket");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    fn method(&mut self) -> Method {
-        loop {
-            if let Frame::Method { payload, .. } = self.frame() {
-                return decode(&payload).expect("method").method;
-            }
-        }
-    }
-
-    fn connect(addr: std::net::SocketAddr) -> Self {
-        let sock = TcpStream::connect(addr).expect("connect");
-        sock.set_nodelay(true).expect("nodelay");
-        let mut raw = Raw {
-            sock,
-            buf: BytesMut::new(),
-        };
-        raw.sock.write_all(b"AMQP\x00\x00\x09\x01").expect("header");
-        raw.method();
-        raw.send(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
-                client_properties: FieldTable::default(),
-                mechanism: "PLAIN".into(),
-                response: "\0guest\0guest".into(),
-                locale: "en_US".into(),
-            })),
-        );
-        raw.method();
-        raw.send(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
-                channel_max: 2047,
-                frame_max: 131072,
-                heartbeat: 0,
-            })),
-        );
-        raw.send(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-                virtual_host: "/".into(),
-            })),
-        );
-        raw.method();
-        raw.send(
-            1,
-            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
-        );
-        raw.method();
-        raw
-    }
-}
-
 /// Publish frames for `n` messages of `size` bytes, encoded once up front.
 fn publishes(n: usize, size: usize) -> Vec<u8> {
     let mut one = Vec::new();
@@ -181,32 +105,7 @@ fn publishes(n: usize, size: usize) -> Vec<u8> {
 /// Broker allocations while `n` messages of `size` bytes are published and delivered.
 fn allocations_for(addr: std::net::SocketAddr, n: usize, size: usize) -> u64 {
     let mut raw = Raw::connect(addr);
-    raw.send(
-        1,
-        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
-            queue: "hot".into(),
-            passive: false,
-            durable: false,
-            exclusive: false,
-            auto_delete: false,
-            nowait: false,
-            arguments: FieldTable::default(),
-        })),
-    );
-    raw.method();
-    raw.send(
-        1,
-        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
-            queue: "hot".into(),
-            consumer_tag: "c".into(),
-            no_local: false,
-            no_ack: true,
-            exclusive: false,
-            nowait: false,
-            arguments: FieldTable::default(),
-        })),
-    );
-    raw.method();
+    raw.consume_no_ack("hot", "c");
     let frames = publishes(n, size);
     let before = BROKER_ALLOCS.load(Ordering::Relaxed);
     let mut writer = raw.sock.try_clone().expect("clone");

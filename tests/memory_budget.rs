@@ -4,57 +4,21 @@
 //! A counting allocator measures every live heap byte of this process (broker, store, client):
 //! the bound is on memory, not on a counter the broker keeps. This file holds one test so that
 //! nothing else runs in the process while it measures.
-#![allow(unsafe_code)]
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{WAIT, confirm_channel, connect, next_delivery};
+use common::heap::{Counting, assert_grew_under, growth, live, reset_peak};
+use common::{WAIT, confirm_channel, connect, consume_prefetched, next_delivery};
 use futures::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use tokio::sync::oneshot;
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-        PEAK.fetch_max(live, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if new_size >= layout.size() {
-            let live = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed)
-                + (new_size - layout.size());
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        } else {
-            LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
-        }
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static HEAP: Counting = Counting;
 
 const MIB: usize = 1 << 20;
 /// The broker's whole budget: 1 MiB of store cache and 3 MiB of queued messages.
@@ -130,18 +94,7 @@ async fn fill(ch: &lapin::Channel, queue: &str, n: usize, persistent: bool) {
 
 /// Consumes `n` messages and checks they are the numbered bodies in order.
 async fn drain_in_order(ch: &lapin::Channel, queue: &str, n: usize, redelivered: bool) {
-    ch.basic_qos(200, BasicQosOptions::default())
-        .await
-        .expect("qos");
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "drain".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut consumer = consume_prefetched(ch, queue, "drain", 200).await;
     for i in 0..n {
         let d = next_delivery(&mut consumer).await;
         assert_eq!(d.data, body(i), "message {i} out of order or damaged");
@@ -155,41 +108,17 @@ async fn drain_in_order(ch: &lapin::Channel, queue: &str, n: usize, redelivered:
     assert!(extra.is_err(), "more messages than were published");
 }
 
-/// Live heap growth since `base`, and the peak growth, in bytes.
-fn growth(base: usize) -> (usize, usize) {
-    (
-        LIVE.load(Ordering::Relaxed).saturating_sub(base),
-        PEAK.load(Ordering::Relaxed).saturating_sub(base),
-    )
-}
-
 /// Asserts that the heap grew by no more than the budget, `n` small records and the slack
 /// (its peak may also hold a ready list's old buffer while the list grows into a new one).
 fn assert_bounded(what: &str, base: usize, n: usize) {
-    let (live, peak) = growth(base);
     let bound = BUDGET + n * PER_MESSAGE + SLACK;
-    eprintln!(
-        "{what}: {} MiB of bodies, heap grew {:.1} MiB ({:.1} MiB at peak), bound {:.1} MiB",
-        n * BODY / MIB,
-        live as f64 / MIB as f64,
-        peak as f64 / MIB as f64,
-        bound as f64 / MIB as f64
-    );
-    assert!(
-        live < bound,
-        "{what}: heap grew {live} bytes, bound {bound}"
-    );
+    eprintln!("{what}: {} MiB of bodies", n * BODY / MIB);
+    let (_, peak) = assert_grew_under(what, base, bound);
     assert!(
         peak < bound + n * PER_MESSAGE,
         "{what}: heap grew {peak} bytes at peak, bound {}",
         bound + n * PER_MESSAGE
     );
-}
-
-fn reset_peak() -> usize {
-    let live = LIVE.load(Ordering::Relaxed);
-    PEAK.store(live, Ordering::Relaxed);
-    live
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +160,7 @@ async fn backlogs_past_the_budget_are_paged_and_come_back_in_order() {
 
     // Recovery is measured past what starting on an empty store costs.
     let empty = tempfile::tempdir().expect("dir");
-    let base = LIVE.load(Ordering::Relaxed);
+    let base = live();
     let (uri, stop, task) = start(empty.path()).await;
     let conn = connect(&uri).await;
     let startup = growth(base).0;

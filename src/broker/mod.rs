@@ -20,6 +20,7 @@ use crate::config::{Config, User};
 use crate::protocol::table::type_name;
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code};
 use crate::queue::args::{Declared, QueueArgs};
+use crate::queue::memory::MemoryGauge;
 use crate::queue::paging::Pager;
 use crate::queue::{Queue, QueueOptions};
 use crate::store::{Store, StoreError};
@@ -38,6 +39,8 @@ pub struct Broker {
     delayed: Arc<delayed::Delayed>,
     /// The memory budget of queued messages (none for a broker kept in memory).
     pager: Option<Arc<Pager>>,
+    /// Every message byte held in memory, and the alarm past the budget.
+    pub memory: Arc<MemoryGauge>,
 }
 
 /// The pseudo-queue RabbitMQ's direct reply-to consumers consume from.
@@ -60,7 +63,8 @@ impl Broker {
 
     fn build(config: Config, store: Option<&Arc<Store>>) -> Arc<Self> {
         let delayed = delayed::Delayed::new(store.cloned());
-        let pager = store.map(|s| Pager::new(s.clone(), config.queue_memory_bytes()));
+        let memory = Arc::new(MemoryGauge::new(config.queue_memory_bytes()));
+        let pager = store.map(|s| Pager::new(s.clone(), memory.clone()));
         let vhosts = config
             .vhosts
             .iter()
@@ -77,6 +81,7 @@ impl Broker {
             replies: parking_lot::Mutex::new(HashMap::new()),
             delayed,
             pager,
+            memory,
         })
     }
 

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use super::{Assembly, Channel, ChannelConsumer, Ctx, TxOp, Unacked, requeue_all, route};
 use crate::broker::REPLY_TO;
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code, encode};
-use crate::queue::{Consumer, Credit, InFlight, Published, Queue, args};
+use crate::queue::memory::footprint;
+use crate::queue::{Consumer, Credit, InFlight, NO_ACK_WINDOW, Published, Queue, args};
 
 /// What handing a message to its queues came to.
 #[derive(Debug, Default, Clone, Copy)]
@@ -207,6 +208,9 @@ impl Channel {
                         if g.no_ack {
                             q.settle(&message.message);
                         } else {
+                            self.channel_credit
+                                .holding
+                                .add(&self.memory, footprint(&message.msg));
                             self.unacked.push_back(Unacked {
                                 tag,
                                 queue: q,
@@ -253,7 +257,16 @@ impl Channel {
         let tag = self.consumer_tag(c.consumer_tag.as_str())?;
         let q = ctx.vhost.queue(&name, ctx.conn_id)?;
         let priority = consumer_priority(&c.arguments, &q)?;
-        let credit = Credit::new(self.prefetch_count);
+        // A consumer with no prefetch limit still has one: the broker's cap on what it may hold
+        // unacked (or, with no-ack, have waiting in the inbox), past which deliveries wait in
+        // the queue.
+        let credit = Credit::with_limit(if c.no_ack {
+            NO_ACK_WINDOW
+        } else if self.prefetch_count == 0 {
+            ctx.broker.config.consumer_max_unacked
+        } else {
+            u32::from(self.prefetch_count)
+        });
         let before = ctx.out.len();
         if !c.nowait {
             // consume-ok must precede the first delivery, which adding the consumer may trigger.
@@ -274,6 +287,7 @@ impl Channel {
             credit: credit.clone(),
             channel_credit: self.channel_credit.clone(),
             priority,
+            memory: self.memory.clone(),
         };
         if let Err(e) = q.add_consumer(consumer) {
             ctx.out.truncate(before);
@@ -372,6 +386,9 @@ impl Channel {
         message: InFlight,
     ) -> Result<(), (Arc<Queue>, InFlight)> {
         let Some(c) = self.consumers.get(consumer_tag) else {
+            self.channel_credit
+                .holding
+                .sub(&self.memory, message.footprint());
             return Err((queue, message));
         };
         let Some(message) = message.take() else {
@@ -389,7 +406,15 @@ impl Channel {
             counted.as_ref().unwrap_or(&message.msg),
             ctx.frame_max,
         );
-        if !c.no_ack {
+        if c.no_ack {
+            // Written, it is the socket's: the window opens again as the inbox drains.
+            self.channel_credit
+                .holding
+                .sub(&self.memory, footprint(&message.msg));
+            if c.credit.release_one() {
+                queue.drain();
+            }
+        } else {
             self.unacked.push_back(Unacked {
                 tag,
                 queue,
@@ -418,8 +443,12 @@ impl Channel {
         self.channel_credit.release(1);
     }
 
+    /// Gives back the credit and the memory of deliveries that leave the unacked list.
     fn release_credit(&self, settled: &[Unacked]) {
         for u in settled {
+            self.channel_credit
+                .holding
+                .sub(&self.memory, footprint(&u.message.msg));
             if let Some(c) = &u.credit {
                 c.release(1);
                 self.channel_credit.release(1);

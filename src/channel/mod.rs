@@ -16,6 +16,7 @@ use crate::protocol::method::{Decoded, Method};
 use crate::protocol::{
     AmqpError, ChannelError, ConnectionError, Message, PropertiesInfo, code, encode,
 };
+use crate::queue::memory::MemoryGauge;
 use crate::queue::{Credit, Entry, EventSender, Queue, QueueEvent};
 
 /// What a channel needs from its connection while it handles a frame.
@@ -40,6 +41,8 @@ pub struct Ctx {
     /// A queue this batch published to whose consumers lag: the connection reads no more
     /// until they catch up.
     pub throttle: Option<Arc<Queue>>,
+    /// Whether the connection has published: the memory alarm blocks publishers only.
+    pub published: bool,
 }
 
 impl Ctx {
@@ -131,11 +134,13 @@ pub struct Channel {
     route_buf: Vec<Arc<Queue>>,
     /// The direct reply-to consumer: its reply-to name and consumer tag.
     reply: Option<(String, Arc<str>)>,
+    /// Where the memory the channel holds (its credit's holding) is counted.
+    memory: Arc<MemoryGauge>,
 }
 
 impl Channel {
-    /// A newly opened channel.
-    pub fn new(id: u16) -> Self {
+    /// A newly opened channel, counting what it holds against `memory`.
+    pub fn new(id: u16, memory: Arc<MemoryGauge>) -> Self {
         Self {
             id,
             assembly: Assembly::Idle,
@@ -154,6 +159,7 @@ impl Channel {
             last_queue: None,
             route_buf: Vec::new(),
             reply: None,
+            memory,
         }
     }
 
@@ -178,7 +184,10 @@ impl Channel {
                 routing_key,
                 mandatory,
                 immediate,
-            } => self.publish(exchange, routing_key, mandatory, immediate),
+            } => {
+                ctx.published = true;
+                self.publish(exchange, routing_key, mandatory, immediate)
+            }
             Method::Ack {
                 delivery_tag,
                 multiple,
@@ -377,15 +386,20 @@ impl Channel {
             let whole = if body.is_empty() {
                 payload
             } else {
+                let held = body.capacity();
                 body.extend_from_slice(&payload);
-                std::mem::take(body).freeze()
+                let whole = std::mem::take(body).freeze();
+                self.let_go(held);
+                whole
             };
             return self.complete(ctx, whole);
         }
-        if body.is_empty() {
-            body.reserve(*size);
-        }
+        // The declared size is only a claim: nothing is reserved for it, the buffer grows as body
+        // frames really arrive, and what it takes counts against the memory alarm.
+        let before = body.capacity();
         body.extend_from_slice(&payload);
+        let grown = body.capacity() - before;
+        self.hold(grown);
         Ok(())
     }
 
@@ -542,6 +556,21 @@ impl Channel {
         }
         let unacked: Vec<Unacked> = self.unacked.drain(..).collect();
         requeue_all(unacked);
+        // Everything counted for this channel is let go, deliveries still in the connection's
+        // inbox included: they go back to their queues, which count them again.
+        self.channel_credit.holding.clear(&self.memory);
+    }
+
+    /// Counts bytes of a body being assembled against the memory alarm.
+    fn hold(&self, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.channel_credit.holding.add(&self.memory, n);
+    }
+
+    /// Lets go of bytes counted by [`Self::hold`].
+    fn let_go(&self, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.channel_credit.holding.sub(&self.memory, n);
     }
 }
 
@@ -554,20 +583,34 @@ fn route(ctx: &Ctx, msg: &Message, queues: &mut Vec<Arc<Queue>>) -> Result<(), A
     Ok(())
 }
 
-/// Requeues deliveries, grouped by queue so each queue is locked once. Credit is the caller's
-/// business: a closing channel has none to give back.
-fn requeue_all(mut unacked: Vec<Unacked>) {
-    while let Some(first) = unacked.pop() {
-        let q = first.queue.clone();
-        let mut batch = vec![first];
-        let mut i = 0;
-        while i < unacked.len() {
-            if Arc::ptr_eq(&unacked[i].queue, &q) {
-                batch.push(unacked.swap_remove(i));
-            } else {
-                i += 1;
-            }
+/// Deliveries requeued under one hold of a queue's lock. Past it, the rest go back in slices of
+/// this size with a yield between each, so a connection that closes with millions unacked does
+/// not stall every other client while they return.
+const REQUEUE_SLICE: usize = 4096;
+
+/// Requeues deliveries, grouped by queue. Credit is the caller's business: a closing channel has
+/// none to give back.
+fn requeue_all(unacked: Vec<Unacked>) {
+    let mut by_queue: Vec<(Arc<Queue>, Vec<Entry>)> = Vec::new();
+    // Newest first: each then belongs in front of the one before, the cheap end of a ready list.
+    for u in unacked.into_iter().rev() {
+        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, entries)) => entries.push(u.message),
+            None => by_queue.push((u.queue, vec![u.message])),
         }
-        q.requeue(batch.into_iter().map(|u| u.message));
+    }
+    for (q, entries) in by_queue {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if entries.len() > REQUEUE_SLICE => {
+                runtime.spawn(async move {
+                    let mut entries = entries.into_iter();
+                    while entries.len() > 0 {
+                        q.requeue(entries.by_ref().take(REQUEUE_SLICE));
+                        tokio::task::yield_now().await;
+                    }
+                });
+            }
+            _ => q.requeue(entries),
+        }
     }
 }

@@ -27,6 +27,7 @@ pub(super) struct Negotiated {
     pub channel_max: u16,
     pub heartbeat: u16,
     pub cancel_notify: bool,
+    pub blocked_notify: bool,
 }
 
 fn server_properties(product: &str) -> FieldTable {
@@ -40,6 +41,7 @@ fn server_properties(product: &str) -> FieldTable {
         "per_consumer_qos",
         "direct_reply_to",
         "consumer_priorities",
+        "connection.blocked",
     ] {
         caps.insert(cap.into(), AMQPValue::Boolean(true));
     }
@@ -316,6 +318,7 @@ pub(super) async fn run(
         channel_max,
         heartbeat: tune_ok.heartbeat,
         cancel_notify: cap("consumer_cancel_notify"),
+        blocked_notify: cap("connection.blocked"),
     }))
 }
 
@@ -335,11 +338,10 @@ mod tests {
             "publisher_confirms",
             "consumer_priorities",
             "direct_reply_to",
+            "connection.blocked",
         ] {
             assert!(caps.contains_key(cap), "{cap} works and is advertised");
         }
-        // Warren has no memory or disk alarm yet, so it never sends connection.blocked.
-        assert!(!caps.contains_key("connection.blocked"));
     }
 
     #[test]

@@ -65,6 +65,10 @@ struct Connection {
     heartbeat: Duration,
     state: State,
     close_timeout: Duration,
+    /// Whether the client understands `connection.blocked`.
+    blocked_notify: bool,
+    /// Reading stopped because the memory alarm is on and this connection publishes.
+    blocked: bool,
 }
 
 /// Serves one client socket until it closes, the peer fails, or the broker shuts down.
@@ -109,12 +113,15 @@ pub async fn serve(
             tx,
             cancel_notify: negotiated.cancel_notify,
             throttle: None,
+            published: false,
         },
         peer,
         channels: HashMap::new(),
         channel_max: negotiated.channel_max,
         heartbeat: Duration::from_secs(u64::from(negotiated.heartbeat)),
         state: State::Open,
+        blocked_notify: negotiated.blocked_notify,
+        blocked: false,
     };
     let result = conn.run(&mut stream, rbuf, rx, &mut shutdown).await;
     conn.cleanup();
@@ -145,6 +152,7 @@ impl Connection {
         );
         let mut last_read = Instant::now();
         let mut last_write = Instant::now();
+        let mut alarm = self.ctx.broker.memory.subscribe();
         // Frames already buffered from the handshake are handled before the first read.
         self.process(&mut rbuf);
         loop {
@@ -154,15 +162,22 @@ impl Connection {
             if self.state == State::Done && self.ctx.out.is_empty() {
                 return Ok(());
             }
-            let can_read = self.ctx.out.len() < HIGH_WATER && self.state != State::Done;
+            self.follow_alarm(*alarm.borrow_and_update());
+            if self.blocked {
+                // A blocked client cannot be heard, so its silence is no missed heartbeat.
+                last_read = Instant::now();
+            }
+            let has_room = self.ctx.out.len() < HIGH_WATER;
+            let can_read = has_room && self.state != State::Done && !self.blocked;
             let interest = match (can_read, self.ctx.out.is_empty()) {
                 (true, true) => Interest::READABLE,
                 (true, false) => Interest::READABLE | Interest::WRITABLE,
                 (false, _) => Interest::WRITABLE,
             };
-            let events_open = can_read && matches!(self.state, State::Open);
+            let socket_wanted = can_read || !self.ctx.out.is_empty();
+            let events_open = has_room && matches!(self.state, State::Open);
             tokio::select! {
-                ready = stream.ready(interest) => {
+                ready = stream.ready(interest), if socket_wanted => {
                     let ready = ready?;
                     if ready.is_writable() && flush(stream, &mut self.ctx.out)? {
                         last_write = Instant::now();
@@ -215,6 +230,7 @@ impl Connection {
                         }
                     }
                 }
+                _ = alarm.changed() => {}
                 _ = shutdown.changed(), if self.state == State::Open => {
                     self.close_connection(ConnectionError::new(
                         code::CONNECTION_FORCED,
@@ -364,8 +380,10 @@ impl Connection {
         let Some(slot) = self.channels.get_mut(&id) else {
             self.check_channel_count()?;
             if let Method::Other(AMQPClass::Channel(channel::AMQPMethod::Open(_))) = d.method {
-                self.channels
-                    .insert(id, ChannelSlot::Open(Box::new(Channel::new(id))));
+                self.channels.insert(
+                    id,
+                    ChannelSlot::Open(Box::new(Channel::new(id, self.ctx.broker.memory.clone()))),
+                );
                 self.ctx.send(
                     id,
                     AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
@@ -511,6 +529,29 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Blocks a publishing connection while the memory alarm is on (it reads nothing more, as
+    /// RabbitMQ stops reading a publisher's socket), and unblocks it when the alarm clears,
+    /// telling clients that asked for `connection.blocked`.
+    fn follow_alarm(&mut self, alarm: bool) {
+        let block = alarm && self.ctx.published && self.state == State::Open;
+        if block == self.blocked {
+            return;
+        }
+        self.blocked = block;
+        info!(peer = %self.peer, conn_id = self.ctx.conn_id, blocked = block, "memory alarm: publishing connection {}", if block { "blocked" } else { "unblocked" });
+        if !self.blocked_notify {
+            return;
+        }
+        let method = if block {
+            connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: "low on memory".into(),
+            })
+        } else {
+            connection::AMQPMethod::Unblocked(connection::Unblocked {})
+        };
+        self.ctx.send(0, AMQPClass::Connection(method));
     }
 
     fn send_close_ok(&mut self) {

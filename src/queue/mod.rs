@@ -12,6 +12,7 @@
 pub mod args;
 pub mod dead_letter;
 pub mod expiry;
+pub mod memory;
 pub mod paging;
 
 use std::collections::VecDeque;
@@ -29,6 +30,7 @@ use crate::protocol::{ChannelError, Message, code};
 use crate::store::{Store, StoredRef};
 use args::{Declared, Overflow, QueueArgs, QueueType};
 use dead_letter::{DeadLetter, Reason};
+use memory::{Holding, MemoryGauge, footprint};
 use paging::{Admit, Charge, Pager, Slot};
 
 /// A message in a queue, with its position so a requeue puts it back where it was.
@@ -155,6 +157,11 @@ impl InFlight {
     pub fn take(mut self) -> Option<Entry> {
         self.message.take()
     }
+
+    /// The memory its message is counted as holding.
+    pub fn footprint(&self) -> u64 {
+        self.message.as_ref().map_or(0, |e| footprint(&e.msg))
+    }
 }
 
 impl Drop for InFlight {
@@ -208,21 +215,34 @@ pub enum QueueEvent {
 /// Where a connection receives queue events.
 pub type EventSender = UnboundedSender<QueueEvent>;
 
+/// Deliveries a no-ack consumer may have waiting in its connection's inbox: past it, further ones
+/// wait in the queue, so a consumer that stops reading its socket cannot pile messages up in
+/// the broker's memory.
+pub const NO_ACK_WINDOW: u32 = 2048;
+
 /// Prefetch accounting shared by a consumer's queue and its channel.
 #[derive(Debug, Default)]
 pub struct Credit {
     /// The limit, 0 for none.
     pub prefetch: AtomicU32,
-    /// Deliveries not yet acknowledged.
+    /// Deliveries not yet acknowledged (for a no-ack consumer: not yet written).
     pub unacked: AtomicU32,
+    /// Bytes held for the channel's deliveries, on their way or unacked (a channel's credit).
+    pub holding: Holding,
 }
 
 impl Credit {
     /// A credit with this limit.
     pub fn new(prefetch: u16) -> Arc<Self> {
+        Self::with_limit(u32::from(prefetch))
+    }
+
+    /// A credit with this limit, 0 for none.
+    pub fn with_limit(limit: u32) -> Arc<Self> {
         Arc::new(Self {
-            prefetch: AtomicU32::new(u32::from(prefetch)),
+            prefetch: AtomicU32::new(limit),
             unacked: AtomicU32::new(0),
+            holding: Holding::default(),
         })
     }
 
@@ -243,6 +263,20 @@ impl Credit {
                 Some(u.saturating_sub(n))
             });
     }
+
+    /// Gives back one delivery's credit; true when that brings it down to half its limit, the
+    /// point at which a consumer the limit held back asks its queue for more (asking at every
+    /// release would take the queue's lock per message).
+    pub fn release_one(&self) -> bool {
+        let before = self
+            .unacked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(1))
+            })
+            .unwrap_or(0);
+        let limit = self.prefetch.load(Ordering::Relaxed);
+        limit != 0 && before == limit / 2 + 1
+    }
 }
 
 /// A consumer attached to a queue.
@@ -260,23 +294,22 @@ pub struct Consumer {
     pub no_ack: bool,
     /// Whether it asked for exclusive use of the queue.
     pub exclusive: bool,
-    /// Per-consumer prefetch.
+    /// Per-consumer prefetch (for a no-ack consumer, its inbox window).
     pub credit: Arc<Credit>,
-    /// Per-channel (global) prefetch.
+    /// Per-channel (global) prefetch, and what the channel holds.
     pub channel_credit: Arc<Credit>,
     /// Its `x-priority`: deliveries go to the highest that has credit.
     pub priority: i64,
+    /// The broker's memory gauge, which the channel's holding reports to.
+    pub memory: Arc<MemoryGauge>,
 }
 
 impl Consumer {
     fn try_acquire(&self) -> bool {
-        if self.no_ack {
-            return true;
-        }
         if !self.credit.try_acquire() {
             return false;
         }
-        if !self.channel_credit.try_acquire() {
+        if !self.no_ack && !self.channel_credit.try_acquire() {
             self.credit.release(1);
             return false;
         }
@@ -284,8 +317,8 @@ impl Consumer {
     }
 
     fn release(&self) {
+        self.credit.release(1);
         if !self.no_ack {
-            self.credit.release(1);
             self.channel_credit.release(1);
         }
     }
@@ -965,6 +998,8 @@ impl Queue {
                 self.mark_delivered(&message.message);
             }
             let c = &st.consumers[i];
+            let bytes = footprint(&message.message.msg);
+            c.channel_credit.holding.add(&c.memory, bytes);
             let event = QueueEvent::Deliver {
                 channel: c.channel,
                 consumer_tag: c.tag.clone(),
@@ -975,6 +1010,7 @@ impl Queue {
                 // The connection is gone; its cleanup will remove the consumer, but not before we
                 // stop offering it messages.
                 c.release();
+                c.channel_credit.holding.sub(&c.memory, bytes);
                 st.consumers.remove(i);
                 if st.next_consumer >= st.consumers.len() {
                     st.next_consumer = 0;
@@ -1199,7 +1235,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path(), 1 << 20).expect("store");
         // No budget at all: every message is paged.
-        let pager = Pager::new(store.clone(), 0);
+        let pager = Pager::new(store.clone(), Arc::new(memory::MemoryGauge::new(0)));
         let args = QueueArgs {
             max_priority: Some(9),
             ..QueueArgs::default()
@@ -1285,6 +1321,7 @@ mod tests {
             credit: Credit::new(0),
             channel_credit: Credit::new(0),
             priority: 0,
+            memory: Arc::new(MemoryGauge::new(u64::MAX)),
         };
         assert!(q.add_consumer(consumer).is_ok());
         q.publish(msg(b"taken"));
@@ -1307,6 +1344,7 @@ mod tests {
                 credit: Credit::new(2),
                 channel_credit: channel_credit.clone(),
                 priority: 0,
+                memory: Arc::new(MemoryGauge::new(u64::MAX)),
             };
             assert!(q.add_consumer(c).is_ok());
         }

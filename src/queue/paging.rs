@@ -1,10 +1,11 @@
 //! The broker's memory budget for queued messages, and paging past it.
 //!
 //! Every queue charges the messages it holds ready in memory to one broker-wide [`Pager`]. Once
-//! the charges reach the budget, a message entering a queue is paged out instead: a copy goes to
-//! the store's `pages` tree (a persistent message recovered at start needs none: its stored body
-//! is read back instead), and the queue keeps only a [`Slot`] of 40 bytes. A paged message
-//! is read back when it leaves the queue's ready list, as a consumer or `basic.get` reaches it.
+//! the memory [`MemoryGauge`] counts reaches its paging point, a message entering a queue is
+//! paged out instead: a copy goes to the store's `pages` tree (a persistent message recovered at
+//! start needs none: its stored body is read back instead), and the queue keeps only a [`Slot`] of
+//! 40 bytes. A paged message is read back when it leaves the queue's ready list, as a consumer or
+//! `basic.get` reaches it.
 //!
 //! Queues report their charges in steps of [`GRANULE`], under their own lock, so the shared
 //! counter is not touched per message: a message that goes straight to a waiting consumer costs
@@ -17,36 +18,32 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use tracing::error;
 
+use super::memory::{GRANULE, MemoryGauge, footprint};
 use super::{Entry, QueuedMessage};
 use crate::protocol::Message;
 use crate::store::{Store, StoredMessage, encode_message};
-
-/// How far a queue's own count may drift from what it reported before it reports again.
-pub const GRANULE: i64 = 8 * 1024;
 
 /// The broker-wide budget for message bytes held in queues, and the store that takes the rest.
 #[derive(Debug)]
 pub struct Pager {
     store: Arc<Store>,
-    limit: u64,
-    resident: AtomicU64,
+    gauge: Arc<MemoryGauge>,
     paged_out: AtomicU64,
 }
 
 impl Pager {
-    /// A budget of `limit` bytes of queued messages, paging to `store` beyond it.
-    pub fn new(store: Arc<Store>, limit: u64) -> Arc<Self> {
+    /// Pages to `store` once `gauge` says the budget is spent.
+    pub fn new(store: Arc<Store>, gauge: Arc<MemoryGauge>) -> Arc<Self> {
         Arc::new(Self {
             store,
-            limit,
-            resident: AtomicU64::new(0),
+            gauge,
             paged_out: AtomicU64::new(0),
         })
     }
 
     /// Bytes of queued messages held in memory, as queues last reported them.
     pub fn resident_bytes(&self) -> u64 {
-        self.resident.load(Ordering::Relaxed)
+        self.gauge.ready_bytes()
     }
 
     /// Messages paged out since start.
@@ -55,21 +52,11 @@ impl Pager {
     }
 
     fn has_room(&self) -> bool {
-        self.resident.load(Ordering::Relaxed) < self.limit
+        self.gauge.has_room()
     }
 
     fn report(&self, delta: i64) {
-        if delta >= 0 {
-            self.resident
-                .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
-        } else {
-            // Never below zero, even if reports race.
-            let _ = self
-                .resident
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
-                    Some(r.saturating_sub(delta.unsigned_abs()))
-                });
-        }
+        self.gauge.report_ready(delta);
     }
 
     /// Pages out a message whose stored body is on disk already.
@@ -200,10 +187,8 @@ pub struct Slot {
 
 const _: () = assert!(std::mem::size_of::<Slot>() <= 40);
 
-/// The bytes a message in memory is charged: its parts and its own allocation.
-fn footprint(m: &Message) -> i64 {
-    let parts = m.body.len() + m.properties.len() + m.exchange.len() + m.routing_key.len();
-    i64::try_from(parts + std::mem::size_of::<Message>()).unwrap_or(i64::MAX)
+fn charge_of(m: &Message) -> i64 {
+    i64::try_from(footprint(m)).unwrap_or(i64::MAX)
 }
 
 impl Slot {
@@ -241,7 +226,7 @@ impl Charge {
 
     fn add(&mut self, delta: i64) {
         self.unreported += delta;
-        if self.unreported.abs() >= GRANULE
+        if self.unreported.unsigned_abs() >= GRANULE
             && let Some(p) = &self.pager
         {
             p.report(self.unreported);
@@ -273,7 +258,7 @@ impl Charge {
         let held = match page {
             Some(page) => Held::paged(page, u32::try_from(msg.body.len()).unwrap_or(u32::MAX)),
             None => {
-                self.add(footprint(&msg));
+                self.add(charge_of(&msg));
                 Held::Resident(msg)
             }
         };
@@ -294,7 +279,7 @@ impl Charge {
     pub fn release(&mut self, s: Slot) -> Option<Entry> {
         let msg = match s.held {
             Held::Resident(msg) => {
-                self.add(-footprint(&msg));
+                self.add(-charge_of(&msg));
                 msg
             }
             Held::Paged { id, stored, .. } => self.pager.as_ref()?.page_in(page(id, stored))?,
@@ -315,7 +300,7 @@ impl Charge {
     /// Drops a slot unread.
     pub fn drop_slot(&mut self, s: Slot) {
         match s.held {
-            Held::Resident(msg) => self.add(-footprint(&msg)),
+            Held::Resident(msg) => self.add(-charge_of(&msg)),
             Held::Paged { id, stored, .. } => {
                 if let Some(p) = &self.pager {
                     p.forget(page(id, stored));

@@ -228,6 +228,16 @@ pub async fn basic_consume(
         .await
 }
 
+/// Sets `prefetch` on `ch` and consumes `queue` as `tag`, with acks.
+pub async fn consume_prefetched(ch: &Channel, queue: &str, tag: &str, prefetch: u16) -> Consumer {
+    ch.basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    basic_consume(ch, queue, tag, BasicConsumeOptions::default())
+        .await
+        .expect("consume")
+}
+
 /// A delivery's body as text.
 pub fn body(d: &Delivery) -> String {
     String::from_utf8_lossy(&d.data).into_owned()

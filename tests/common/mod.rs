@@ -4,7 +4,9 @@
 //! `WARREN_REFERENCE_URI`); the steps a client script takes against it are in [`client`].
 #![allow(dead_code)]
 
+pub mod blocking;
 pub mod client;
+pub mod heap;
 pub mod process;
 
 // Not every test crate takes something from `client`.
