@@ -376,7 +376,7 @@ impl Exchange {
         match self.kind {
             ExchangeKind::Direct => {
                 if let Some(targets) = self.direct.get(routing_key) {
-                    targets.as_slice().iter().for_each(f);
+                    targets.iter().for_each(f);
                 }
             }
             ExchangeKind::Fanout => self.bindings.iter().for_each(|b| f(&b.destination)),

@@ -15,8 +15,8 @@ const SCAN_MAX: usize = 8;
 /// into the gap, so the order of targets is not the order they were bound in.
 #[derive(Debug, Clone)]
 pub struct Targets<T> {
-    items: Vec<T>,
-    counts: Vec<usize>,
+    /// Each target with its number of bindings, in one allocation per key.
+    items: Vec<(T, usize)>,
     #[expect(
         clippy::box_collection,
         reason = "most keys never need an index: 8 bytes each instead of a 48-byte empty map"
@@ -28,7 +28,6 @@ impl<T> Default for Targets<T> {
     fn default() -> Self {
         Self {
             items: Vec::new(),
-            counts: Vec::new(),
             index: None,
         }
     }
@@ -36,8 +35,8 @@ impl<T> Default for Targets<T> {
 
 impl<T: Clone + Eq + Hash> Targets<T> {
     /// The distinct targets, each once.
-    pub fn as_slice(&self) -> &[T] {
-        &self.items
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items.iter().map(|(target, _)| target)
     }
 
     /// True when no binding leads anywhere through this key.
@@ -48,25 +47,25 @@ impl<T: Clone + Eq + Hash> Targets<T> {
     fn position(&self, target: &T) -> Option<usize> {
         match &self.index {
             Some(index) => index.get(target).copied(),
-            None => self.items.iter().position(|t| t == target),
+            None => self.items.iter().position(|(t, _)| t == target),
         }
     }
 
     /// Counts one more binding leading to `target`; true when `target` is new here.
     pub fn add(&mut self, target: T) -> bool {
         if let Some(at) = self.position(&target) {
-            self.counts[at] += 1;
+            self.items[at].1 += 1;
             return false;
         }
         let at = self.items.len();
         if self.index.is_none() && at == SCAN_MAX {
-            self.index = Some(Box::new(self.items.iter().cloned().zip(0..).collect()));
+            let index = self.items.iter().map(|(t, _)| t.clone()).zip(0..).collect();
+            self.index = Some(Box::new(index));
         }
         if let Some(index) = &mut self.index {
             index.insert(target.clone(), at);
         }
-        self.items.push(target);
-        self.counts.push(1);
+        self.items.push((target, 1));
         true
     }
 
@@ -74,15 +73,14 @@ impl<T: Clone + Eq + Hash> Targets<T> {
     /// that was the last one and `target` is gone from here.
     pub fn remove(&mut self, target: &T) -> Option<bool> {
         let at = self.position(target)?;
-        if self.counts[at] > 1 {
-            self.counts[at] -= 1;
+        if self.items[at].1 > 1 {
+            self.items[at].1 -= 1;
             return Some(false);
         }
         self.items.swap_remove(at);
-        self.counts.swap_remove(at);
         if let Some(index) = &mut self.index {
             index.remove(target);
-            if let Some(moved) = self.items.get(at) {
+            if let Some((moved, _)) = self.items.get(at) {
                 index.insert(moved.clone(), at);
             }
         }
@@ -95,7 +93,7 @@ mod tests {
     use super::*;
 
     fn sorted(t: &Targets<u32>) -> Vec<u32> {
-        let mut v = t.as_slice().to_vec();
+        let mut v: Vec<u32> = t.iter().copied().collect();
         v.sort_unstable();
         v
     }
@@ -129,7 +127,7 @@ mod tests {
         }
         let want: Vec<u32> = (0..100).filter(|i| i % 3 != 0).collect();
         assert_eq!(sorted(&t), want);
-        for (at, item) in t.as_slice().iter().enumerate() {
+        for (at, item) in t.iter().enumerate() {
             assert_eq!(t.position(item), Some(at));
         }
         assert_eq!(t.remove(&50), Some(false));

@@ -287,7 +287,7 @@ impl<T: Clone + Eq + Hash> TopicTrie<T> {
             }
         }
         for state in current.iter() {
-            state.node.values.as_slice().iter().for_each(&mut f);
+            state.node.values.iter().for_each(&mut f);
         }
     }
 
