@@ -5,6 +5,7 @@ pub mod delayed;
 mod durable;
 pub mod exchange;
 pub mod headers;
+mod targets;
 pub mod topic;
 
 use std::collections::HashMap;
@@ -551,15 +552,27 @@ impl VHost {
 
     /// Removes every binding to `dest`, then deletes auto-delete exchanges left without bindings.
     fn remove_destination(t: &mut Topology, dest: &Destination) {
-        for x in t.exchanges.values() {
-            for b in x.bindings().iter().filter(|b| b.destination == *dest) {
-                t.forget_binding(x, b);
-            }
-        }
+        // Each exchange tells in one lookup whether it binds `dest`, and removes those
+        // bindings in time linear in their number, without reading its other bindings.
+        let sources: Vec<Arc<str>> = t
+            .exchanges
+            .values()
+            .filter(|x| x.binds_to(dest))
+            .map(|x| x.name.clone())
+            .collect();
         let mut emptied = Vec::new();
-        for x in t.exchanges.values_mut() {
-            if x.remove_destination(dest) > 0 && x.auto_delete && x.bindings().is_empty() {
-                emptied.push(x.name.clone());
+        for source in sources {
+            let Some(x) = t.exchanges.get_mut(&*source) else {
+                continue;
+            };
+            let gone = x.remove_destination(dest);
+            if x.auto_delete && x.bindings().is_empty() {
+                emptied.push(source.clone());
+            }
+            if let Some(x) = t.exchanges.get(&*source) {
+                for b in &gone {
+                    t.forget_binding(x, b);
+                }
             }
         }
         for name in emptied {
@@ -833,14 +846,14 @@ impl VHost {
             Err(e) if e.code() == code::NOT_FOUND => return Ok(()),
             r => r?,
         }
-        if let Some(x) = t.exchanges.get(source)
-            && x.bindings().contains(binding)
-        {
-            t.forget_binding(x, binding);
-        }
         let mut emptied = false;
-        if let Some(x) = t.exchanges.get_mut(source) {
-            emptied = x.unbind(binding) && x.auto_delete && x.bindings().is_empty();
+        if let Some(x) = t.exchanges.get_mut(source)
+            && x.unbind(binding)
+        {
+            emptied = x.auto_delete && x.bindings().is_empty();
+            if let Some(x) = t.exchanges.get(source) {
+                t.forget_binding(x, binding);
+            }
         }
         if emptied {
             Self::remove_destination(&mut t, &Destination::Exchange(source.into()));

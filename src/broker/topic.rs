@@ -1,7 +1,10 @@
 //! Topic exchange routing: a word trie matching AMQP routing keys against `*`/`#` binding patterns.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::ptr;
+
+use super::targets::Targets;
 
 /// How many match states fit on the stack before `for_each_match` spills to the heap.
 const INLINE_STATES: usize = 16;
@@ -21,7 +24,7 @@ struct Node<T> {
     children: HashMap<Box<str>, Node<T>>,
     star: Option<Box<Node<T>>>,
     hash: Option<Box<Node<T>>>,
-    values: Vec<T>,
+    values: Targets<T>,
 }
 
 impl<T> Node<T> {
@@ -30,7 +33,7 @@ impl<T> Node<T> {
             children: HashMap::new(),
             star: None,
             hash: None,
-            values: Vec::new(),
+            values: Targets::default(),
         }
     }
 
@@ -171,13 +174,13 @@ impl<'a, T> StateSet<'a, T> {
     }
 }
 
-impl<T: Clone + PartialEq> Default for TopicTrie<T> {
+impl<T: Clone + Eq + Hash> Default for TopicTrie<T> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T: Clone + PartialEq> TopicTrie<T> {
+impl<T: Clone + Eq + Hash> TopicTrie<T> {
     /// Creates an empty trie.
     pub fn new() -> Self {
         TopicTrie {
@@ -186,21 +189,22 @@ impl<T: Clone + PartialEq> TopicTrie<T> {
         }
     }
 
-    /// Adds `value` under `pattern`; returns false if that exact pair was already present.
+    /// Adds `value` under `pattern`; returns false if that exact pair was already present, in
+    /// which case it is counted and stays until removed as many times as it was inserted.
     pub fn insert(&mut self, pattern: &str, value: T) -> bool {
         let mut node = &mut self.root;
         for word in words(pattern) {
             node = node.child_or_insert(word);
         }
-        if node.values.contains(&value) {
-            return false;
+        let added = node.values.add(value);
+        if added {
+            self.len += 1;
         }
-        node.values.push(value);
-        self.len += 1;
-        true
+        added
     }
 
-    /// Removes `value` from `pattern`, pruning nodes left empty; returns false if absent.
+    /// Removes one insertion of `value` under `pattern`, pruning nodes left empty; returns false
+    /// if absent.
     pub fn remove(&mut self, pattern: &str, value: &T) -> bool {
         let mut node = &mut self.root;
         for word in words(pattern) {
@@ -209,13 +213,15 @@ impl<T: Clone + PartialEq> TopicTrie<T> {
                 None => return false,
             }
         }
-        let Some(pos) = node.values.iter().position(|v| v == value) else {
-            return false;
-        };
-        node.values.swap_remove(pos);
-        self.len -= 1;
-        self.prune(pattern);
-        true
+        match node.values.remove(value) {
+            None => false,
+            Some(false) => true,
+            Some(true) => {
+                self.len -= 1;
+                self.prune(pattern);
+                true
+            }
+        }
     }
 
     /// Cuts the dead tail of `pattern`'s path in two passes, so removal needs
@@ -469,6 +475,20 @@ mod tests {
         assert!(trie.insert("#.#", 1));
         assert_eq!(trie.len(), 4);
         assert!(!trie.is_empty());
+    }
+
+    #[test]
+    fn a_pair_inserted_twice_stays_until_removed_twice() {
+        let mut trie = TopicTrie::new();
+        assert!(trie.insert("a.*", 1));
+        assert!(!trie.insert("a.*", 1));
+        assert!(trie.remove("a.*", &1));
+        assert_eq!(matches_i(&trie, "a.b"), [1]);
+        assert!(trie.remove("a.*", &1));
+        assert!(matches_i(&trie, "a.b").is_empty());
+        assert!(!trie.remove("a.*", &1));
+        assert!(trie.is_empty());
+        assert_eq!(trie.root.edge_count(), 0);
     }
 
     #[test]
