@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod process;
+pub mod raw;
 
 // Not every test crate takes something from `client`.
 #[allow(unused_imports)]
