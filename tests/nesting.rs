@@ -291,3 +291,53 @@ async fn tables_at_the_limit_are_declared_bound_consumed_matched_and_dead_letter
     }
     assert_channel_served(&ch).await;
 }
+
+#[tokio::test]
+async fn stored_arguments_at_the_limit_come_back_after_a_crash() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = common::process::free_port();
+    let args = table(&[("k", deep_value(MAX_DEPTH - 1, true))]);
+    let mut binding = args.clone();
+    binding.insert("x-match".into(), common::s("all"));
+    let durable_x = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let durable_q = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let publish = |ch: Channel, body: &'static [u8]| {
+        let props = BasicProperties::default()
+            .with_headers(args.clone())
+            .with_delivery_mode(2);
+        async move { publish_props(&ch, "deep-x", "", body, props).await }
+    };
+    let broker = common::process::start(dir.path(), port).await;
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    ch.exchange_declare(
+        "deep-x".into(),
+        ExchangeKind::Headers,
+        durable_x,
+        args.clone(),
+    )
+    .await
+    .expect("exchange.declare");
+    ch.queue_declare("deep-q".into(), durable_q, args.clone())
+        .await
+        .expect("queue.declare");
+    bind(&ch, "deep-q", "deep-x", "", binding).await;
+    publish(ch, b"before").await;
+    broker.kill9();
+
+    let broker = common::process::start(dir.path(), port).await;
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    publish(ch.clone(), b"after").await;
+    for body in [&b"before"[..], b"after"] {
+        let got = get_soon(&ch, "deep-q", BasicGetOptions { no_ack: true }).await;
+        assert_eq!(got.map(|m| m.delivery.data), Some(body.to_vec()));
+    }
+    broker.kill9();
+}
