@@ -9,7 +9,7 @@ use amq_protocol::types::AMQPValue;
 /// Everything that reads a table after the wire (amq-protocol's parser, `Clone`, `Drop`, `Debug`,
 /// equality, the encoder) recurses once per level; RabbitMQ's Erlang processes grow their stacks
 /// and take any depth, but a tokio worker has 2 MiB. The unit tests run every one of those
-/// consumers at this depth on a small fraction of that stack.
+/// consumers at this depth on half of that stack.
 pub const MAX_DEPTH: usize = 64;
 
 /// A field table that nests deeper than [`MAX_DEPTH`].
