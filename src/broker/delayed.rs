@@ -151,7 +151,7 @@ fn undelayed(msg: &Message) -> Option<Message> {
     props.extend_from_slice(msg.properties.get(..start)?);
     props.extend_from_slice(&encoded);
     props.extend_from_slice(msg.properties.get(end..)?);
-    let info = PropertiesInfo::scan(&props)?;
+    let info = PropertiesInfo::scan(&props).ok()?;
     Some(Message::new(
         msg.exchange.clone(),
         msg.routing_key.clone(),
@@ -522,7 +522,7 @@ mod tests {
         let mut props = (0x2000u16 | 0x1000).to_be_bytes().to_vec();
         props.extend_from_slice(&encoded);
         props.push(2);
-        let info = PropertiesInfo::scan(&props).unwrap_or_else(|| panic!("scan"));
+        let info = PropertiesInfo::scan(&props).unwrap_or_else(|e| panic!("scan: {e}"));
         let msg = Message::new(
             Bytes::from_static(b"x"),
             Bytes::from_static(b"k"),

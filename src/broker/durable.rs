@@ -11,6 +11,7 @@ use super::delayed;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::{Topology, VHost};
 use crate::protocol::Message;
+use crate::protocol::table::check_depth;
 use crate::queue::{Queue, QueueOptions, QueueStore, QueuedMessage};
 use crate::store::{BindingRecord, ExchangeRecord, QueueRecord, Recovered, Store};
 
@@ -21,7 +22,13 @@ fn encode_table(t: &FieldTable) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// Tables were checked on the wire before they were stored; a stored one nested too deep (a
+/// damaged record) is read as empty rather than recursed into.
 fn decode_table(raw: &[u8]) -> FieldTable {
+    if let Err(e) = check_depth(raw) {
+        warn!(cause = %e, "stored arguments ignored");
+        return FieldTable::default();
+    }
     parse_field_table(raw).map(|(_, t)| t).unwrap_or_default()
 }
 

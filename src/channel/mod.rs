@@ -340,7 +340,8 @@ impl Channel {
         }
         let size = crate::protocol::frame::be_u64(&payload, 4).ok_or_else(malformed)?;
         let properties = payload.slice(12..);
-        let info = PropertiesInfo::scan(&properties).ok_or_else(malformed)?;
+        let info = PropertiesInfo::scan(&properties)
+            .map_err(|e| ConnectionError::frame_error(e).on(60, 40))?;
         if size > ctx.broker.config.max_message_size {
             return Err(ChannelError::precondition(format_args!(
                 "message size {size} is larger than configured max size {}",

@@ -1,5 +1,6 @@
 //! Messages as the broker holds them: property bytes kept as received, a few fields decoded.
 
+use std::fmt;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
@@ -7,6 +8,7 @@ use amq_protocol::types::FieldTable;
 use bytes::Bytes;
 
 use super::frame::{be_u16, be_u32, short_str};
+use super::table::{self, TooDeep};
 use crate::store::StoredMessage;
 
 /// The fields of `basic` properties the broker acts on, found by one scan of the raw bytes.
@@ -24,6 +26,24 @@ pub struct PropertiesInfo {
     pub user_id: Option<Range<u32>>,
     /// Byte range of the reply-to short string's contents.
     pub reply_to: Option<Range<u32>>,
+}
+
+/// Why a property list was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadProperties {
+    /// Truncated, or flags for properties `basic` does not have.
+    Malformed,
+    /// The headers table nests too deep for anything after the wire to read it.
+    TooDeep(TooDeep),
+}
+
+impl fmt::Display for BadProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed => f.write_str("malformed content header"),
+            Self::TooDeep(e) => write!(f, "cannot decode headers: {e}"),
+        }
+    }
 }
 
 const FLAG_CONTENT_TYPE: u16 = 1 << 15;
@@ -46,8 +66,20 @@ fn range(start: usize, end: usize) -> Option<Range<u32>> {
 }
 
 impl PropertiesInfo {
-    /// Scans property flags and list; `None` when the bytes are malformed.
-    pub fn scan(props: &[u8]) -> Option<Self> {
+    /// Scans property flags and list, and checks the headers table's nesting before any parser
+    /// sees it (headers exchanges, dead-lettering and the store all read what passes here).
+    pub fn scan(props: &[u8]) -> Result<Self, BadProperties> {
+        let info = Self::locate(props).ok_or(BadProperties::Malformed)?;
+        if let Some(r) = &info.headers {
+            let start = usize::try_from(r.start).map_err(|_| BadProperties::Malformed)?;
+            let raw = props.get(start..).ok_or(BadProperties::Malformed)?;
+            table::check_depth(raw).map_err(BadProperties::TooDeep)?;
+        }
+        Ok(info)
+    }
+
+    /// Finds each property; `None` when the bytes are malformed.
+    fn locate(props: &[u8]) -> Option<Self> {
         let flags = be_u16(props, 0)?;
         // Basic has 14 properties: a continuation word would describe properties that do not exist.
         if flags & 1 != 0 {
@@ -215,7 +247,7 @@ impl Message {
         props.push(len);
         props.extend_from_slice(reply_to.as_bytes());
         props.extend_from_slice(self.properties.get(end..)?);
-        let info = PropertiesInfo::scan(&props)?;
+        let info = PropertiesInfo::scan(&props).ok()?;
         Some(Self::new(
             self.exchange.clone(),
             self.routing_key.clone(),
@@ -255,7 +287,7 @@ mod tests {
         let mut p = flags.to_be_bytes().to_vec();
         p.extend_from_slice(&[2, 7, 4]);
         p.extend_from_slice(b"1000");
-        let info = PropertiesInfo::scan(&p);
+        let info = PropertiesInfo::scan(&p).ok();
         assert_eq!(info.as_ref().map(|i| i.delivery_mode), Some(2));
         assert_eq!(info.as_ref().map(|i| i.priority), Some(7));
         assert_eq!(info.and_then(|i| i.expiration), Some(5..9));
@@ -266,8 +298,31 @@ mod tests {
         let flags = FLAG_CONTENT_TYPE;
         let mut p = flags.to_be_bytes().to_vec();
         p.extend_from_slice(&[10, b'a']);
-        assert_eq!(PropertiesInfo::scan(&p), None);
-        assert_eq!(PropertiesInfo::scan(&[0]), None);
-        assert!(PropertiesInfo::scan(&[0, 0]).is_some());
+        let malformed = Err(BadProperties::Malformed);
+        assert_eq!(PropertiesInfo::scan(&p), malformed);
+        assert_eq!(PropertiesInfo::scan(&[0]), malformed);
+        assert!(PropertiesInfo::scan(&[0, 0]).is_ok());
+    }
+
+    #[test]
+    fn refuses_headers_nested_past_the_limit() {
+        let props = |depth: usize| {
+            let mut t = vec![0, 0, 0, 0];
+            for _ in 1..depth {
+                let inner = [&[1, b'k', b'F'][..], &t].concat();
+                let len = u32::try_from(inner.len()).unwrap_or(0);
+                t = [&len.to_be_bytes()[..], &inner].concat();
+            }
+            let mut p = (FLAG_HEADERS | FLAG_DELIVERY_MODE).to_be_bytes().to_vec();
+            p.extend_from_slice(&t);
+            p.push(2);
+            p
+        };
+        let ok = PropertiesInfo::scan(&props(table::MAX_DEPTH));
+        assert_eq!(ok.map(|i| i.delivery_mode), Ok(2));
+        assert_eq!(
+            PropertiesInfo::scan(&props(table::MAX_DEPTH + 1)),
+            Err(BadProperties::TooDeep(TooDeep))
+        );
     }
 }

@@ -7,5 +7,5 @@ pub mod frame;
 pub mod method;
 pub mod table;
 
-pub use content::{Message, PropertiesInfo};
+pub use content::{BadProperties, Message, PropertiesInfo};
 pub use error::{AmqpError, ChannelError, ConnectionError, code};

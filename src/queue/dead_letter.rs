@@ -427,7 +427,7 @@ pub(super) fn make_message(msg: &Message, d: Cause<'_>) -> Option<(Message, Vec<
         headers.retain(|(k, _)| k != b"CC");
     }
     let properties = rewrite_properties(props, flags, &msg.info, &headers, true)?;
-    let info = PropertiesInfo::scan(&properties)?;
+    let info = PropertiesInfo::scan(&properties).ok()?;
     let routing_key = match d.routing_key {
         Some(rk) => Bytes::copy_from_slice(rk.as_bytes()),
         None => msg.routing_key.clone(),
@@ -460,7 +460,7 @@ pub(super) fn with_delivery_count(msg: &Message, count: u32) -> Option<Message> 
         [&[b'l'][..], &i64::from(count).to_be_bytes()].concat(),
     );
     let properties = rewrite_properties(props, flags, &msg.info, &sorted(headers), false)?;
-    let info = PropertiesInfo::scan(&properties)?;
+    let info = PropertiesInfo::scan(&properties).ok()?;
     Some(Message::new(
         msg.exchange.clone(),
         msg.routing_key.clone(),

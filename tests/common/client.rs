@@ -328,9 +328,15 @@ where
 pub async fn assert_served(uri: &str) -> lapin::Result<()> {
     let conn = connect(uri).await;
     let ch = conn.create_channel().await.expect("channel");
-    let q = declare_exclusive(&ch).await.expect("declare");
-    basic_publish(&ch, "", q.name().as_str(), b"still served").await;
-    let got = get_soon(&ch, q.name().as_str(), BasicGetOptions { no_ack: true }).await;
-    assert_eq!(got.map(|m| m.delivery.data), Some(b"still served".to_vec()));
+    assert_channel_served(&ch).await;
     conn.close(200, "bye".into()).await
+}
+
+/// A channel already open is still served: it declares a queue, publishes to it and gets its
+/// message back.
+pub async fn assert_channel_served(ch: &Channel) {
+    let q = declare_exclusive(ch).await.expect("declare");
+    basic_publish(ch, "", q.name().as_str(), b"still served").await;
+    let got = get_soon(ch, q.name().as_str(), BasicGetOptions { no_ack: true }).await;
+    assert_eq!(got.map(|m| m.delivery.data), Some(b"still served".to_vec()));
 }

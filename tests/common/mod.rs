@@ -8,6 +8,7 @@ pub mod blocking;
 pub mod client;
 pub mod heap;
 pub mod process;
+pub mod raw;
 
 // Not every test crate takes something from `client`.
 #[allow(unused_imports)]
