@@ -131,6 +131,22 @@ async fn publishes_the_store_cannot_write_are_nacked_and_acked_ones_survive() {
     let reader = other.create_channel().await.expect("channel");
     let held = declare(&reader).await;
     assert!(held >= u32::try_from(acked.len()).expect("count"));
+    // A transaction whose persistent publish cannot be written fails, as a partly nacked one does.
+    let tx = other.create_channel().await.expect("channel");
+    tx.tx_select().await.expect("tx.select");
+    tx.basic_publish(
+        "".into(),
+        QUEUE.into(),
+        BasicPublishOptions::default(),
+        b"in a transaction",
+        persistent(),
+    )
+    .await
+    .expect("basic.publish");
+    assert_eq!(
+        common::failure(tx.tx_commit().await),
+        (406, "PRECONDITION_FAILED - partial tx completion".into())
+    );
     drop(conn);
     broker.kill9();
 
