@@ -129,6 +129,9 @@ pub struct Channel {
     rejected: VecDeque<u64>,
     /// The highest confirm number a store barrier was already requested for.
     flush_requested: u64,
+    /// The store's failure count before the writes the next barrier covers: if it moved by the
+    /// barrier's turn, some of those writes may not be on disk.
+    store_failures: u64,
     tx: Option<Vec<TxOp>>,
     last_queue: Option<Arc<str>>,
     route_buf: Vec<Arc<Queue>>,
@@ -155,6 +158,7 @@ impl Channel {
             needs_flush: VecDeque::new(),
             rejected: VecDeque::new(),
             flush_requested: 0,
+            store_failures: 0,
             tx: None,
             last_queue: None,
             route_buf: Vec::new(),
@@ -209,6 +213,7 @@ impl Channel {
                     .into());
                 }
                 self.confirm = true;
+                self.note_store_failures(ctx);
                 if !s.nowait {
                     ctx.send(
                         self.id,
@@ -261,6 +266,7 @@ impl Channel {
                     .into());
                 }
                 self.tx.get_or_insert_with(Vec::new);
+                self.note_store_failures(ctx);
                 ctx.send(
                     self.id,
                     AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
@@ -502,32 +508,80 @@ impl Channel {
         }
     }
 
-    /// Asks the store to report back once what is queued for it so far is on disk.
-    fn after_flush(&self, ctx: &Ctx, upto: u64, commit: bool) -> bool {
+    /// Notes the store's failure count before any write a barrier of this channel will cover.
+    fn note_store_failures(&mut self, ctx: &Ctx) {
+        if let Some(store) = ctx.vhost.store() {
+            self.store_failures = store.failures();
+        }
+    }
+
+    /// Asks the store to report back once what is queued for it so far is on disk (or failed).
+    fn after_flush(&mut self, ctx: &Ctx, upto: u64, commit: bool) -> bool {
         let Some(store) = ctx.vhost.store() else {
             return false;
         };
+        // Writes sent from now on belong to the next barrier.
+        let since = std::mem::replace(&mut self.store_failures, store.failures());
         let tx = ctx.tx.clone();
         let channel = self.id;
-        store.after_flush(Box::new(move || {
-            let _ = tx.send(QueueEvent::Flushed {
-                channel,
-                upto,
-                commit,
-            });
-        }));
+        store.after_flush(
+            since,
+            Box::new(move |written| {
+                let _ = tx.send(QueueEvent::Flushed {
+                    channel,
+                    upto,
+                    commit,
+                    written,
+                });
+            }),
+        );
         true
     }
 
-    /// The store flushed up to `upto` (and the pending commit, if `commit`).
-    pub fn flushed(&mut self, ctx: &mut Ctx, upto: u64, commit: bool) {
-        while self.needs_flush.front().is_some_and(|&s| s <= upto) {
-            self.needs_flush.pop_front();
-        }
-        if commit {
-            Self::commit_ok(ctx, self.id);
+    /// The store wrote up to `upto` (and the pending commit, if `commit`), or failed to: then
+    /// those publishes are nacked and the commit fails, as RabbitMQ fails a commit a queue nacked.
+    pub fn flushed(
+        &mut self,
+        ctx: &mut Ctx,
+        upto: u64,
+        commit: bool,
+        written: bool,
+    ) -> Result<(), ChannelError> {
+        if written {
+            while self.needs_flush.front().is_some_and(|&s| s <= upto) {
+                self.needs_flush.pop_front();
+            }
+        } else {
+            self.fail_flushed(upto);
         }
         self.flush_confirms(ctx);
+        match (commit, written) {
+            (false, _) => Ok(()),
+            (true, true) => {
+                Self::commit_ok(ctx, self.id);
+                Ok(())
+            }
+            (true, false) => Err(ChannelError::precondition("partial tx completion").on(90, 20)),
+        }
+    }
+
+    /// Turns the publishes waiting for a failed write into nacks, in confirm order.
+    fn fail_flushed(&mut self, upto: u64) {
+        let split = self.needs_flush.partition_point(|&s| s <= upto);
+        if split == 0 {
+            return;
+        }
+        let failed = self.needs_flush.drain(..split);
+        let mut merged = VecDeque::with_capacity(self.rejected.len() + failed.len());
+        let mut rejected = std::mem::take(&mut self.rejected).into_iter().peekable();
+        for s in failed {
+            while let Some(r) = rejected.next_if(|&r| r < s) {
+                merged.push_back(r);
+            }
+            merged.push_back(s);
+        }
+        merged.extend(rejected);
+        self.rejected = merged;
     }
 
     fn commit_ok(ctx: &mut Ctx, channel: u16) {

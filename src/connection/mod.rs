@@ -523,9 +523,12 @@ impl Connection {
                 channel,
                 upto,
                 commit,
+                written,
             } => {
                 if let Some(ChannelSlot::Open(ch)) = self.channels.get_mut(&channel) {
-                    ch.flushed(&mut self.ctx, upto, commit);
+                    let r = ch.flushed(&mut self.ctx, upto, commit, written);
+                    // A failed commit closes its channel only: never a connection error.
+                    let _ = self.channel_result(channel, r.map_err(AmqpError::Channel));
                 }
             }
         }

@@ -202,6 +202,8 @@ pub enum QueueEvent {
         upto: u64,
         /// A `tx.commit` waits for this flush.
         commit: bool,
+        /// Whether the store wrote it; if not, those publishes are nacked (the commit fails).
+        written: bool,
     },
     /// The queue went away: the broker cancels the consumer.
     Cancelled {

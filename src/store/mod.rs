@@ -7,6 +7,12 @@
 //! held message and forgetting it can share one batch. A single writer thread applies everything
 //! that arrived while the previous flush ran as one batch, flushes once, and only then runs the
 //! batch's completions (publisher confirms, `tx.commit-ok`).
+//!
+//! A failed write (a full disk) leaves sled refusing every later write until it is reopened, so the
+//! writer stops writing at the first failure and tells each completion that its writes are not on
+//! disk (publishers get `basic.nack`) until the broker restarts. Opening writes too, so a reserve
+//! file kept beside the store is given up when the disk is full at start: the store opens, serves
+//! what it holds and refuses new writes.
 
 mod codec;
 
@@ -28,6 +34,10 @@ pub use codec::{
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
 const VERSION_KEY: &[u8] = b"format-version";
+/// The reserve file, and its size: room for what sled writes while it opens (the tail of its last
+/// segment and a snapshot), given up when the disk is full at start.
+const RESERVE_FILE: &str = "reserve";
+const RESERVE_BYTES: usize = 4 << 20;
 
 /// A queue id the store never hands out (ids start at 1): the delayed-message sink's, whose index
 /// entries only live until the scheduler purges them and are dropped at start.
@@ -64,8 +74,9 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-/// Runs once the batch holding an operation is on disk.
-pub type Completion = Box<dyn FnOnce() + Send>;
+/// Runs once the batch holding an operation was written; `true` if everything it waited for is
+/// on disk, `false` if a write failed.
+pub type Completion = Box<dyn FnOnce(bool) + Send>;
 
 enum Op {
     Meta {
@@ -109,7 +120,10 @@ enum Op {
         seq: u64,
         count: u32,
     },
-    Barrier(Completion),
+    Barrier {
+        since: u64,
+        done: Completion,
+    },
     Stop,
 }
 
@@ -174,6 +188,8 @@ pub struct StoreStats {
     pub enqueued: AtomicU64,
     /// Index entries never written because their ack arrived in the same batch.
     pub elided: AtomicU64,
+    /// Batches that could not be written (or were refused because the store cannot write).
+    pub failed: AtomicU64,
 }
 
 /// The store: a handle to the writer thread and the sled database.
@@ -246,46 +262,114 @@ fn load_body(
     Ok(Some(m))
 }
 
+/// sled's handles, as the store opens them.
+struct Trees {
+    db: sled::Db,
+    meta: sled::Tree,
+    messages: sled::Tree,
+    pages: sled::Tree,
+}
+
+/// Opens sled in `dir` and its trees; opening writes (sled's own recovery, the dropped pages).
+fn open_trees(dir: &Path, cache_bytes: u64) -> Result<Trees, StoreError> {
+    let sled_err = |e| StoreError::Sled(dir.to_path_buf(), e);
+    let db = sled::Config::new()
+        .path(dir.join("sled"))
+        .cache_capacity(cache_bytes)
+        // The writer flushes once per batch; sled's own timed flusher would only add fsyncs.
+        .flush_every_ms(None)
+        .open()
+        .map_err(|e| match e {
+            sled::Error::Io(ref io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+            {
+                StoreError::Locked(dir.to_path_buf())
+            }
+            e => sled_err(e),
+        })?;
+    match db.get(VERSION_KEY).map_err(sled_err)? {
+        Some(v) if v.as_ref() != [FORMAT_VERSION] => {
+            return Err(StoreError::UnknownFormat(
+                dir.to_path_buf(),
+                v.first().copied().unwrap_or(0),
+            ));
+        }
+        Some(_) => {}
+        None => {
+            db.insert(VERSION_KEY, &[FORMAT_VERSION])
+                .map_err(sled_err)?;
+            db.flush().map_err(sled_err)?;
+        }
+    }
+    let meta = db.open_tree("meta").map_err(sled_err)?;
+    let messages = db.open_tree("messages").map_err(sled_err)?;
+    // Dropped whole (node by node, not key by key): a crash can leave millions of pages.
+    db.drop_tree("pages").map_err(sled_err)?;
+    let pages = db.open_tree("pages").map_err(sled_err)?;
+    Ok(Trees {
+        db,
+        meta,
+        messages,
+        pages,
+    })
+}
+
+/// Whether a write failed for want of room.
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull
+            | std::io::ErrorKind::QuotaExceeded
+            | std::io::ErrorKind::FileTooLarge
+    )
+}
+
+/// Makes sure the reserve file holds its bytes (written, not sparse: a hole reserves nothing).
+fn keep_reserve(path: &Path) {
+    if std::fs::metadata(path)
+        .is_ok_and(|m| u64::try_from(RESERVE_BYTES).is_ok_and(|want| m.len() >= want))
+    {
+        return;
+    }
+    let written = std::fs::write(path, vec![0u8; RESERVE_BYTES]);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(path);
+        warn!(cause = %e, path = %path.display(), "cannot keep the store's reserve: a full disk would stop the next start");
+    }
+}
+
 impl Store {
-    /// Opens (or creates) the store in `dir` with `cache_bytes` of sled page cache.
+    /// Opens (or creates) the store in `dir` with `cache_bytes` of sled page cache. On a full
+    /// disk it gives up its reserve to open, and then refuses every write until it is reopened.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<Self>, StoreError> {
-        let sled_err = |e| StoreError::Sled(dir.to_path_buf(), e);
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Sled(dir.to_path_buf(), sled::Error::Io(e)))?;
-        let db = sled::Config::new()
-            .path(dir.join("sled"))
-            .cache_capacity(cache_bytes)
-            // The writer flushes once per batch; sled's own timed flusher would only add fsyncs.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("lock") =>
-                {
-                    StoreError::Locked(dir.to_path_buf())
-                }
-                e => sled_err(e),
-            })?;
-        match db.get(VERSION_KEY).map_err(sled_err)? {
-            Some(v) if v.as_ref() != [FORMAT_VERSION] => {
-                return Err(StoreError::UnknownFormat(
-                    dir.to_path_buf(),
-                    v.first().copied().unwrap_or(0),
-                ));
+        let reserve = dir.join(RESERVE_FILE);
+        let (trees, full) = match open_trees(dir, cache_bytes) {
+            Err(StoreError::Sled(_, sled::Error::Io(e)))
+                if is_full(&e) && std::fs::remove_file(&reserve).is_ok() =>
+            {
+                error!(
+                    cause = %e,
+                    dir = %dir.display(),
+                    "the disk is full: gave up the store's reserve to open it; serving what it \
+                     holds and refusing persistent writes (publishes are nacked) until warren \
+                     restarts with room"
+                );
+                (open_trees(dir, cache_bytes)?, true)
             }
-            Some(_) => {}
-            None => {
-                db.insert(VERSION_KEY, &[FORMAT_VERSION])
-                    .map_err(sled_err)?;
-                db.flush().map_err(sled_err)?;
-            }
+            opened => (opened?, false),
+        };
+        let Trees {
+            db,
+            meta,
+            messages,
+            pages,
+        } = trees;
+        if !full {
+            keep_reserve(&reserve);
         }
-        let meta = db.open_tree("meta").map_err(sled_err)?;
-        let messages = db.open_tree("messages").map_err(sled_err)?;
-        // Dropped whole (node by node, not key by key): a crash can leave millions of pages.
-        db.drop_tree("pages").map_err(sled_err)?;
-        let pages = db.open_tree("pages").map_err(sled_err)?;
         // Queue ids, hold ids and message ids come from one counter: none may be handed out twice,
         // even when no message with a higher id is left.
         let max_queue = meta
@@ -301,6 +385,9 @@ impl Store {
             .max(max_queue);
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(StoreStats::default());
+        if full {
+            stats.failed.store(1, Ordering::SeqCst);
+        }
         let writer = Writer {
             db: db.clone(),
             meta,
@@ -308,6 +395,7 @@ impl Store {
             rx,
             refs: HashMap::new(),
             stats: stats.clone(),
+            failing: full,
         };
         let thread = std::thread::Builder::new()
             .name("warren-store".into())
@@ -408,11 +496,25 @@ impl Store {
         self.send(Op::Undelay { id, message_id });
     }
 
-    /// Runs `done` once everything sent before it is flushed to disk.
-    pub fn after_flush(&self, done: Completion) {
-        if let Err(mpsc::SendError(Op::Barrier(done))) = self.writer.send(Op::Barrier(done)) {
-            error!("store writer has stopped; completing without a flush");
-            done();
+    /// Batches that could not be written so far. A caller notes it before its writes and hands
+    /// it to [`Store::after_flush`], which reports whether any write failed since.
+    pub fn failures(&self) -> u64 {
+        self.stats.failed.load(Ordering::SeqCst)
+    }
+
+    /// Whether the store still writes (no write has failed since it opened).
+    fn writable(&self) -> bool {
+        self.stats.failed.load(Ordering::Relaxed) == 0
+    }
+
+    /// Runs `done` once everything sent before it was written: `done(true)` if it is on disk and
+    /// no write failed since [`Store::failures`] was `since`, `done(false)` otherwise.
+    pub fn after_flush(&self, since: u64, done: Completion) {
+        if let Err(mpsc::SendError(Op::Barrier { done, .. })) =
+            self.writer.send(Op::Barrier { since, done })
+        {
+            error!("store writer has stopped; what it was sent is not on disk");
+            done(false);
         }
     }
 
@@ -521,8 +623,12 @@ impl Store {
         }
     }
 
-    /// Writes a page (a queued message's copy) and returns its id; `None` if sled refused it.
+    /// Writes a page (a queued message's copy) and returns its id; `None` if sled refused it or
+    /// the store no longer writes.
     pub fn page_out(&self, record: &[u8]) -> Option<u64> {
+        if !self.writable() {
+            return None;
+        }
         let id = self.next_message_id();
         match self.pages.insert(id.to_be_bytes(), record) {
             Ok(_) => Some(id),
@@ -535,7 +641,9 @@ impl Store {
 
     /// Reads a page back and forgets it.
     pub fn page_in(&self, id: u64) -> Option<Bytes> {
-        match self.pages.remove(id.to_be_bytes()) {
+        let key = id.to_be_bytes();
+        // A store that stopped writing cannot remove the page, but can still read it.
+        match self.pages.remove(key).or_else(|_| self.pages.get(key)) {
             Ok(raw) => raw.map(|r| Bytes::from(r.to_vec())),
             Err(e) => {
                 error!(cause = %e, id, "cannot read a paged message");
@@ -546,7 +654,10 @@ impl Store {
 
     /// Forgets a page without reading it.
     pub fn drop_page(&self, id: u64) {
-        if let Err(e) = self.pages.remove(id.to_be_bytes()) {
+        // Pages are dropped at start anyway: a store that stopped writing leaves them there.
+        if self.writable()
+            && let Err(e) = self.pages.remove(id.to_be_bytes())
+        {
             warn!(cause = %e, id, "cannot remove a paged message");
         }
     }
@@ -574,6 +685,9 @@ struct Writer {
     /// Index entries referencing each stored body: a body goes with its last reference.
     refs: HashMap<u64, u32>,
     stats: Arc<StoreStats>,
+    /// A write failed (or the store opened on a full disk): sled refuses every later write until
+    /// it is reopened, so nothing more is tried and every completion hears of the failure.
+    failing: bool,
 }
 
 impl Writer {
@@ -585,6 +699,10 @@ impl Writer {
             let mut ops = vec![first];
             while let Ok(op) = self.rx.try_recv() {
                 ops.push(op);
+            }
+            if self.failing {
+                stop = self.refuse(ops);
+                continue;
             }
             let mut completions = Vec::new();
             let mut meta = sled::Batch::default();
@@ -683,7 +801,7 @@ impl Writer {
                             batch.insert(&key[..], v);
                         }
                     }
-                    Op::Barrier(done) => completions.push(done),
+                    Op::Barrier { since, done } => completions.push((since, done)),
                     Op::Stop => stop = true,
                 }
             }
@@ -710,13 +828,41 @@ impl Writer {
                 .and_then(|()| self.messages.apply_batch(batch))
                 .and_then(|()| self.db.flush().map(|_| ()));
             if let Err(e) = result {
-                error!(cause = %e, "store write failed");
+                // Said once: every later batch is refused without a word.
+                error!(
+                    cause = %e,
+                    "store write failed: the store refuses writes from now on (persistent \
+                     publishes are nacked) until warren restarts with room on disk"
+                );
+                self.failing = true;
+                self.stats.failed.fetch_add(1, Ordering::SeqCst);
             }
             self.stats.flushes.fetch_add(1, Ordering::Release);
-            for done in completions {
-                done();
+            let failed = self.stats.failed.load(Ordering::SeqCst);
+            for (since, done) in completions {
+                done(since == failed);
             }
         }
+    }
+
+    /// Drops a batch the store cannot write and fails its completions; true on `Stop`.
+    fn refuse(&mut self, ops: Vec<Op>) -> bool {
+        let failed = self.stats.failed.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut stop = false;
+        for op in ops {
+            match op {
+                Op::Barrier { done, .. } => done(false),
+                Op::Stop => stop = true,
+                _ => {}
+            }
+        }
+        if stop {
+            warn!(
+                failed_batches = failed,
+                "store closed; it refused every write since the first failure"
+            );
+        }
+        stop
     }
 
     fn add(
@@ -770,6 +916,9 @@ impl Writer {
     }
 
     fn rebuild_refs(&mut self) {
+        if self.failing {
+            return;
+        }
         for item in self.messages.scan_prefix(b"i") {
             let Ok((_, v)) = item else { continue };
             if let Some(id) = v.get(0..8).and_then(|b| b.try_into().ok()) {

@@ -38,10 +38,14 @@ fn stored_bodies(store: &Store) -> usize {
 
 fn flushed(store: &Store) {
     let (tx, rx) = std::sync::mpsc::channel();
-    store.after_flush(Box::new(move || {
-        let _ = tx.send(());
-    }));
-    rx.recv_timeout(Duration::from_secs(10)).expect("flush");
+    store.after_flush(
+        0,
+        Box::new(move |written| {
+            let _ = tx.send(written);
+        }),
+    );
+    let written = rx.recv_timeout(Duration::from_secs(10)).expect("flush");
+    assert!(written, "the store wrote");
 }
 
 #[test]
@@ -127,10 +131,13 @@ fn no_completion_runs_before_the_flush_that_covers_it() {
         store.enqueue(7, i, msg(&store, "x"));
         let stats = store.stats.clone();
         let tx = tx.clone();
-        store.after_flush(Box::new(move || {
-            let seen = stats.flushes.load(Ordering::Acquire);
-            let _ = tx.send(seen > submitted_after);
-        }));
+        store.after_flush(
+            0,
+            Box::new(move |written| {
+                let seen = stats.flushes.load(Ordering::Acquire);
+                let _ = tx.send(written && seen > submitted_after);
+            }),
+        );
     }
     for _ in 0..200 {
         let covered = rx
@@ -150,9 +157,12 @@ fn an_ack_in_the_same_batch_means_the_message_is_never_written() {
     let store = Store::open(dir.path(), 1 << 20).expect("open");
     // Hold the writer inside a completion so the next operations pile up into one batch.
     let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
-    store.after_flush(Box::new(move || {
-        let _ = hold_rx.recv_timeout(Duration::from_secs(10));
-    }));
+    store.after_flush(
+        0,
+        Box::new(move |_| {
+            let _ = hold_rx.recv_timeout(Duration::from_secs(10));
+        }),
+    );
     let m = msg(&store, "short-lived");
     store.enqueue(1, 0, m.clone());
     store.remove(1, 0, m.id);

@@ -1,6 +1,7 @@
 //! The real `warren` binary as a child process: started on a port and data dir, killed with
 //! SIGKILL, restarted on the same data dir (crash tests).
 
+use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -24,16 +25,28 @@ pub fn free_port() -> u16 {
 
 /// Starts the binary on `port` with `dir` as its data dir and waits until it accepts.
 pub async fn start(dir: &Path, port: u16) -> Process {
-    let child = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-level",
-            "warn",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
+    command.args(serve_args(dir, port));
+    start_command(command, port).await
+}
+
+/// The `warren serve` arguments for `port` and `dir`, for a caller that wraps the binary (in a
+/// shell that sets limits, in a namespace).
+pub fn serve_args(dir: &Path, port: u16) -> Vec<OsString> {
+    vec![
+        "serve".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}").into(),
+        "--log-level".into(),
+        "warn".into(),
+        "--data-dir".into(),
+        dir.into(),
+    ]
+}
+
+/// Spawns `command` (which ends in `warren serve` on `port`, by exec) and waits until it accepts.
+pub async fn start_command(mut command: Command, port: u16) -> Process {
+    let child = command
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
