@@ -5,7 +5,9 @@
 //! ([`dead_letter`]).
 //!
 //! A queue's state sits behind one short-held lock, never held across an `.await`; deliveries leave
-//! through the consumer's connection inbox, an unbounded channel whose volume prefetch bounds.
+//! through the consumer's connection inbox, an unbounded channel whose volume credit bounds: the
+//! prefetch, or for a consumer without one the broker's cap on unacked deliveries, or for a no-ack
+//! consumer [`NO_ACK_WINDOW`].
 //! Dead letters are collected under the lock and routed once it is released: routing takes the
 //! vhost's topology lock and other queues' locks, which must never nest inside a queue's.
 
