@@ -445,15 +445,15 @@ impl Channel {
 
     /// Gives back the credit and the memory of deliveries that leave the unacked list.
     fn release_credit(&self, settled: &[Unacked]) {
+        let mut bytes = 0;
         for u in settled {
-            self.channel_credit
-                .holding
-                .sub(&self.memory, footprint(&u.message.msg));
+            bytes += footprint(&u.message.msg);
             if let Some(c) = &u.credit {
                 c.release(1);
                 self.channel_credit.release(1);
             }
         }
+        self.channel_credit.holding.sub(&self.memory, bytes);
     }
 
     /// Acks, rejects or nacks: takes the named deliveries out of the unacked list now (an unknown
