@@ -44,10 +44,21 @@ pub fn serve_args(dir: &Path, port: u16) -> Vec<OsString> {
     ]
 }
 
+/// Starts the binary like [`start`], with its log (standard output) kept for [`Process::log`].
+pub async fn start_logged(dir: &Path, port: u16) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
+    command.args(serve_args(dir, port)).stdout(Stdio::piped());
+    spawn(command, port).await
+}
+
 /// Spawns `command` (which ends in `warren serve` on `port`, by exec) and waits until it accepts.
 pub async fn start_command(mut command: Command, port: u16) -> Process {
+    command.stdout(Stdio::null());
+    spawn(command, port).await
+}
+
+async fn spawn(mut command: Command, port: u16) -> Process {
     let child = command
-        .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn warren");
@@ -80,6 +91,16 @@ impl Process {
     /// SIGKILL: no shutdown path runs.
     pub fn kill9(self) {
         drop(self);
+    }
+
+    /// Kills it and returns everything it logged (started with [`start_logged`]).
+    pub fn log(mut self) -> Vec<u8> {
+        let _ = self.child.kill();
+        let mut log = Vec::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = std::io::Read::read_to_end(&mut out, &mut log);
+        }
+        log
     }
 }
 
