@@ -15,7 +15,7 @@ use std::time::Duration;
 use amq_protocol::protocol::{AMQPClass, basic};
 use common::blocking::Raw;
 use common::heap::{Counting, assert_grew_under, growth, reset_peak};
-use common::{TestBroker, WAIT, connect, consume_prefetched, eventually, next_delivery};
+use common::{TestBroker, WAIT, connect, consume_prefetched, eventually_within, next_delivery};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
@@ -34,7 +34,7 @@ const BODY: usize = 1024;
 const N: usize = 64 * 1024;
 /// Everything else: the store's buffers, the runtime, the clients, one connection's output
 /// buffer.
-const SLACK: usize = 24 * MIB;
+const SLACK: usize = 32 * MIB;
 /// Bytes the broker may keep per message paged out past the budget.
 const PER_MESSAGE: usize = 64;
 
@@ -129,7 +129,7 @@ async fn consumer_that_never_acks() {
         "hoard",
         sent.clone(),
     );
-    eventually("the publisher is blocked", || async {
+    eventually_within("the publisher is blocked", WAIT * 6, || async {
         publisher.status().blocked()
     })
     .await;
@@ -148,7 +148,7 @@ async fn consumer_that_never_acks() {
     ch.close(200, "bye".into()).await.expect("close");
     let drainer = broker.connect().await;
     drain(&drainer, "hoard", N).await;
-    eventually("the publisher is unblocked", || async {
+    eventually_within("the publisher is unblocked", WAIT * 6, || async {
         !publisher.status().blocked()
     })
     .await;
