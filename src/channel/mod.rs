@@ -1,23 +1,33 @@
-//! The per-channel state machine: publish assembly, confirms, transactions, consumers and unacked
-//! deliveries. Every method lands in one exhaustive match, one file per class.
+//! The per-channel state machine: consumers and unacked deliveries. Every method lands in one
+//! exhaustive match here, and each room below owns one class or concern:
+//! - `basic`: the `basic` class: publish, consume, get, acks, qos and recover.
+//! - `confirm`: publisher confirms, acked or nacked behind the store's flushes.
+//! - `content`: publish assembly from the content header and body frames.
+//! - `exchange`: the `exchange` class.
+//! - `queue`: the `queue` class.
+//! - `tx`: the `tx` class and the publishes and settlements a transaction holds back.
 
 mod basic;
+mod confirm;
+mod content;
 mod exchange;
 mod queue;
+mod tx;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use amq_protocol::protocol::{AMQPClass, channel, confirm, tx};
-use bytes::{Bytes, BytesMut};
+use amq_protocol::protocol::{AMQPClass, channel, confirm as confirm_class};
+use bytes::BytesMut;
 
 use crate::broker::{Broker, VHost};
 use crate::protocol::method::{Decoded, Method};
-use crate::protocol::{
-    AmqpError, ChannelError, ConnectionError, Message, PropertiesInfo, code, encode,
-};
+use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code, encode};
 use crate::queue::memory::MemoryGauge;
-use crate::queue::{Credit, Entry, EventSender, Queue, QueueEvent};
+use crate::queue::{Credit, Entry, EventSender, Queue};
+
+use content::Assembly;
+use tx::TxOp;
 
 /// What a channel needs from its connection while it handles a frame.
 #[derive(Debug)]
@@ -68,45 +78,6 @@ struct ChannelConsumer {
     queue: Arc<Queue>,
     no_ack: bool,
     credit: Arc<Credit>,
-}
-
-/// Publish assembly: method, then header, then body frames.
-#[derive(Debug, Default)]
-enum Assembly {
-    #[default]
-    Idle,
-    Header {
-        exchange: Bytes,
-        routing_key: Bytes,
-        mandatory: bool,
-    },
-    Body {
-        exchange: Bytes,
-        routing_key: Bytes,
-        mandatory: bool,
-        properties: Bytes,
-        info: PropertiesInfo,
-        size: usize,
-        body: BytesMut,
-    },
-}
-
-/// A publish or settlement held back until `tx.commit`. As in RabbitMQ, a publish is checked and
-/// routed when it arrives and handed to its queues on commit; a settlement takes its deliveries
-/// out of the unacked list at once (a second ack of one is an unknown tag) and a rollback puts
-/// them back.
-#[derive(Debug)]
-enum TxOp {
-    Publish {
-        msg: Arc<Message>,
-        mandatory: bool,
-        queues: Vec<Arc<Queue>>,
-    },
-    Settle {
-        settled: Vec<Unacked>,
-        ack: bool,
-        requeue: bool,
-    },
 }
 
 /// One open channel.
@@ -205,7 +176,7 @@ impl Channel {
             Method::Other(AMQPClass::Queue(m)) => self.queue(ctx, m),
             Method::Other(AMQPClass::Exchange(m)) => self.exchange(ctx, m),
             Method::Other(AMQPClass::Channel(m)) => self.channel(ctx, m),
-            Method::Other(AMQPClass::Confirm(confirm::AMQPMethod::Select(s))) => {
+            Method::Other(AMQPClass::Confirm(confirm_class::AMQPMethod::Select(s))) => {
                 if self.tx.is_some() {
                     return Err(ChannelError::precondition(
                         "cannot switch from tx to confirm mode",
@@ -217,7 +188,9 @@ impl Channel {
                 if !s.nowait {
                     ctx.send(
                         self.id,
-                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                        AMQPClass::Confirm(confirm_class::AMQPMethod::SelectOk(
+                            confirm_class::SelectOk {},
+                        )),
                     );
                 }
                 Ok(())
@@ -256,341 +229,6 @@ impl Channel {
         }
     }
 
-    fn tx(&mut self, ctx: &mut Ctx, m: tx::AMQPMethod) -> Result<(), AmqpError> {
-        match m {
-            tx::AMQPMethod::Select(_) => {
-                if self.confirm {
-                    return Err(ChannelError::precondition(
-                        "cannot switch from confirm to tx mode",
-                    )
-                    .into());
-                }
-                self.tx.get_or_insert_with(Vec::new);
-                self.note_store_failures(ctx);
-                ctx.send(
-                    self.id,
-                    AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
-                );
-                Ok(())
-            }
-            tx::AMQPMethod::Commit(_) => {
-                let Some(ops) = self.tx.replace(Vec::new()) else {
-                    return Err(ChannelError::precondition("channel is not transactional").into());
-                };
-                let mut persisted = false;
-                let mut rejected = false;
-                for op in ops {
-                    match op {
-                        TxOp::Publish {
-                            msg,
-                            mandatory,
-                            mut queues,
-                        } => {
-                            let handed = self.hand_over(ctx, &msg, mandatory, &mut queues);
-                            persisted |= handed.persisted;
-                            rejected |= handed.rejected;
-                        }
-                        TxOp::Settle {
-                            settled,
-                            ack,
-                            requeue,
-                        } => self.apply_settled(settled, ack, requeue),
-                    }
-                }
-                // What the full queues did not refuse stays committed, as in RabbitMQ.
-                if rejected {
-                    return Err(ChannelError::precondition("partial tx completion").into());
-                }
-                // commit-ok promises what was committed is on disk.
-                if !(persisted && self.after_flush(ctx, 0, true)) {
-                    Self::commit_ok(ctx, self.id);
-                }
-                Ok(())
-            }
-            tx::AMQPMethod::Rollback(_) => {
-                let Some(ops) = self.tx.replace(Vec::new()) else {
-                    return Err(ChannelError::precondition("channel is not transactional").into());
-                };
-                self.unsettle(ops);
-                ctx.send(
-                    self.id,
-                    AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
-                );
-                Ok(())
-            }
-            _ => Err(ConnectionError::command_invalid("unexpected tx method").into()),
-        }
-    }
-
-    /// Handles a content header frame.
-    pub fn handle_header(&mut self, ctx: &mut Ctx, payload: Bytes) -> Result<(), AmqpError> {
-        let Assembly::Header {
-            exchange,
-            routing_key,
-            mandatory,
-        } = std::mem::take(&mut self.assembly)
-        else {
-            return Err(ConnectionError::unexpected_frame(
-                "expected method frame, got non method frame instead",
-            )
-            .into());
-        };
-        let malformed = || ConnectionError::frame_error("malformed content header").on(60, 40);
-        let class = crate::protocol::frame::be_u16(&payload, 0).ok_or_else(malformed)?;
-        if class != 60 {
-            return Err(ConnectionError::unexpected_frame(format_args!(
-                "expected content header for class 60, got one for class {class} instead"
-            ))
-            .on(60, 40)
-            .into());
-        }
-        let size = crate::protocol::frame::be_u64(&payload, 4).ok_or_else(malformed)?;
-        let properties = payload.slice(12..);
-        let info = PropertiesInfo::scan(&properties)
-            .map_err(|e| ConnectionError::frame_error(e).on(60, 40))?;
-        if size > ctx.broker.config.max_message_size {
-            return Err(ChannelError::precondition(format_args!(
-                "message size {size} is larger than configured max size {}",
-                ctx.broker.config.max_message_size
-            ))
-            .on(60, 40)
-            .into());
-        }
-        let size = usize::try_from(size).map_err(|_| malformed())?;
-        self.assembly = Assembly::Body {
-            exchange,
-            routing_key,
-            mandatory,
-            properties,
-            info,
-            size,
-            body: BytesMut::new(),
-        };
-        if size == 0 {
-            self.complete(ctx, Bytes::new())?;
-        }
-        Ok(())
-    }
-
-    /// Handles a content body frame.
-    pub fn handle_body(&mut self, ctx: &mut Ctx, payload: Bytes) -> Result<(), AmqpError> {
-        let Assembly::Body { size, body, .. } = &mut self.assembly else {
-            return Err(ConnectionError::unexpected_frame(
-                "expected method frame, got non method frame instead",
-            )
-            .into());
-        };
-        let have = body.len() + payload.len();
-        if have > *size {
-            return Err(ConnectionError::frame_error(
-                "content body frame exceeds remaining content size",
-            )
-            .on(60, 40)
-            .into());
-        }
-        if have == *size {
-            // The common case, a body in one frame, keeps the read buffer's slice: no copy.
-            let whole = if body.is_empty() {
-                payload
-            } else {
-                let held = body.capacity();
-                body.extend_from_slice(&payload);
-                let whole = std::mem::take(body).freeze();
-                self.let_go(held);
-                whole
-            };
-            return self.complete(ctx, whole);
-        }
-        // The declared size is only a claim: nothing is reserved for it, the buffer grows as body
-        // frames really arrive, and what it takes counts against the memory alarm.
-        let before = body.capacity();
-        body.extend_from_slice(&payload);
-        let grown = body.capacity() - before;
-        self.hold(grown);
-        Ok(())
-    }
-
-    fn complete(&mut self, ctx: &mut Ctx, body: Bytes) -> Result<(), AmqpError> {
-        let Assembly::Body {
-            exchange,
-            routing_key,
-            mandatory,
-            properties,
-            info,
-            ..
-        } = std::mem::take(&mut self.assembly)
-        else {
-            return Ok(());
-        };
-        let msg = Arc::new(Message::new(exchange, routing_key, properties, info, body));
-        if let Some(user_id) = msg.user_id()
-            && user_id != ctx.user.as_bytes()
-        {
-            return Err(ChannelError::precondition(format_args!(
-                "user_id property set to '{}' but authenticated user was '{}'",
-                String::from_utf8_lossy(user_id),
-                ctx.user
-            ))
-            .on(60, 40)
-            .into());
-        }
-        let msg = self.override_reply_to(msg)?;
-        if let Some(raw) = msg.expiration() {
-            // RabbitMQ looks the exchange up before it reads the expiration.
-            let exchange = std::str::from_utf8(&msg.exchange).unwrap_or("\u{fffd}");
-            ctx.vhost
-                .check_publish(exchange)
-                .and_then(|()| crate::queue::expiry::check_expiration(raw))
-                .map_err(|e| e.on(60, 40))?;
-        }
-        if self.tx.is_some() {
-            let mut queues = Vec::new();
-            route(ctx, &msg, &mut queues).map_err(|e| e.on(60, 40))?;
-            if let Some(ops) = &mut self.tx {
-                ops.push(TxOp::Publish {
-                    msg,
-                    mandatory,
-                    queues,
-                });
-            }
-            return Ok(());
-        }
-        self.deliver_published(ctx, msg, mandatory)
-            .map_err(|e| e.on(60, 40))
-    }
-
-    /// Puts the deliveries that uncommitted settlements took back among the unacked, in order.
-    fn unsettle(&mut self, ops: Vec<TxOp>) {
-        let before = self.unacked.len();
-        for op in ops {
-            if let TxOp::Settle { settled, .. } = op {
-                self.unacked.extend(settled);
-            }
-        }
-        if self.unacked.len() > before {
-            self.unacked
-                .make_contiguous()
-                .sort_unstable_by_key(|u| u.tag);
-        }
-    }
-
-    /// Sends the confirms earned since the last batch, as one `multiple` ack where it can.
-    pub fn flush_confirms(&mut self, ctx: &mut Ctx) {
-        if !self.confirm {
-            return;
-        }
-        if let Some(&last) = self.needs_flush.back()
-            && last > self.flush_requested
-            && self.after_flush(ctx, last, false)
-        {
-            self.flush_requested = last;
-        }
-        // Acks go out in publish order: none passes a publish still waiting for its flush.
-        let confirmable = self
-            .needs_flush
-            .front()
-            .map_or(self.publish_seq, |first| first - 1);
-        while let Some(&nack) = self.rejected.front()
-            && nack <= confirmable
-        {
-            self.rejected.pop_front();
-            if nack - 1 > self.confirmed_to {
-                let multiple = nack - 1 - self.confirmed_to > 1;
-                encode::confirm(&mut ctx.out, self.id, nack - 1, multiple, false);
-            }
-            encode::confirm(&mut ctx.out, self.id, nack, false, true);
-            self.confirmed_to = nack;
-        }
-        if confirmable > self.confirmed_to {
-            let multiple = confirmable - self.confirmed_to > 1;
-            encode::confirm(&mut ctx.out, self.id, confirmable, multiple, false);
-            self.confirmed_to = confirmable;
-        }
-    }
-
-    /// Notes the store's failure count before any write a barrier of this channel will cover.
-    fn note_store_failures(&mut self, ctx: &Ctx) {
-        if let Some(store) = ctx.vhost.store() {
-            self.store_failures = store.failures();
-        }
-    }
-
-    /// Asks the store to report back once what is queued for it so far is on disk (or failed).
-    fn after_flush(&mut self, ctx: &Ctx, upto: u64, commit: bool) -> bool {
-        let Some(store) = ctx.vhost.store() else {
-            return false;
-        };
-        // Writes sent from now on belong to the next barrier.
-        let since = std::mem::replace(&mut self.store_failures, store.failures());
-        let tx = ctx.tx.clone();
-        let channel = self.id;
-        store.after_flush(
-            since,
-            Box::new(move |written| {
-                let _ = tx.send(QueueEvent::Flushed {
-                    channel,
-                    upto,
-                    commit,
-                    written,
-                });
-            }),
-        );
-        true
-    }
-
-    /// The store wrote up to `upto` (and the pending commit, if `commit`), or failed to: then
-    /// those publishes are nacked and the commit fails, as RabbitMQ fails a commit a queue nacked.
-    pub fn flushed(
-        &mut self,
-        ctx: &mut Ctx,
-        upto: u64,
-        commit: bool,
-        written: bool,
-    ) -> Result<(), ChannelError> {
-        if written {
-            while self.needs_flush.front().is_some_and(|&s| s <= upto) {
-                self.needs_flush.pop_front();
-            }
-        } else {
-            self.fail_flushed(upto);
-        }
-        self.flush_confirms(ctx);
-        match (commit, written) {
-            (false, _) => Ok(()),
-            (true, true) => {
-                Self::commit_ok(ctx, self.id);
-                Ok(())
-            }
-            (true, false) => Err(ChannelError::precondition("partial tx completion").on(90, 20)),
-        }
-    }
-
-    /// Turns the publishes waiting for a failed write into nacks, in confirm order.
-    fn fail_flushed(&mut self, upto: u64) {
-        let split = self.needs_flush.partition_point(|&s| s <= upto);
-        if split == 0 {
-            return;
-        }
-        let failed = self.needs_flush.drain(..split);
-        let mut merged = VecDeque::with_capacity(self.rejected.len() + failed.len());
-        let mut rejected = std::mem::take(&mut self.rejected).into_iter().peekable();
-        for s in failed {
-            while let Some(r) = rejected.next_if(|&r| r < s) {
-                merged.push_back(r);
-            }
-            merged.push_back(s);
-        }
-        merged.extend(rejected);
-        self.rejected = merged;
-    }
-
-    fn commit_ok(ctx: &mut Ctx, channel: u16) {
-        ctx.send(
-            channel,
-            AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
-        );
-    }
-
     /// Releases everything the channel holds: unacked deliveries go back to their queues and
     /// consumers are cancelled (auto-delete queues may go with them).
     pub fn close(&mut self, ctx: &mut Ctx) {
@@ -614,18 +252,6 @@ impl Channel {
         // Everything counted for this channel is let go, deliveries still in the connection's
         // inbox included: they go back to their queues, which count them again.
         self.channel_credit.holding.clear(&self.memory);
-    }
-
-    /// Counts bytes of a body being assembled against the memory alarm.
-    fn hold(&self, n: usize) {
-        let n = u64::try_from(n).unwrap_or(u64::MAX);
-        self.channel_credit.holding.add(&self.memory, n);
-    }
-
-    /// Lets go of bytes counted by [`Self::hold`].
-    fn let_go(&self, n: usize) {
-        let n = u64::try_from(n).unwrap_or(u64::MAX);
-        self.channel_credit.holding.sub(&self.memory, n);
     }
 }
 

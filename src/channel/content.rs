@@ -1,0 +1,180 @@
+//! Publish assembly: the content header and body frames that follow a `basic.publish`.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Channel, Ctx, TxOp, route};
+use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, PropertiesInfo};
+
+/// Publish assembly: method, then header, then body frames.
+#[derive(Debug, Default)]
+pub(super) enum Assembly {
+    #[default]
+    Idle,
+    Header {
+        exchange: Bytes,
+        routing_key: Bytes,
+        mandatory: bool,
+    },
+    Body {
+        exchange: Bytes,
+        routing_key: Bytes,
+        mandatory: bool,
+        properties: Bytes,
+        info: PropertiesInfo,
+        size: usize,
+        body: BytesMut,
+    },
+}
+
+impl Channel {
+    /// Handles a content header frame.
+    pub fn handle_header(&mut self, ctx: &mut Ctx, payload: Bytes) -> Result<(), AmqpError> {
+        let Assembly::Header {
+            exchange,
+            routing_key,
+            mandatory,
+        } = std::mem::take(&mut self.assembly)
+        else {
+            return Err(ConnectionError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            )
+            .into());
+        };
+        let malformed = || ConnectionError::frame_error("malformed content header").on(60, 40);
+        let class = crate::protocol::frame::be_u16(&payload, 0).ok_or_else(malformed)?;
+        if class != 60 {
+            return Err(ConnectionError::unexpected_frame(format_args!(
+                "expected content header for class 60, got one for class {class} instead"
+            ))
+            .on(60, 40)
+            .into());
+        }
+        let size = crate::protocol::frame::be_u64(&payload, 4).ok_or_else(malformed)?;
+        let properties = payload.slice(12..);
+        let info = PropertiesInfo::scan(&properties)
+            .map_err(|e| ConnectionError::frame_error(e).on(60, 40))?;
+        if size > ctx.broker.config.max_message_size {
+            return Err(ChannelError::precondition(format_args!(
+                "message size {size} is larger than configured max size {}",
+                ctx.broker.config.max_message_size
+            ))
+            .on(60, 40)
+            .into());
+        }
+        let size = usize::try_from(size).map_err(|_| malformed())?;
+        self.assembly = Assembly::Body {
+            exchange,
+            routing_key,
+            mandatory,
+            properties,
+            info,
+            size,
+            body: BytesMut::new(),
+        };
+        if size == 0 {
+            self.complete(ctx, Bytes::new())?;
+        }
+        Ok(())
+    }
+
+    /// Handles a content body frame.
+    pub fn handle_body(&mut self, ctx: &mut Ctx, payload: Bytes) -> Result<(), AmqpError> {
+        let Assembly::Body { size, body, .. } = &mut self.assembly else {
+            return Err(ConnectionError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            )
+            .into());
+        };
+        let have = body.len() + payload.len();
+        if have > *size {
+            return Err(ConnectionError::frame_error(
+                "content body frame exceeds remaining content size",
+            )
+            .on(60, 40)
+            .into());
+        }
+        if have == *size {
+            // The common case, a body in one frame, keeps the read buffer's slice: no copy.
+            let whole = if body.is_empty() {
+                payload
+            } else {
+                let held = body.capacity();
+                body.extend_from_slice(&payload);
+                let whole = std::mem::take(body).freeze();
+                self.let_go(held);
+                whole
+            };
+            return self.complete(ctx, whole);
+        }
+        // The declared size is only a claim: nothing is reserved for it, the buffer grows as body
+        // frames really arrive, and what it takes counts against the memory alarm.
+        let before = body.capacity();
+        body.extend_from_slice(&payload);
+        let grown = body.capacity() - before;
+        self.hold(grown);
+        Ok(())
+    }
+
+    fn complete(&mut self, ctx: &mut Ctx, body: Bytes) -> Result<(), AmqpError> {
+        let Assembly::Body {
+            exchange,
+            routing_key,
+            mandatory,
+            properties,
+            info,
+            ..
+        } = std::mem::take(&mut self.assembly)
+        else {
+            return Ok(());
+        };
+        let msg = Arc::new(Message::new(exchange, routing_key, properties, info, body));
+        if let Some(user_id) = msg.user_id()
+            && user_id != ctx.user.as_bytes()
+        {
+            return Err(ChannelError::precondition(format_args!(
+                "user_id property set to '{}' but authenticated user was '{}'",
+                String::from_utf8_lossy(user_id),
+                ctx.user
+            ))
+            .on(60, 40)
+            .into());
+        }
+        let msg = self.override_reply_to(msg)?;
+        if let Some(raw) = msg.expiration() {
+            // RabbitMQ looks the exchange up before it reads the expiration.
+            let exchange = std::str::from_utf8(&msg.exchange).unwrap_or("\u{fffd}");
+            ctx.vhost
+                .check_publish(exchange)
+                .and_then(|()| crate::queue::expiry::check_expiration(raw))
+                .map_err(|e| e.on(60, 40))?;
+        }
+        if self.tx.is_some() {
+            let mut queues = Vec::new();
+            route(ctx, &msg, &mut queues).map_err(|e| e.on(60, 40))?;
+            if let Some(ops) = &mut self.tx {
+                ops.push(TxOp::Publish {
+                    msg,
+                    mandatory,
+                    queues,
+                });
+            }
+            return Ok(());
+        }
+        self.deliver_published(ctx, msg, mandatory)
+            .map_err(|e| e.on(60, 40))
+    }
+
+    /// Counts bytes of a body being assembled against the memory alarm.
+    fn hold(&self, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.channel_credit.holding.add(&self.memory, n);
+    }
+
+    /// Lets go of bytes counted by [`Self::hold`].
+    fn let_go(&self, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.channel_credit.holding.sub(&self.memory, n);
+    }
+}
