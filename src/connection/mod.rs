@@ -162,7 +162,8 @@ impl Connection {
             if self.state == State::Done && self.ctx.out.is_empty() {
                 return Ok(());
             }
-            self.follow_alarm(*alarm.borrow_and_update());
+            // The gauge's flag is one relaxed load; the watch only wakes a blocked connection.
+            self.follow_alarm(self.ctx.broker.memory.alarmed());
             if self.blocked {
                 // A blocked client cannot be heard, so its silence is no missed heartbeat.
                 last_read = Instant::now();
