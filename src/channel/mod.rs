@@ -12,6 +12,8 @@ mod confirm;
 mod content;
 mod exchange;
 mod queue;
+#[cfg(test)]
+mod tests;
 mod tx;
 
 use std::collections::{HashMap, VecDeque};
