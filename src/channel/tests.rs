@@ -365,6 +365,12 @@ fn refusal(r: Result<(), AmqpError>) -> (bool, Reply) {
     }
 }
 
+/// Whether an error closes the connection, and its reply code.
+fn scope_and_code(r: Result<(), AmqpError>) -> (bool, u16) {
+    let (connection, reply) = refusal(r);
+    (connection, reply.reply_code)
+}
+
 fn reply(reply_code: u16, reply_text: &str, class_id: u16, method_id: u16) -> Reply {
     Reply {
         reply_code,
@@ -449,13 +455,23 @@ async fn content_with_no_publish_in_progress_is_505() {
         refusal(h.body(b"abc")),
         connection_error(505, UNEXPECTED_CONTENT, 0, 0)
     );
-    // A body straight after the method, before its header.
+}
+
+/// Content frames out of order within a publish close the connection with 505. Only the code and
+/// scope are pinned: RabbitMQ 3.10 words these "expected content header for class 60, got non
+/// content header frame instead" (a body before the header) and "expected content body, got non
+/// content body frame instead" (a header among the body frames), both on basic.publish, and
+/// Warren's texts differ today.
+#[tokio::test]
+async fn content_out_of_order_within_a_publish_is_505() {
     let mut h = Harness::new();
     h.publish_method("", "q").expect("publish");
-    assert_eq!(
-        refusal(h.body(b"abc")),
-        connection_error(505, UNEXPECTED_CONTENT, 0, 0)
-    );
+    assert_eq!(scope_and_code(h.body(b"abc")), (true, 505));
+    let mut h = Harness::new();
+    h.publish_method("", "q").expect("publish");
+    h.header(5, TRANSIENT).expect("header");
+    h.body(b"abc").expect("part");
+    assert_eq!(scope_and_code(h.header(2, TRANSIENT)), (true, 505));
 }
 
 #[tokio::test]
@@ -469,12 +485,13 @@ async fn a_method_while_content_is_awaited_is_505() {
         40,
     );
     assert_eq!(refusal(h.get("q", true).map(|_| ())), expected);
-    // Between the header and the last body frame too.
+    // Between the header and the last body frame too. RabbitMQ's text there is "expected content
+    // body, got non content body frame instead"; Warren's differs today, so only the code is pinned.
     let mut h = Harness::new();
     h.publish_method("", "q").expect("publish");
     h.header(4, TRANSIENT).expect("header");
     h.body(b"ab").expect("part");
-    assert_eq!(refusal(h.ack(1, false)), expected);
+    assert_eq!(scope_and_code(h.ack(1, false)), (true, 505));
 }
 
 #[tokio::test]
@@ -492,6 +509,8 @@ async fn a_header_of_another_class_is_505() {
     );
 }
 
+/// RabbitMQ 3.10 does not check this: it waits for more body and fails at the next other frame
+/// with 505. Warren refuses the frame that overruns the declared size.
 #[tokio::test]
 async fn a_body_longer_than_its_header_declared_is_501() {
     let expected = connection_error(
