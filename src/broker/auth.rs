@@ -4,6 +4,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256, Sha512};
 
+use crate::protocol::table::{self, ShortS};
+
 /// RabbitMQ's salt is always four bytes, whatever the hashing algorithm.
 const SALT_LEN: usize = 4;
 
@@ -74,68 +76,26 @@ fn utf8(bytes: &[u8]) -> Option<String> {
 }
 
 /// Parses an AMQPLAIN response (a field table without its length prefix) into (LOGIN, PASSWORD).
+///
+/// 's' is read as the 0-9-1 spec's short string rather than RabbitMQ's 16-bit int, because a
+/// client that sends 's' here means a string login. Only string types can carry a login or
+/// password; an unknown type (its size cannot be known) or a truncation refuses the response.
 pub fn parse_amqplain(response: &[u8]) -> Option<(String, String)> {
-    let mut rest = response;
     let mut login = None;
     let mut password = None;
-    while let Some((&key_len, after_len)) = rest.split_first() {
-        let (key, after_key) = after_len.split_at_checked(usize::from(key_len))?;
-        let (&kind, after_kind) = after_key.split_first()?;
-        let (text, after_value) = field_value(kind, after_kind)?;
+    for entry in table::entries(response, ShortS::ShortString) {
+        let (key, value) = entry.ok()?;
         // First occurrence wins, as with RabbitMQ's lists:keysearch over the table.
         let slot = match key {
             b"LOGIN" => &mut login,
             b"PASSWORD" => &mut password,
-            _ => {
-                rest = after_value;
-                continue;
-            }
+            _ => continue,
         };
         if slot.is_none() {
-            *slot = Some(utf8(text?)?);
+            *slot = Some(utf8(value.string()?)?);
         }
-        rest = after_value;
     }
     Some((login?, password?))
-}
-
-/// Splits one value of type `kind` off the front of `input`, yielding its bytes
-/// only for string types (nothing else can carry a login or password); None when
-/// the type is unknown (its size cannot be known) or the input is truncated.
-///
-/// 's' is read as the 0-9-1 spec's short string rather than RabbitMQ's 16-bit
-/// int, because a client that sends 's' here means a string login.
-fn field_value(kind: u8, input: &[u8]) -> Option<(Option<&[u8]>, &[u8])> {
-    let fixed = |n: usize| input.split_at_checked(n).map(|(_, rest)| (None, rest));
-    match kind {
-        b'S' => {
-            let (body, rest) = long_prefixed(input)?;
-            Some((Some(body), rest))
-        }
-        b's' => {
-            let (&len, after) = input.split_first()?;
-            let (body, rest) = after.split_at_checked(usize::from(len))?;
-            Some((Some(body), rest))
-        }
-        b'x' | b'A' | b'F' => {
-            let (_, rest) = long_prefixed(input)?;
-            Some((None, rest))
-        }
-        b'V' => fixed(0),
-        b't' | b'b' | b'B' => fixed(1),
-        b'U' | b'u' => fixed(2),
-        b'I' | b'i' | b'f' => fixed(4),
-        b'D' => fixed(5),
-        b'l' | b'L' | b'd' | b'T' => fixed(8),
-        _ => None,
-    }
-}
-
-/// Splits a u32 big-endian length-prefixed body off the front of `input`.
-fn long_prefixed(input: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (len, after) = input.split_first_chunk::<4>()?;
-    let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
-    after.split_at_checked(len)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Headers exchange routing: matching message headers against binding arguments, RabbitMQ-style.
 
+use crate::protocol::erlang::{self, Binary, Print, Term, term};
 use crate::protocol::table::type_name;
 use amq_protocol::types::{AMQPValue, FieldTable};
 
@@ -73,34 +74,6 @@ pub fn headers_match(binding_args: &FieldTable, headers: Option<&FieldTable>) ->
     need_all
 }
 
-/// An AMQP value reduced to what RabbitMQ compares after decoding: the wire type
-/// tag is dropped, so all integers are plain integers and all strings plain binaries.
-enum Term<'a> {
-    Int(i128),
-    Float(f64),
-    Bytes(&'a [u8]),
-    Other(&'a AMQPValue),
-}
-
-fn term(value: &AMQPValue) -> Term<'_> {
-    match value {
-        AMQPValue::ShortShortInt(v) => Term::Int((*v).into()),
-        AMQPValue::ShortShortUInt(v) => Term::Int((*v).into()),
-        AMQPValue::ShortInt(v) => Term::Int((*v).into()),
-        AMQPValue::ShortUInt(v) => Term::Int((*v).into()),
-        AMQPValue::LongInt(v) => Term::Int((*v).into()),
-        AMQPValue::LongUInt(v) => Term::Int((*v).into()),
-        AMQPValue::LongLongInt(v) => Term::Int((*v).into()),
-        AMQPValue::Timestamp(v) => Term::Int((*v).into()),
-        AMQPValue::Float(v) => Term::Float((*v).into()),
-        AMQPValue::Double(v) => Term::Float(*v),
-        AMQPValue::LongString(s) => Term::Bytes(s.as_bytes()),
-        AMQPValue::ShortString(s) => Term::Bytes(s.as_str().as_bytes()),
-        AMQPValue::ByteArray(b) => Term::Bytes(b.as_slice()),
-        other => Term::Other(other),
-    }
-}
-
 /// Term equality as RabbitMQ (3.13+, `=:=`) applies it: an integer never equals a
 /// float, while nested tables and arrays keep their per-element types.
 fn values_equal(a: &AMQPValue, b: &AMQPValue) -> bool {
@@ -122,64 +95,13 @@ pub fn x_match_is_valid(binding_args: &FieldTable) -> Result<(), String> {
         Some(s) if Mode::parse(s).is_some() => Ok(()),
         Some(s) => Err(format!(
             "Invalid x-match field value {}; expected all, any, all-with-x, or any-with-x",
-            erlang_binary(s)
+            Binary(s, Print::Unicode)
         )),
         None => Err(format!(
             "Invalid x-match field type {} (value {}); expected longstr",
             type_name(value),
-            erlang_value(value)
+            erlang::value(value, Print::Unicode)
         )),
-    }
-}
-
-/// Approximates Erlang's `~tp` for scalars; containers fall back to Debug since
-/// nobody sends a table as x-match and exact Erlang term syntax is not worth it.
-fn erlang_value(value: &AMQPValue) -> String {
-    match value {
-        AMQPValue::Boolean(b) => b.to_string(),
-        AMQPValue::Void => "undefined".to_string(),
-        AMQPValue::DecimalValue(d) => format!("{{{},{}}}", d.scale, d.value),
-        AMQPValue::ByteArray(b) => erlang_binary(b.as_slice()),
-        other => match term(other) {
-            Term::Int(i) => i.to_string(),
-            Term::Float(f) => format!("{f:?}"),
-            Term::Bytes(b) => erlang_binary(b),
-            Term::Other(v) => format!("{v:?}"),
-        },
-    }
-}
-
-/// Renders a binary the way Erlang prints one: `<<"text">>`, `<<"text"/utf8>>` or `<<1,2,3>>`.
-fn erlang_binary(bytes: &[u8]) -> String {
-    if bytes.is_empty() {
-        return "<<>>".to_string();
-    }
-    let printable = |c: char| !c.is_control() || matches!(c, '\n' | '\r' | '\t');
-    match std::str::from_utf8(bytes) {
-        Ok(s) if s.chars().all(printable) => {
-            let mut out = String::with_capacity(s.len() + 6);
-            out.push_str("<<\"");
-            for c in s.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    '\t' => out.push_str("\\t"),
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-            if !s.is_ascii() {
-                out.push_str("/utf8");
-            }
-            out.push_str(">>");
-            out
-        }
-        _ => {
-            let parts: Vec<String> = bytes.iter().map(u8::to_string).collect();
-            format!("<<{}>>", parts.join(","))
-        }
     }
 }
 
@@ -453,12 +375,5 @@ mod tests {
             x_match_is_valid(&boolean),
             Err("Invalid x-match field type bool (value true); expected longstr".to_string())
         );
-    }
-
-    #[test]
-    fn erlang_binary_rendering() {
-        assert_eq!(erlang_binary(b"a\"b\\c"), r#"<<"a\"b\\c">>"#);
-        assert_eq!(erlang_binary("héllo".as_bytes()), "<<\"héllo\"/utf8>>");
-        assert_eq!(erlang_binary(&[0, 255, 7]), "<<0,255,7>>");
     }
 }

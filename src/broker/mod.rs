@@ -18,6 +18,7 @@ use parking_lot::RwLock;
 use tracing::{info, warn};
 
 use crate::config::{Config, User};
+use crate::protocol::erlang::{self, Print};
 use crate::protocol::table::type_name;
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code};
 use crate::queue::args::{Declared, QueueArgs};
@@ -288,30 +289,6 @@ const QUEUE_EQUIVALENCE_ARGS: [&str; 14] = [
 /// The only argument RabbitMQ compares when an exchange is redeclared.
 const EXCHANGE_EQUIVALENCE_ARGS: [&str; 1] = ["alternate-exchange"];
 
-/// A value as Erlang's `~ts`/`~tp` prints it in RabbitMQ's equivalence errors (scalars exactly,
-/// containers approximately: nobody reads those).
-fn shown(v: &AMQPValue) -> String {
-    match v {
-        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        AMQPValue::ShortString(s) => s.to_string(),
-        AMQPValue::ByteArray(b) => String::from_utf8_lossy(b.as_slice()).into_owned(),
-        AMQPValue::Boolean(b) => b.to_string(),
-        AMQPValue::ShortShortInt(n) => n.to_string(),
-        AMQPValue::ShortShortUInt(n) => n.to_string(),
-        AMQPValue::ShortInt(n) => n.to_string(),
-        AMQPValue::ShortUInt(n) => n.to_string(),
-        AMQPValue::LongInt(n) => n.to_string(),
-        AMQPValue::LongUInt(n) => n.to_string(),
-        AMQPValue::LongLongInt(n) => n.to_string(),
-        AMQPValue::Timestamp(n) => n.to_string(),
-        AMQPValue::Float(f) => format!("{f:?}"),
-        AMQPValue::Double(f) => format!("{f:?}"),
-        AMQPValue::DecimalValue(d) => format!("{{{},{}}}", d.scale, d.value),
-        AMQPValue::Void => "undefined".into(),
-        other => format!("{other:?}"),
-    }
-}
-
 /// RabbitMQ's `type_class`: integers of any width compare by value, as do both float widths.
 fn comparable(v: &AMQPValue) -> (&'static str, Option<i128>, Option<f64>) {
     match v {
@@ -361,7 +338,10 @@ fn check_arguments(
         let (received_text, current_text) = match (c, r) {
             (None, None) => continue,
             (Some(c), Some(r)) if equivalent(c, r) => continue,
-            (Some(c), Some(r)) => (format!("'{}'", shown(r)), format!("'{}'", shown(c))),
+            (Some(c), Some(r)) => (
+                format!("'{}'", erlang::value(r, Print::Text)),
+                format!("'{}'", erlang::value(c, Print::Text)),
+            ),
             // A classic queue declared without x-queue-type is one declared with 'classic'.
             (None, Some(AMQPValue::LongString(s))) | (Some(AMQPValue::LongString(s)), None)
                 if key == "x-queue-type" && s.as_bytes() == b"classic" =>
@@ -385,7 +365,11 @@ fn check_arguments(
 fn typed(v: Option<&AMQPValue>) -> String {
     match v {
         None => "none".into(),
-        Some(v) => format!("the value '{}' of type '{}'", shown(v), type_name(v)),
+        Some(v) => format!(
+            "the value '{}' of type '{}'",
+            erlang::value(v, Print::Text),
+            type_name(v)
+        ),
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::{Channel, Ctx, TxOp, route};
+use crate::protocol::content::{BadHeader, ContentHeader};
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, PropertiesInfo};
 
 /// Publish assembly: method, then header, then body frames.
@@ -42,19 +43,11 @@ impl Channel {
             )
             .into());
         };
-        let malformed = || ConnectionError::frame_error("malformed content header").on(60, 40);
-        let class = crate::protocol::frame::be_u16(&payload, 0).ok_or_else(malformed)?;
-        if class != 60 {
-            return Err(ConnectionError::unexpected_frame(format_args!(
-                "expected content header for class 60, got one for class {class} instead"
-            ))
-            .on(60, 40)
-            .into());
-        }
-        let size = crate::protocol::frame::be_u64(&payload, 4).ok_or_else(malformed)?;
-        let properties = payload.slice(12..);
-        let info = PropertiesInfo::scan(&properties)
-            .map_err(|e| ConnectionError::frame_error(e).on(60, 40))?;
+        let ContentHeader {
+            body_size: size,
+            properties,
+            info,
+        } = ContentHeader::parse(&payload).map_err(|e| ConnectionError::from(e).on(60, 40))?;
         if size > ctx.broker.config.max_message_size {
             return Err(ChannelError::precondition(format_args!(
                 "message size {size} is larger than configured max size {}",
@@ -63,7 +56,8 @@ impl Channel {
             .on(60, 40)
             .into());
         }
-        let size = usize::try_from(size).map_err(|_| malformed())?;
+        let size = usize::try_from(size)
+            .map_err(|_| ConnectionError::from(BadHeader::Malformed).on(60, 40))?;
         self.assembly = Assembly::Body {
             exchange,
             routing_key,

@@ -148,6 +148,62 @@ impl PropertiesInfo {
     }
 }
 
+/// The class whose content the broker takes: `basic`.
+const CLASS_BASIC: u16 = 60;
+
+/// A content header frame, parsed: the class, weight and body size, then the property list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentHeader {
+    /// The body size the publisher declares (a claim: nothing is reserved for it).
+    pub body_size: u64,
+    /// Property flags and list, a slice of the frame's payload.
+    pub properties: Bytes,
+    /// The fields of the properties the broker acts on.
+    pub info: PropertiesInfo,
+}
+
+/// Why a content header frame was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadHeader {
+    /// Too short for its class, weight and body size.
+    Malformed,
+    /// A header for another class than `basic`.
+    WrongClass(u16),
+    /// Its property list was refused.
+    Properties(BadProperties),
+}
+
+impl ContentHeader {
+    /// Parses a content header frame's payload without copying it (the weight is unused, as
+    /// in RabbitMQ).
+    pub fn parse(payload: &Bytes) -> Result<Self, BadHeader> {
+        let class = be_u16(payload, 0).ok_or(BadHeader::Malformed)?;
+        if class != CLASS_BASIC {
+            return Err(BadHeader::WrongClass(class));
+        }
+        let body_size = super::frame::be_u64(payload, 4).ok_or(BadHeader::Malformed)?;
+        let properties = payload.slice(12..);
+        let info = PropertiesInfo::scan(&properties).map_err(BadHeader::Properties)?;
+        Ok(Self {
+            body_size,
+            properties,
+            info,
+        })
+    }
+}
+
+impl From<BadHeader> for super::error::ConnectionError {
+    fn from(e: BadHeader) -> Self {
+        match e {
+            BadHeader::Malformed => Self::frame_error(BadProperties::Malformed),
+            BadHeader::WrongClass(class) => Self::unexpected_frame(format_args!(
+                "expected content header for class {CLASS_BASIC}, got one for class {class} instead"
+            )),
+            BadHeader::Properties(e) => Self::frame_error(e),
+        }
+    }
+}
+
 /// A published message: routed once, shared by every queue and delivery through an `Arc`.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -323,6 +379,51 @@ mod tests {
         assert_eq!(
             PropertiesInfo::scan(&props(table::MAX_DEPTH + 1)),
             Err(BadProperties::TooDeep(TooDeep))
+        );
+    }
+
+    fn header(class: u16, size: u64, props: &[u8]) -> Bytes {
+        let mut p = class.to_be_bytes().to_vec();
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(&size.to_be_bytes());
+        p.extend_from_slice(props);
+        Bytes::from(p)
+    }
+
+    fn refusal(payload: &Bytes) -> Option<String> {
+        let e = ContentHeader::parse(payload).err()?;
+        Some(super::super::error::ConnectionError::from(e).0.reply_text)
+    }
+
+    #[test]
+    fn parses_a_content_header_as_a_slice_of_its_frame() {
+        let payload = header(
+            60,
+            5,
+            &[&FLAG_DELIVERY_MODE.to_be_bytes()[..], &[2]].concat(),
+        );
+        let parsed = ContentHeader::parse(&payload).ok();
+        assert_eq!(parsed.as_ref().map(|h| h.body_size), Some(5));
+        assert_eq!(parsed.as_ref().map(|h| h.info.delivery_mode), Some(2));
+        let props = parsed.map(|h| h.properties).unwrap_or_default();
+        assert_eq!(props.as_ptr(), payload[12..].as_ptr(), "not a copy");
+    }
+
+    #[test]
+    fn refuses_content_headers_in_rabbitmq_words() {
+        assert_eq!(
+            refusal(&header(50, 0, &[0, 0])).as_deref(),
+            Some(
+                "UNEXPECTED_FRAME - expected content header for class 60, got one for class 50 instead"
+            )
+        );
+        assert_eq!(
+            refusal(&Bytes::from_static(&[0, 60, 0, 0, 0])).as_deref(),
+            Some("FRAME_ERROR - malformed content header")
+        );
+        assert_eq!(
+            refusal(&header(60, 0, &[0])).as_deref(),
+            Some("FRAME_ERROR - malformed content header")
         );
     }
 }

@@ -4,6 +4,7 @@ use std::fmt;
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::erlang::{Binary, Print};
 use super::error::ConnectionError;
 
 /// Method frame type octet.
@@ -117,7 +118,7 @@ fn frame_error(kind: u8, payload: &[u8], reason: impl fmt::Display) -> Connectio
     let (which, shown) = octets(payload);
     ConnectionError::frame_error(format_args!(
         "type {kind}, {which} octets = {}: {reason}",
-        ErlangBinary::pretty(shown)
+        Binary(shown, Print::Ascii)
     ))
 }
 
@@ -126,67 +127,6 @@ fn octets(payload: &[u8]) -> (&'static str, &[u8]) {
     match payload.get(..16) {
         Some(first) if payload.len() > 16 => ("first 16", first),
         _ => ("all", payload),
-    }
-}
-
-/// A binary printed as Erlang prints it in RabbitMQ's reply texts.
-pub(crate) struct ErlangBinary<'a> {
-    bytes: &'a [u8],
-    as_text: bool,
-}
-
-impl<'a> ErlangBinary<'a> {
-    /// As `~p` prints it: `<<"text">>` when every octet is printable, else `<<1,2,3>>`.
-    pub(crate) fn pretty(bytes: &'a [u8]) -> Self {
-        let as_text = !bytes.is_empty() && bytes.iter().all(|&b| printable(b));
-        Self { bytes, as_text }
-    }
-
-    /// As `~w` prints it: always `<<1,2,3>>`.
-    pub(crate) fn raw(bytes: &'a [u8]) -> Self {
-        Self {
-            bytes,
-            as_text: false,
-        }
-    }
-}
-
-fn printable(b: u8) -> bool {
-    matches!(
-        b,
-        b' '..=b'~' | b'\n' | b'\r' | b'\t' | 0x0b | 0x08 | 0x0c | 0x1b
-    )
-}
-
-impl fmt::Display for ErlangBinary<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<<")?;
-        if self.as_text {
-            f.write_str("\"")?;
-            for &b in self.bytes {
-                match b {
-                    b'"' => f.write_str("\\\"")?,
-                    b'\\' => f.write_str("\\\\")?,
-                    b'\n' => f.write_str("\\n")?,
-                    b'\r' => f.write_str("\\r")?,
-                    b'\t' => f.write_str("\\t")?,
-                    0x0b => f.write_str("\\v")?,
-                    0x08 => f.write_str("\\b")?,
-                    0x0c => f.write_str("\\f")?,
-                    0x1b => f.write_str("\\e")?,
-                    _ => write!(f, "{}", char::from(b))?,
-                }
-            }
-            f.write_str("\"")?;
-        } else {
-            for (i, b) in self.bytes.iter().enumerate() {
-                if i > 0 {
-                    f.write_str(",")?;
-                }
-                write!(f, "{b}")?;
-            }
-        }
-        f.write_str(">>")
     }
 }
 
@@ -313,17 +253,5 @@ mod tests {
         let mut b = BytesMut::from(&[FRAME_BODY, 0, 1, 0xff, 0xff, 0xff, 0xf0][..]);
         assert_eq!(parse_frame(&mut b, 0), Ok(None));
         assert!(b.capacity() <= 2 * RESERVE_AHEAD);
-    }
-
-    #[test]
-    fn binaries_print_as_erlang_does() {
-        assert_eq!(ErlangBinary::pretty(b"").to_string(), "<<>>");
-        assert_eq!(
-            ErlangBinary::pretty(b"a\"b\\").to_string(),
-            r#"<<"a\"b\\">>"#
-        );
-        assert_eq!(ErlangBinary::pretty(b"ab\n").to_string(), r#"<<"ab\n">>"#);
-        assert_eq!(ErlangBinary::pretty(&[97, 0]).to_string(), "<<97,0>>");
-        assert_eq!(ErlangBinary::raw(b"ab").to_string(), "<<97,98>>");
     }
 }

@@ -3,8 +3,9 @@
 use amq_protocol::protocol::{AMQPClass, parse_class};
 use bytes::Bytes;
 
+use super::erlang::{Binary, Print};
 use super::error::ConnectionError;
-use super::frame::{ErlangBinary, be_u16, be_u32, be_u64, short_str};
+use super::frame::{be_u16, be_u32, be_u64, short_str};
 use super::table::{self, TooDeep};
 
 /// Class id of `basic`.
@@ -68,7 +69,7 @@ fn syntax(class_id: u16, method_id: u16, payload: &[u8]) -> ConnectionError {
     let shown = &args[..args.len().min(64)];
     ConnectionError::new(
         super::error::code::FRAME_ERROR,
-        format_args!("cannot decode {}", ErlangBinary::raw(shown)),
+        format_args!("cannot decode {}", Binary(shown, Print::Raw)),
     )
     .on(class_id, method_id)
 }

@@ -2,6 +2,7 @@
 
 pub mod content;
 pub mod encode;
+pub mod erlang;
 pub mod error;
 pub mod frame;
 pub mod method;

@@ -1,4 +1,5 @@
-//! Field tables: how deep they may nest, and their values as RabbitMQ names them in error texts.
+//! Field tables: how deep they may nest, their values as RabbitMQ names them in error texts, and
+//! the raw codec that reads and writes them in wire order, without amq-protocol's sorted map.
 
 use std::fmt;
 
@@ -51,29 +52,28 @@ pub fn check_depth(raw: &[u8]) -> Result<(), TooDeep> {
         }
         let kind = raw[pos];
         pos += 1;
-        let size = match kind {
-            b'A' | b'F' => {
-                let Some(inner_end) = container_end(raw, pos, end) else {
+        let size = match layout(kind, ShortS::Int16) {
+            Some(Layout::Long) => {
+                let Some(value_end) = container_end(raw, pos, end) else {
                     return Ok(());
                 };
-                if depth == MAX_DEPTH {
-                    return Err(TooDeep);
+                if matches!(kind, b'A' | b'F') {
+                    if depth == MAX_DEPTH {
+                        return Err(TooDeep);
+                    }
+                    open[depth] = (value_end, kind == b'F');
+                    depth += 1;
+                    4
+                } else {
+                    value_end - pos
                 }
-                open[depth] = (inner_end, kind == b'F');
-                depth += 1;
-                4
             }
-            b'S' | b'x' => match container_end(raw, pos, end) {
-                Some(value_end) => value_end - pos,
+            Some(Layout::Fixed(size)) => size,
+            Some(Layout::Short) => match raw.get(pos) {
+                Some(&len) => 1 + usize::from(len),
                 None => return Ok(()),
             },
-            b't' | b'b' | b'B' => 1,
-            b's' | b'u' | b'U' => 2,
-            b'I' | b'i' | b'f' => 4,
-            b'D' => 5,
-            b'l' | b'L' | b'd' | b'T' => 8,
-            b'V' => 0,
-            _ => return Ok(()),
+            None => return Ok(()),
         };
         if pos + size > end {
             return Ok(());
@@ -90,7 +90,202 @@ fn container_end(raw: &[u8], pos: usize, limit: usize) -> Option<usize> {
     (end <= limit).then_some(end)
 }
 
-/// print it. Short strings read as `longstr` because RabbitMQ decodes both string types the same.
+/// What the type tag `'s'` means: peers disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShortS {
+    /// A signed 16-bit integer, as RabbitMQ and amq-protocol read it.
+    Int16,
+    /// A short string (length octet, then bytes), as the 0-9-1 spec and some clients write it.
+    ShortString,
+}
+
+/// How a value's bytes follow its type tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// This many octets.
+    Fixed(usize),
+    /// A 32-bit length, then that many octets (long strings, byte arrays, arrays, tables).
+    Long,
+    /// An 8-bit length, then that many octets.
+    Short,
+}
+
+/// The layout of a value tagged `tag`; `None` for a tag no parser knows (its size is unknown).
+fn layout(tag: u8, s: ShortS) -> Option<Layout> {
+    Some(match tag {
+        b's' if s == ShortS::ShortString => Layout::Short,
+        b'V' => Layout::Fixed(0),
+        b't' | b'b' | b'B' => Layout::Fixed(1),
+        b's' | b'u' | b'U' => Layout::Fixed(2),
+        b'I' | b'i' | b'f' => Layout::Fixed(4),
+        b'D' => Layout::Fixed(5),
+        b'l' | b'L' | b'd' | b'T' => Layout::Fixed(8),
+        b'S' | b'x' | b'A' | b'F' => Layout::Long,
+        _ => return None,
+    })
+}
+
+/// Bytes that do not hold a whole field table or value: truncated, or a type no parser knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+/// One field value as it lies on the wire, borrowed from the table that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawValue<'a> {
+    /// The type tag, the length prefix if any, and the contents.
+    tagged: &'a [u8],
+    /// Where the contents start in `tagged`.
+    at: usize,
+    s: ShortS,
+}
+
+impl<'a> RawValue<'a> {
+    /// Splits the value at the front of `b` (its tag first) off the rest.
+    fn split(b: &'a [u8], s: ShortS) -> Result<(Self, &'a [u8]), Malformed> {
+        let (&tag, rest) = b.split_first().ok_or(Malformed)?;
+        let (at, len): (usize, usize) = match layout(tag, s).ok_or(Malformed)? {
+            Layout::Fixed(n) => (1, n),
+            Layout::Short => (2, usize::from(*rest.first().ok_or(Malformed)?)),
+            Layout::Long => {
+                let (len, _) = rest.split_first_chunk::<4>().ok_or(Malformed)?;
+                let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| Malformed)?;
+                (5, len)
+            }
+        };
+        let end = at.checked_add(len).ok_or(Malformed)?;
+        let (tagged, rest) = b.split_at_checked(end).ok_or(Malformed)?;
+        Ok((Self { tagged, at, s }, rest))
+    }
+
+    /// The type tag.
+    pub fn tag(&self) -> u8 {
+        self.tagged[0]
+    }
+
+    /// The value as written in a table or array: tag, length prefix and contents.
+    pub fn tagged(&self) -> &'a [u8] {
+        self.tagged
+    }
+
+    /// The contents, after the tag and any length prefix.
+    pub fn contents(&self) -> &'a [u8] {
+        &self.tagged[self.at..]
+    }
+
+    /// The contents of a long string, or of a short string where `'s'` means one.
+    pub fn string(&self) -> Option<&'a [u8]> {
+        let short = self.tag() == b's' && self.s == ShortS::ShortString;
+        (self.tag() == b'S' || short).then(|| self.contents())
+    }
+
+    /// The entries of a table value.
+    pub fn entries(&self) -> Option<Entries<'a>> {
+        (self.tag() == b'F').then(|| entries(self.contents(), self.s))
+    }
+
+    /// The items of an array value.
+    pub fn items(&self) -> Option<Items<'a>> {
+        (self.tag() == b'A').then(|| Items {
+            rest: self.contents(),
+            s: self.s,
+        })
+    }
+}
+
+/// The value at the front of `b` (its tag first); what follows it is ignored.
+pub fn value(b: &[u8], s: ShortS) -> Result<RawValue<'_>, Malformed> {
+    RawValue::split(b, s).map(|(value, _)| value)
+}
+
+/// The entries of a field table (its bytes without the length prefix), in wire order.
+pub fn entries(body: &[u8], s: ShortS) -> Entries<'_> {
+    Entries { rest: body, s }
+}
+
+/// The entries of a field table as (key, value) in wire order; after a malformed entry, nothing.
+#[derive(Debug, Clone)]
+pub struct Entries<'a> {
+    rest: &'a [u8],
+    s: ShortS,
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Result<(&'a [u8], RawValue<'a>), Malformed>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (&key_len, after) = self.rest.split_first()?;
+        let entry = after
+            .split_at_checked(usize::from(key_len))
+            .ok_or(Malformed)
+            .and_then(|(key, value)| {
+                RawValue::split(value, self.s).map(|(value, rest)| (key, value, rest))
+            });
+        Some(match entry {
+            Ok((key, value, rest)) => {
+                self.rest = rest;
+                Ok((key, value))
+            }
+            Err(e) => {
+                self.rest = &[];
+                Err(e)
+            }
+        })
+    }
+}
+
+/// The items of a field array in wire order; after a malformed item, nothing.
+#[derive(Debug, Clone)]
+pub struct Items<'a> {
+    rest: &'a [u8],
+    s: ShortS,
+}
+
+impl<'a> Iterator for Items<'a> {
+    type Item = Result<RawValue<'a>, Malformed>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        Some(match RawValue::split(self.rest, self.s) {
+            Ok((value, rest)) => {
+                self.rest = rest;
+                Ok(value)
+            }
+            Err(e) => {
+                self.rest = &[];
+                Err(e)
+            }
+        })
+    }
+}
+
+/// Appends a value with a 32-bit length prefix: `tag`, the length of `contents`, `contents`.
+pub fn put_long(out: &mut Vec<u8>, tag: u8, contents: &[u8]) {
+    out.push(tag);
+    let len = u32::try_from(contents.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(contents);
+}
+
+/// Appends a field table, length prefix first, from (key, tagged value) entries in their order.
+pub fn put_table<'e>(out: &mut Vec<u8>, entries: impl IntoIterator<Item = (&'e [u8], &'e [u8])>) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    for (key, tagged) in entries {
+        // Keys are short strings; one read from the wire always fits, and longer ones are cut.
+        let key = &key[..key.len().min(255)];
+        out.push(u8::try_from(key.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(key);
+        out.extend_from_slice(tagged);
+    }
+    let len = u32::try_from(out.len() - at - 4).unwrap_or(u32::MAX);
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// The name of a value's type as RabbitMQ's error texts print it.
+///
+/// Short strings read as `longstr` because RabbitMQ decodes both string types the same.
 pub fn type_name(v: &AMQPValue) -> &'static str {
     match v {
         AMQPValue::Boolean(_) => "bool",
@@ -157,27 +352,30 @@ mod tests {
         assert_eq!(check_depth(&long(b"", b"")), Ok(()));
     }
 
+    /// Every fixed-size type and its size, 's' as RabbitMQ's 16-bit integer.
+    const SCALARS: &[(u8, usize)] = &[
+        (b't', 1),
+        (b'b', 1),
+        (b'B', 1),
+        (b's', 2),
+        (b'u', 2),
+        (b'U', 2),
+        (b'I', 4),
+        (b'i', 4),
+        (b'f', 4),
+        (b'D', 5),
+        (b'l', 8),
+        (b'L', 8),
+        (b'd', 8),
+        (b'T', 8),
+        (b'V', 0),
+    ];
+
     #[test]
     fn every_value_type_is_sized_as_amq_protocol_reads_it() {
         // One of each type, 's' as RabbitMQ's 16-bit integer, then a nesting past the limit:
         // a wrong size anywhere would end the walk early and miss it.
-        let scalars: &[(u8, usize)] = &[
-            (b't', 1),
-            (b'b', 1),
-            (b'B', 1),
-            (b's', 2),
-            (b'u', 2),
-            (b'U', 2),
-            (b'I', 4),
-            (b'i', 4),
-            (b'f', 4),
-            (b'D', 5),
-            (b'l', 8),
-            (b'L', 8),
-            (b'd', 8),
-            (b'T', 8),
-            (b'V', 0),
-        ];
+        let scalars = SCALARS;
         let mut entries = Vec::new();
         for &(kind, size) in scalars {
             entries.extend_from_slice(&[1, kind, kind]);
@@ -213,6 +411,86 @@ mod tests {
         for cut in 0..full.len() {
             let _ = check_depth(&full[..cut]);
         }
+    }
+
+    #[test]
+    fn the_codec_sizes_every_type_and_keeps_wire_order() {
+        // One of each type, each under a key naming it; 's' here is a 16-bit integer.
+        let scalars = SCALARS;
+        let mut body = Vec::new();
+        for &(kind, size) in scalars {
+            body.extend_from_slice(&[1, kind, kind]);
+            body.extend(std::iter::repeat_n(7, size));
+        }
+        let inner = long(b"", &[1, b'k', b'S', 0, 0, 0, 1, b'v']);
+        body.extend([&[1, b'F'][..], &long(b"F", &inner[4..])].concat());
+        body.extend([&[1, b'A'][..], &long(b"A", &long(b"S", b"item"))].concat());
+        body.extend([&[1, b'x'][..], &long(b"x", &[0, 1])].concat());
+        let read: Vec<_> = entries(&body, ShortS::Int16)
+            .collect::<Result<_, _>>()
+            .expect("a well-formed table");
+        assert_eq!(read.len(), scalars.len() + 3);
+        for ((key, value), &(kind, size)) in read.iter().zip(scalars) {
+            assert_eq!((*key, value.tag()), (&[kind][..], kind));
+            assert_eq!(value.contents().len(), size);
+        }
+        let (_, table) = read[read.len() - 3];
+        let nested: Vec<_> = table.entries().expect("a table").collect();
+        assert_eq!(nested.len(), 1);
+        assert_eq!(
+            nested[0].map(|(k, v)| (k, v.string())),
+            Ok((&b"k"[..], Some(&b"v"[..])))
+        );
+        let (_, array) = read[read.len() - 2];
+        let items: Vec<_> = array.items().expect("an array").collect();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].map(|i| i.string()), Ok(Some(&b"item"[..])));
+        assert_eq!(
+            read[read.len() - 1].1.string(),
+            None,
+            "a byte array is no string"
+        );
+        // Written back entry by entry, the table is the same bytes, which amq-protocol reads.
+        let mut out = Vec::new();
+        put_table(&mut out, read.iter().map(|(k, v)| (*k, v.tagged())));
+        assert_eq!(out, long(b"", &body));
+        assert!(amq_protocol::types::parsing::parse_field_table(&out[..]).is_ok());
+    }
+
+    #[test]
+    fn the_meaning_of_short_s_is_the_callers() {
+        let body = [1, b'a', b's', 2, b'h', b'i'];
+        let as_string: Vec<_> = entries(&body, ShortS::ShortString).collect();
+        assert_eq!(as_string[0].map(|(_, v)| v.string()), Ok(Some(&b"hi"[..])));
+        assert_eq!(as_string.len(), 1);
+        // As a 16-bit integer it takes two octets, and the third starts an entry that cannot be.
+        let as_int: Vec<_> = entries(&body, ShortS::Int16).collect();
+        assert_eq!(
+            as_int[0].map(|(_, v)| (v.string(), v.contents())),
+            Ok((None, &[2, b'h'][..]))
+        );
+        assert_eq!(as_int[1], Err(Malformed));
+        assert_eq!(as_int.len(), 2, "nothing after a malformed entry");
+    }
+
+    #[test]
+    fn the_codec_never_reads_past_its_bytes() {
+        let mut body = vec![1, b'a', b'S', 0, 0, 0, 3, b'a', b'b', b'c'];
+        body.extend_from_slice(&[1, b'b', b'A', 0, 0, 0, 5, b'S', 0, 0, 0, 0]);
+        for cut in 0..body.len() {
+            let last = entries(&body[..cut], ShortS::Int16).last();
+            let between_entries = cut == 0 || cut == 10;
+            assert_eq!(
+                matches!(last, Some(Err(Malformed))),
+                !between_entries,
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(value(b"?", ShortS::Int16), Err(Malformed));
+        assert_eq!(
+            value(&[b'S', 0xff, 0xff, 0xff, 0xff], ShortS::Int16),
+            Err(Malformed)
+        );
     }
 
     /// queue.declare with `args`, as a method payload.

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tracing::debug;
 
 use super::{Queue, QueuedMessage};
+use crate::protocol::table::{self, Entries, RawValue, ShortS};
 use crate::protocol::{Message, PropertiesInfo};
 
 /// Why a message was dead-lettered, as `x-death` names it.
@@ -137,78 +138,45 @@ impl Queue {
 /// A field table's entries as (key, type tag + value bytes), in wire order.
 type Table = Vec<(Vec<u8>, Vec<u8>)>;
 
-fn be_u32(b: &[u8], at: usize) -> Option<usize> {
-    let bytes: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
-    usize::try_from(u32::from_be_bytes(bytes)).ok()
-}
-
-/// The length of a tagged field value at the start of `b` (RabbitMQ's type letters).
-fn value_len(b: &[u8]) -> Option<usize> {
-    let fixed = match *b.first()? {
-        b't' | b'b' | b'B' => 1,
-        b's' | b'u' | b'U' => 2,
-        b'I' | b'i' | b'f' => 4,
-        b'l' | b'L' | b'd' | b'T' => 8,
-        b'D' => 5,
-        b'V' => 0,
-        b'S' | b'A' | b'F' | b'x' => 4 + be_u32(b, 1)?,
-        _ => return None,
-    };
-    let len = 1 + fixed;
-    (len <= b.len()).then_some(len)
+/// The value at the front of `b`, 's' read as RabbitMQ reads it.
+fn value(b: &[u8]) -> Option<RawValue<'_>> {
+    table::value(b, ShortS::Int16).ok()
 }
 
 /// Reads a field table's entries (`b` without its length prefix).
-fn parse_entries(mut b: &[u8]) -> Option<Table> {
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        let klen = usize::from(*b.first()?);
-        let key = b.get(1..1 + klen)?.to_vec();
-        b = &b[1 + klen..];
-        let vlen = value_len(b)?;
-        out.push((key, b[..vlen].to_vec()));
-        b = &b[vlen..];
-    }
-    Some(out)
+fn parse_entries(b: &[u8]) -> Option<Table> {
+    owned(table::entries(b, ShortS::Int16))
+}
+
+/// The entries of a table value (`v` with its tag).
+fn table_entries(v: &[u8]) -> Option<Table> {
+    owned(value(v)?.entries()?)
+}
+
+/// Copies entries out for editing; `None` if any is malformed.
+fn owned(entries: Entries<'_>) -> Option<Table> {
+    entries
+        .map(|e| e.map(|(k, v)| (k.to_vec(), v.tagged().to_vec())))
+        .collect::<Result<_, _>>()
+        .ok()
 }
 
 /// The items of an array value (`v` with its tag), each with its tag.
 fn array_items(v: &[u8]) -> Option<Vec<&[u8]>> {
-    if v.first() != Some(&b'A') {
-        return None;
-    }
-    let mut b = v.get(5..5 + be_u32(v, 1)?)?;
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        let len = value_len(b)?;
-        out.push(&b[..len]);
-        b = &b[len..];
-    }
-    Some(out)
+    value(v)?
+        .items()?
+        .map(|i| i.map(|i| i.tagged()))
+        .collect::<Result<_, _>>()
+        .ok()
 }
 
 fn put_table(out: &mut Vec<u8>, t: &Table) {
-    let at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    for (k, v) in t {
-        // Keys are short strings; one read from the wire or written here always fits.
-        out.push(u8::try_from(k.len()).unwrap_or(u8::MAX));
-        out.extend_from_slice(&k[..k.len().min(255)]);
-        out.extend_from_slice(v);
-    }
-    let len = u32::try_from(out.len() - at - 4).unwrap_or(u32::MAX);
-    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    table::put_table(out, t.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
 }
 
 fn tagged(tag: u8, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(5 + payload.len());
-    v.push(tag);
-    v.extend_from_slice(
-        &u32::try_from(payload.len())
-            .unwrap_or(u32::MAX)
-            .to_be_bytes(),
-    );
-    v.extend_from_slice(payload);
+    table::put_long(&mut v, tag, payload);
     v
 }
 
@@ -230,7 +198,7 @@ fn get<'t>(t: &'t Table, key: &str) -> Option<&'t [u8]> {
 
 /// A long string's contents.
 fn longstr_value(v: &[u8]) -> Option<&[u8]> {
-    (v.first() == Some(&b'S')).then(|| v.get(5..)).flatten()
+    value(v)?.string()
 }
 
 fn set(t: &mut Table, key: &str, value: Vec<u8>) {
@@ -360,10 +328,7 @@ pub(super) fn make_message(msg: &Message, d: Cause<'_>) -> Option<(Message, Vec<
             let mut matched = None;
             let mut others = Vec::new();
             for item in items {
-                let table = (item.first() == Some(&b'F'))
-                    .then(|| item.get(5..).and_then(parse_entries))
-                    .flatten();
-                match table {
+                match table_entries(item) {
                     Some(t) if matched.is_none() && same(&t) => matched = Some(t),
                     _ => others.push(item.to_vec()),
                 }
@@ -405,20 +370,15 @@ pub(super) fn make_message(msg: &Message, d: Cause<'_>) -> Option<(Message, Vec<
     };
     let marks = deaths
         .iter()
-        .map(|item| {
-            let t = (item.first() == Some(&b'F'))
-                .then(|| item.get(5..).and_then(parse_entries))
-                .flatten();
-            match t {
-                Some(t) => Death {
-                    queue: get(&t, "queue").and_then(longstr_value).map(<[u8]>::to_vec),
-                    automatic: get(&t, "reason").and_then(longstr_value) != Some(b"rejected"),
-                },
-                None => Death {
-                    queue: None,
-                    automatic: false,
-                },
-            }
+        .map(|item| match table_entries(item) {
+            Some(t) => Death {
+                queue: get(&t, "queue").and_then(longstr_value).map(<[u8]>::to_vec),
+                automatic: get(&t, "reason").and_then(longstr_value) != Some(b"rejected"),
+            },
+            None => Death {
+                queue: None,
+                automatic: false,
+            },
         })
         .collect();
     set(&mut headers, "x-death", tagged(b'A', &deaths.concat()));

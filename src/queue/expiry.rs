@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use super::Queue;
 use super::args::MAX_EXPIRY_MS;
 use crate::protocol::ChannelError;
+use crate::protocol::erlang::{self, Print};
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -107,7 +108,11 @@ impl Invalid<'_> {
             }
             Self::Negative(d) => ("value_negative", [b"-", *d].concat()),
             Self::TooLarge(d) => ("value_too_large", d.to_vec()),
-            Self::Leftover(s) => ("leftover_string", erlang_string(s)),
+            Self::Leftover(s) => {
+                let mut v = Vec::with_capacity(s.len() + 2);
+                erlang::write_string(&mut v, s, Print::Latin1);
+                ("leftover_string", v)
+            }
         };
         let column = text.len();
         text.push(b'{');
@@ -119,42 +124,6 @@ impl Invalid<'_> {
         }
         text.extend_from_slice(&value);
         text.push(b'}');
-    }
-}
-
-/// A byte string as Erlang's `~p` prints a Latin-1 char list: quoted with escapes when
-/// printable, else as a list of integers.
-fn erlang_string(s: &[u8]) -> Vec<u8> {
-    let escape = |b: u8| -> Option<&'static [u8]> {
-        Some(match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x0b => b"\\v",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x1b => b"\\e",
-            _ => return None,
-        })
-    };
-    let printable = s
-        .iter()
-        .all(|&b| matches!(b, 32..=126 | 160..=255) || escape(b).is_some());
-    if printable {
-        let mut out = vec![b'"'];
-        for &b in s {
-            match escape(b) {
-                Some(e) => out.extend_from_slice(e),
-                None => out.push(b),
-            }
-        }
-        out.push(b'"');
-        out
-    } else {
-        let items: Vec<String> = s.iter().map(u8::to_string).collect();
-        format!("[{}]", items.join(",")).into_bytes()
     }
 }
 
