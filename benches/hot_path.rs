@@ -1,5 +1,6 @@
 //! Criterion benchmarks for the per-message hot path: frame parsing, method decoding, content
-//! encoding, and topic matching with many bindings. Whole-broker load is measured with
+//! encoding, topic matching with many bindings, and a queue's side of publishing to durable
+//! queues and acking (what reaches the store writer, not the writer's own work). Whole-broker load is measured with
 //! `../shared/tools/amqp-load.sh`, side by side with RabbitMQ.
 // criterion_group! generates an undocumented public function.
 #![allow(missing_docs)]
@@ -10,9 +11,13 @@ use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, criterion_group, criterion_main};
 use warren::broker::topic::TopicTrie;
 use warren::protocol::Message;
+use warren::protocol::PropertiesInfo;
 use warren::protocol::encode;
 use warren::protocol::frame::parse_frame;
 use warren::protocol::method::decode;
+use warren::queue::log::{QueueLog, SharedRecord};
+use warren::queue::{Queue, QueueOptions};
+use warren::store::Store;
 
 /// One publish as a client sends it: method, header and body frames for a 16-byte message.
 fn publish_frames() -> Vec<u8> {
@@ -92,5 +97,51 @@ fn topic(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, codec, topic);
+fn durable(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(dir.path(), 16 << 20).expect("store");
+    let queues: Vec<_> = ["a", "b"]
+        .map(|name| {
+            Queue::new(
+                name.into(),
+                "/".into(),
+                QueueOptions {
+                    durable: true,
+                    log: Some(QueueLog::create(store.clone())),
+                    ..QueueOptions::default()
+                },
+            )
+        })
+        .into();
+    let properties = Bytes::from_static(&[0x10, 0, 2]);
+    let info = PropertiesInfo::scan(&properties).expect("properties");
+    let body = Bytes::from(vec![b'x'; 16]);
+    let name = "publish 1000 persistent to 2 durable queues, get and ack";
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            for _ in 0..1000 {
+                // Each publish is a message of its own, as a channel assembles it.
+                let msg = std::sync::Arc::new(Message::new(
+                    Bytes::new(),
+                    Bytes::from_static(b"bench"),
+                    properties.clone(),
+                    info.clone(),
+                    body.clone(),
+                ));
+                let shared = SharedRecord::default();
+                for q in &queues {
+                    q.publish(msg.clone(), &shared);
+                }
+            }
+            for q in &queues {
+                while let Some((e, _)) = q.get() {
+                    q.settle(&e);
+                }
+            }
+        })
+    });
+    store.close();
+}
+
+criterion_group!(benches, codec, topic, durable);
 criterion_main!(benches);

@@ -29,7 +29,8 @@ use tracing::debug;
 use super::Broker;
 use super::exchange::ExchangeKind;
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, PropertiesInfo};
-use crate::queue::{Queue, QueueOptions, QueueStore};
+use crate::queue::log::{self, QueueLog, SharedRecord};
+use crate::queue::{Queue, QueueOptions};
 use crate::store::{DELAY_SINK_QUEUE, DelayRecord, RecoveredDelay, Store};
 
 /// The exchange type name.
@@ -231,25 +232,22 @@ pub struct Delayed {
 impl Delayed {
     /// An empty schedule writing durable holds to `store`.
     pub fn new(store: Option<Arc<Store>>) -> Arc<Self> {
-        let sink = |store: Option<QueueStore>| {
+        let sink = |log: Option<QueueLog>| {
             Queue::new(
                 "amq.delayed-message.sink".into(),
                 "".into(),
                 QueueOptions {
-                    durable: store.is_some(),
-                    store,
+                    durable: log.is_some(),
+                    log,
                     ..QueueOptions::default()
                 },
             )
         };
         let transient_sink = sink(None);
         transient_sink.delete();
-        let durable_sink = store.as_ref().map(|s| {
-            sink(Some(QueueStore {
-                store: s.clone(),
-                id: DELAY_SINK_QUEUE,
-            }))
-        });
+        let durable_sink = store
+            .as_ref()
+            .map(|s| sink(Some(QueueLog::new(s.clone(), DELAY_SINK_QUEUE))));
         Arc::new(Self {
             schedule: Mutex::new(Schedule::default()),
             wake: Notify::new(),
@@ -271,6 +269,7 @@ impl Delayed {
         &self,
         vhost: &Arc<str>,
         msg: &Message,
+        shared: &SharedRecord,
         holds: Vec<Hold>,
         out: &mut Vec<Arc<Queue>>,
     ) {
@@ -280,10 +279,10 @@ impl Delayed {
             .store
             .as_ref()
             .filter(|_| msg.persistent() && holds.iter().any(|h| h.durable));
-        // Made before the copy below, so the held copy, the sink and any durable queue the
-        // message also reaches share one stored body.
-        let stored = store.map(|s| msg.stored(|| s.next_message_id()).clone());
-        let shared = Arc::new(msg.clone());
+        // The held copy, the sink and any durable queue the message also reaches share one
+        // stored body.
+        let stored = store.map(|s| shared.stored_form(s, msg).clone());
+        let copy = Arc::new(msg.clone());
         let mut records = Vec::with_capacity(holds.len());
         for h in &holds {
             let record = match (&stored, store) {
@@ -311,7 +310,7 @@ impl Delayed {
                     Held {
                         vhost: vhost.clone(),
                         exchange: h.exchange,
-                        msg: shared.clone(),
+                        msg: copy.clone(),
                         record,
                     },
                 );
@@ -344,7 +343,7 @@ impl Delayed {
                         vhost: r.record.vhost.as_str().into(),
                         exchange: r.record.exchange.as_str().into(),
                         record: Some((r.id, r.record.message_id)),
-                        msg: Arc::new(Message::recovered(r.message)),
+                        msg: Arc::new(log::message_of(&r.message)),
                     },
                 );
             }
@@ -390,8 +389,9 @@ impl Delayed {
             .map(|v| v.route_held(&held.exchange, &msg, &mut queues));
         match routed {
             Some(Ok(())) => {
+                let shared = SharedRecord::default();
                 for q in queues {
-                    q.publish(msg.clone());
+                    q.publish(msg.clone(), &shared);
                 }
             }
             Some(Err(e)) => {
@@ -564,8 +564,20 @@ mod tests {
             durable: false,
         };
         let mut out = Vec::new();
-        d.hold(&vhost, &msg(b"late"), vec![hold(60_000)], &mut out);
-        d.hold(&vhost, &msg(b"soon"), vec![hold(1), hold(1)], &mut out);
+        d.hold(
+            &vhost,
+            &msg(b"late"),
+            &SharedRecord::default(),
+            vec![hold(60_000)],
+            &mut out,
+        );
+        d.hold(
+            &vhost,
+            &msg(b"soon"),
+            &SharedRecord::default(),
+            vec![hold(1), hold(1)],
+            &mut out,
+        );
         assert_eq!(out.len(), 2, "each publish is handed to a sink");
         assert_eq!(d.held_count(), 3);
         let (due, next) = d.take_due(Instant::now() + Duration::from_millis(5));

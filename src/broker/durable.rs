@@ -10,9 +10,9 @@ use tracing::warn;
 use super::delayed;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::{Topology, VHost};
-use crate::protocol::Message;
 use crate::protocol::table::check_depth;
-use crate::queue::{Queue, QueueOptions, QueueStore, QueuedMessage};
+use crate::queue::log::{QueueLog, RecordId};
+use crate::queue::{Queue, QueueOptions, QueuedMessage};
 use crate::store::{BindingRecord, ExchangeRecord, QueueRecord, Recovered, Store};
 
 /// Field tables are stored in their wire encoding.
@@ -106,26 +106,23 @@ impl Topology {
         }
     }
 
-    /// The store place of a new queue, if it is durable.
-    pub(super) fn queue_store(&self, durable: bool) -> Option<QueueStore> {
+    /// The log of a new queue, if it is durable.
+    pub(super) fn queue_log(&self, durable: bool) -> Option<QueueLog> {
         let store = self.store()?;
-        durable.then(|| QueueStore {
-            store: store.clone(),
-            id: store.next_message_id(),
-        })
+        durable.then(|| QueueLog::create(store.clone()))
     }
 
     /// Stores a durable queue.
     pub(super) fn persist_queue(&self, q: &Queue) {
-        if let Some(qs) = &q.options.store {
+        if let (Some(store), Some(log)) = (self.store(), &q.options.log) {
             let record = QueueRecord {
-                id: qs.id,
+                id: log.id(),
                 vhost: self.vhost.to_string(),
                 name: q.name.to_string(),
                 auto_delete: q.options.auto_delete,
                 arguments: encode_table(&q.options.arguments),
             };
-            qs.store.put_meta(
+            store.put_meta(
                 QueueRecord::key(&self.vhost, &q.name),
                 Some(record.encode()),
             );
@@ -134,9 +131,8 @@ impl Topology {
 
     /// Forgets a deleted durable queue's record (its messages go with `Queue::delete`).
     pub(super) fn forget_queue(&self, q: &Queue) {
-        if let Some(qs) = &q.options.store {
-            qs.store
-                .put_meta(QueueRecord::key(&self.vhost, &q.name), None);
+        if let (Some(store), Some(_)) = (self.store(), &q.options.log) {
+            store.put_meta(QueueRecord::key(&self.vhost, &q.name), None);
         }
     }
 }
@@ -171,6 +167,7 @@ impl VHost {
             .iter_mut()
             .filter(|(r, _)| *r.vhost == *self.name)
         {
+            let log = QueueLog::new(store.clone(), r.id);
             let q = Queue::new(
                 r.name.as_str().into(),
                 self.name.clone(),
@@ -179,10 +176,7 @@ impl VHost {
                     exclusive_owner: None,
                     auto_delete: r.auto_delete,
                     arguments: decode_table(&r.arguments),
-                    store: Some(QueueStore {
-                        store: store.clone(),
-                        id: r.id,
-                    }),
+                    log: Some(log.clone()),
                     pager: t.pager.clone(),
                 },
             );
@@ -190,15 +184,16 @@ impl VHost {
             let loaded = std::mem::take(&mut messages.messages)
                 .into_iter()
                 .filter_map(|r| {
-                    let Some(stored) = store.load_message(r.message_id) else {
+                    let read = RecordId::new(r.message_id).and_then(|id| Some((id, log.read(id)?)));
+                    let Some((record, msg)) = read else {
                         missing += 1;
                         return None;
                     };
                     let m = QueuedMessage {
                         seq: r.seq,
-                        msg: Arc::new(Message::recovered(stored)),
+                        msg: Arc::new(msg),
                         redelivered: r.delivered,
-                        persisted: true,
+                        record: Some(record),
                     };
                     Some((m, r.stored_at, r.delivery_count))
                 });

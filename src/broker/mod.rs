@@ -22,6 +22,7 @@ use crate::protocol::erlang::{self, Print};
 use crate::protocol::table::type_name;
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code};
 use crate::queue::args::{Declared, QueueArgs};
+use crate::queue::log::{Pages, SharedRecord};
 use crate::queue::memory::MemoryGauge;
 use crate::queue::paging::Pager;
 use crate::queue::{Queue, QueueOptions};
@@ -66,7 +67,7 @@ impl Broker {
     fn build(config: Config, store: Option<&Arc<Store>>) -> Arc<Self> {
         let delayed = delayed::Delayed::new(store.cloned());
         let memory = Arc::new(MemoryGauge::new(config.queue_memory_bytes()));
-        let pager = store.map(|s| Pager::new(s.clone(), memory.clone()));
+        let pager = store.map(|s| Pager::new(Pages::new(s.clone()), memory.clone()));
         let vhosts = config
             .vhosts
             .iter()
@@ -662,7 +663,7 @@ impl VHost {
                 auto_delete: d.auto_delete,
                 arguments: d.arguments.clone(),
                 // Exclusive queues die with their connection, so never outlive a restart.
-                store: t.queue_store(d.durable && !d.exclusive),
+                log: t.queue_log(d.durable && !d.exclusive),
                 pager: t.pager.clone(),
             },
             args,
@@ -867,14 +868,16 @@ impl VHost {
 
     /// Routes a message: appends each distinct destination queue to `out`. A delayed exchange on
     /// the way holds a message whose `x-delay` asks for it, and a delay sink stands in for the
-    /// queues it will reach (see [`delayed::Delayed`]).
+    /// queues it will reach (see [`delayed::Delayed`]). A durable hold writes the message's
+    /// `shared` record, which the queues it reaches then share.
     pub fn route(
         &self,
         exchange: &str,
         msg: &Message,
+        shared: &SharedRecord,
         out: &mut Vec<Arc<Queue>>,
     ) -> Result<(), ChannelError> {
-        self.route_with(exchange, msg, out, true)
+        self.route_with(exchange, msg, Some(shared), out)
     }
 
     /// Routes a held message whose delay has passed: no delayed exchange holds it again.
@@ -884,15 +887,17 @@ impl VHost {
         msg: &Message,
         out: &mut Vec<Arc<Queue>>,
     ) -> Result<(), ChannelError> {
-        self.route_with(exchange, msg, out, false)
+        self.route_with(exchange, msg, None, out)
     }
 
+    /// Routes `msg`; a delayed exchange on the way holds it only when `delay` gives the record
+    /// its hold shares.
     fn route_with(
         &self,
         exchange: &str,
         msg: &Message,
+        delay: Option<&SharedRecord>,
         out: &mut Vec<Arc<Queue>>,
-        delay: bool,
     ) -> Result<(), ChannelError> {
         let t = self.topology.read();
         let rk = msg.routing_key_str();
@@ -918,7 +923,7 @@ impl VHost {
         while let Some(x) = work.pop() {
             // A held message has a route to come, so the alternate exchange does not take it
             // (the plugin would hand it to the AE at once).
-            if delay
+            if delay.is_some()
                 && x.delayed
                 && let Some(delay_ms) = delayed::delay_of(headers().as_ref())?
             {
@@ -957,8 +962,10 @@ impl VHost {
             routed.dedup_by(|a, b| Arc::ptr_eq(a, b));
             out.append(&mut routed);
         }
-        if !holds.is_empty() {
-            self.delayed.hold(&self.name, msg, holds, out);
+        if let Some(shared) = delay
+            && !holds.is_empty()
+        {
+            self.delayed.hold(&self.name, msg, shared, holds, out);
         }
         Ok(())
     }
@@ -971,8 +978,14 @@ impl VHost {
 
 /// Dead letters reach their exchange through the vhost's router; an expired queue leaves it.
 impl crate::queue::Router for VHost {
-    fn route(&self, exchange: &str, msg: &Message, out: &mut Vec<Arc<Queue>>) -> bool {
-        VHost::route(self, exchange, msg, out).is_ok()
+    fn route(
+        &self,
+        exchange: &str,
+        msg: &Message,
+        shared: &SharedRecord,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> bool {
+        VHost::route(self, exchange, msg, shared, out).is_ok()
     }
 
     fn expire(&self, queue: &Arc<Queue>) {

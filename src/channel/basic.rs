@@ -8,6 +8,7 @@ use bytes::Bytes;
 use super::{Assembly, Channel, ChannelConsumer, Ctx, TxOp, Unacked, requeue_all, route};
 use crate::broker::REPLY_TO;
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code, encode};
+use crate::queue::log::SharedRecord;
 use crate::queue::memory::footprint;
 use crate::queue::{Consumer, Credit, InFlight, NO_ACK_WINDOW, Published, Queue, args};
 
@@ -60,27 +61,30 @@ impl Channel {
             let sent = ctx.broker.send_reply(msg.routing_key_str(), &msg);
             let mut none = Vec::new();
             if !sent {
-                self.hand_over(ctx, &msg, mandatory, &mut none);
+                self.hand_over(ctx, &msg, &SharedRecord::default(), mandatory, &mut none);
             } else if self.confirm {
                 self.publish_seq += 1;
             }
             return Ok(());
         }
         let mut queues = std::mem::take(&mut self.route_buf);
-        let routed = route(ctx, &msg, &mut queues);
+        let shared = SharedRecord::default();
+        let routed = route(ctx, &msg, &shared, &mut queues);
         if routed.is_ok() {
-            self.hand_over(ctx, &msg, mandatory, &mut queues);
+            self.hand_over(ctx, &msg, &shared, mandatory, &mut queues);
         }
         self.route_buf = queues;
         routed
     }
 
-    /// Hands a routed message to its queues (or back to its publisher) and counts its confirm:
-    /// a nack if a full queue refused it, else an ack once the store has what it keeps.
+    /// Hands a routed message (whose stored record is `shared`) to its queues (or back to its
+    /// publisher) and counts its confirm: a nack if a full queue refused it, else an ack once the
+    /// store has what it keeps.
     pub(super) fn hand_over(
         &mut self,
         ctx: &mut Ctx,
         msg: &Arc<Message>,
+        shared: &SharedRecord,
         mandatory: bool,
         queues: &mut Vec<Arc<Queue>>,
     ) -> Handed {
@@ -96,7 +100,7 @@ impl Channel {
         }
         let mut handed = Handed::default();
         for q in queues.drain(..) {
-            match q.publish(msg.clone()) {
+            match q.publish(msg.clone(), shared) {
                 Published::Accepted { persisted } => handed.persisted |= persisted,
                 Published::Rejected => handed.rejected = true,
             }

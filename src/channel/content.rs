@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use super::{Channel, Ctx, TxOp, route};
 use crate::protocol::content::{BadHeader, ContentHeader};
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, PropertiesInfo};
+use crate::queue::log::SharedRecord;
 
 /// Publish assembly: method, then header, then body frames.
 #[derive(Debug, Default)]
@@ -146,10 +147,12 @@ impl Channel {
         }
         if self.tx.is_some() {
             let mut queues = Vec::new();
-            route(ctx, &msg, &mut queues).map_err(|e| e.on(60, 40))?;
+            let shared = SharedRecord::default();
+            route(ctx, &msg, &shared, &mut queues).map_err(|e| e.on(60, 40))?;
             if let Some(ops) = &mut self.tx {
                 ops.push(TxOp::Publish {
                     msg,
+                    shared,
                     mandatory,
                     queues,
                 });

@@ -25,6 +25,7 @@ use bytes::BytesMut;
 use crate::broker::{Broker, VHost};
 use crate::protocol::method::{Decoded, Method};
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code, encode};
+use crate::queue::log::SharedRecord;
 use crate::queue::memory::MemoryGauge;
 use crate::queue::{Credit, Entry, EventSender, Queue};
 
@@ -258,11 +259,16 @@ impl Channel {
 }
 
 /// Checks that the message's exchange can take it and collects the queues it routes to.
-fn route(ctx: &Ctx, msg: &Message, queues: &mut Vec<Arc<Queue>>) -> Result<(), AmqpError> {
+fn route(
+    ctx: &Ctx,
+    msg: &Message,
+    shared: &SharedRecord,
+    queues: &mut Vec<Arc<Queue>>,
+) -> Result<(), AmqpError> {
     let exchange = std::str::from_utf8(&msg.exchange).unwrap_or("\u{fffd}");
     ctx.vhost.check_publish(exchange)?;
     queues.clear();
-    ctx.vhost.route(exchange, msg, queues)?;
+    ctx.vhost.route(exchange, msg, shared, queues)?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use amq_protocol::protocol::{AMQPClass, tx};
 use super::{Channel, Ctx, Unacked};
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message};
 use crate::queue::Queue;
+use crate::queue::log::SharedRecord;
 
 /// A publish or settlement held back until `tx.commit`. As in RabbitMQ, a publish is checked and
 /// routed when it arrives and handed to its queues on commit; a settlement takes its deliveries
@@ -16,6 +17,8 @@ use crate::queue::Queue;
 pub(super) enum TxOp {
     Publish {
         msg: Arc<Message>,
+        /// Its stored record, which a durable delayed exchange may have written when it was routed.
+        shared: SharedRecord,
         mandatory: bool,
         queues: Vec<Arc<Queue>>,
     },
@@ -54,10 +57,11 @@ impl Channel {
                     match op {
                         TxOp::Publish {
                             msg,
+                            shared,
                             mandatory,
                             mut queues,
                         } => {
-                            let handed = self.hand_over(ctx, &msg, mandatory, &mut queues);
+                            let handed = self.hand_over(ctx, &msg, &shared, mandatory, &mut queues);
                             persisted |= handed.persisted;
                             rejected |= handed.rejected;
                         }

@@ -2,14 +2,12 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::{Arc, OnceLock};
 
 use amq_protocol::types::FieldTable;
 use bytes::Bytes;
 
 use super::frame::{be_u16, be_u32, short_str};
 use super::table::{self, TooDeep};
-use crate::store::StoredMessage;
 
 /// The fields of `basic` properties the broker acts on, found by one scan of the raw bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -217,12 +215,10 @@ pub struct Message {
     pub info: PropertiesInfo,
     /// The body, sliced from the read buffer when it came in one frame.
     pub body: Bytes,
-    /// Its stored form, made once by the first durable queue that keeps it.
-    pub stored: OnceLock<Arc<StoredMessage>>,
 }
 
 impl Message {
-    /// A message as published (not yet stored).
+    /// A message made of its parts.
     pub fn new(
         exchange: Bytes,
         routing_key: Bytes,
@@ -236,40 +232,7 @@ impl Message {
             properties,
             info,
             body,
-            stored: OnceLock::new(),
         }
-    }
-
-    /// A message read back from the store.
-    pub fn recovered(stored: Arc<StoredMessage>) -> Self {
-        let msg = Self::transient(StoredMessage::clone(&stored));
-        let _ = msg.stored.set(stored);
-        msg
-    }
-
-    /// A transient message read back from a page: stored parts, but no stored form.
-    pub fn transient(parts: StoredMessage) -> Self {
-        let info = PropertiesInfo::scan(&parts.properties).unwrap_or_default();
-        Self::new(
-            parts.exchange,
-            parts.routing_key,
-            parts.properties,
-            info,
-            parts.body,
-        )
-    }
-
-    /// The stored form, made (with a fresh id from `next_id`) on first use.
-    pub fn stored(&self, next_id: impl FnOnce() -> u64) -> &Arc<StoredMessage> {
-        self.stored.get_or_init(|| {
-            Arc::new(StoredMessage {
-                id: next_id(),
-                exchange: self.exchange.clone(),
-                routing_key: self.routing_key.clone(),
-                properties: self.properties.clone(),
-                body: self.body.clone(),
-            })
-        })
     }
 
     /// Whether the publisher asked for delivery-mode 2.

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::debug;
 
-use super::{Queue, QueuedMessage};
+use super::log::{DeadLetterMove, SharedRecord};
+use super::{Enqueue, Queue, QueuedMessage};
 use crate::protocol::table::{self, Entries, RawValue, ShortS};
 use crate::protocol::{Message, PropertiesInfo};
 
@@ -95,7 +96,8 @@ impl Queue {
             return;
         };
         targets.clear();
-        if !router.route(dlx, &msg, targets) {
+        let shared = SharedRecord::default();
+        if !router.route(dlx, &msg, &shared, targets) {
             self.settle(&m);
             return;
         }
@@ -110,27 +112,19 @@ impl Queue {
             });
         }
         let msg = Arc::new(msg);
-        let mut store = self.options.store.as_ref().map(|qs| qs.store.clone());
-        let mut adds = Vec::new();
+        let mut moved = DeadLetterMove::default();
         let mut reserved = Vec::with_capacity(targets.len());
         for q in targets.drain(..) {
             let Some(seq) = q.reserve() else { continue };
-            let persisted = match &q.options.store {
-                Some(qs) if q.keeps(&msg) => {
-                    let stored = msg.stored(|| qs.store.next_message_id()).clone();
-                    adds.push((qs.id, seq, stored));
-                    store.get_or_insert_with(|| qs.store.clone());
-                    true
-                }
-                _ => false,
+            let record = match &q.options.log {
+                Some(log) if q.keeps(&msg) => moved.add(log, seq, &msg, &shared),
+                _ => None,
             };
-            reserved.push((q, seq, persisted));
+            reserved.push((q, seq, record));
         }
-        if let Some(store) = store {
-            store.move_message(self.stored_ref(&m), adds);
-        }
-        for (q, seq, persisted) in reserved {
-            q.enqueue(msg.clone(), Some((seq, persisted)), dead);
+        moved.commit(self.logged(&m));
+        for (q, seq, record) in reserved {
+            q.enqueue(msg.clone(), Enqueue::Reserved { seq, record }, dead);
         }
     }
 }

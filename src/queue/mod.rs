@@ -14,6 +14,7 @@
 pub mod args;
 pub mod dead_letter;
 pub mod expiry;
+pub mod log;
 pub mod memory;
 pub mod paging;
 
@@ -29,9 +30,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::warn;
 
 use crate::protocol::{ChannelError, Message, code};
-use crate::store::{Store, StoredRef};
 use args::{Declared, Overflow, QueueArgs, QueueType};
 use dead_letter::{DeadLetter, Reason};
+use log::{QueueLog, RecordId, SharedRecord};
 use memory::{Holding, MemoryGauge, footprint};
 use paging::{Admit, Charge, Pager, Slot};
 
@@ -44,8 +45,9 @@ pub struct QueuedMessage {
     pub msg: Arc<Message>,
     /// Whether it was delivered before.
     pub redelivered: bool,
-    /// Whether the store holds it (a persistent message in a durable queue).
-    pub persisted: bool,
+    /// Its record in the queue's log, when the log keeps it (a persistent message in a durable
+    /// queue, or any message in a quorum queue).
+    pub record: Option<RecordId>,
 }
 
 /// A deadline that never comes.
@@ -99,12 +101,28 @@ pub enum Published {
     Rejected,
 }
 
+/// How a message enters a queue.
+#[derive(Debug, Clone, Copy)]
+enum Enqueue<'a> {
+    /// A fresh publish, appended to the queue's log (if it keeps the message) with the record
+    /// it shares with the other queues it was routed to.
+    Fresh(&'a SharedRecord),
+    /// A dead letter at its reserved position, its log entry (if any) already written.
+    Reserved { seq: u64, record: Option<RecordId> },
+}
+
 /// How a queue reaches the rest of its vhost (which this module cannot name): the router its
 /// dead letters go through, and the registry an expired queue leaves.
 pub trait Router: Send + Sync + std::fmt::Debug {
-    /// Routes `msg` through the exchange named `exchange`, appending the queues it reaches to
-    /// `out`; false when there is no such exchange.
-    fn route(&self, exchange: &str, msg: &Message, out: &mut Vec<Arc<Queue>>) -> bool;
+    /// Routes `msg` (whose stored record is `shared`) through the exchange named `exchange`,
+    /// appending the queues it reaches to `out`; false when there is no such exchange.
+    fn route(
+        &self,
+        exchange: &str,
+        msg: &Message,
+        shared: &SharedRecord,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> bool;
     /// Deletes `queue`, unused for its `x-expires` time.
     fn expire(&self, queue: &Arc<Queue>);
 }
@@ -425,18 +443,9 @@ pub struct QueueOptions {
     /// Declared arguments.
     pub arguments: FieldTable,
     /// Where a durable queue keeps its persistent messages.
-    pub store: Option<QueueStore>,
+    pub log: Option<QueueLog>,
     /// The broker's memory budget, and where messages past it are paged (none: all in memory).
     pub pager: Option<Arc<Pager>>,
-}
-
-/// A durable queue's place in the store.
-#[derive(Debug, Clone)]
-pub struct QueueStore {
-    /// The store.
-    pub store: Arc<Store>,
-    /// The id its messages are indexed under.
-    pub id: u64,
 }
 
 /// Ready messages past which a queue with consumers slows its publishers (credit flow).
@@ -541,10 +550,11 @@ impl Queue {
     }
 
     /// Appends a routed message and hands it to a consumer if one has credit, unless a length
-    /// limit refuses it.
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Published {
+    /// limit refuses it. `shared` is the message's stored record, shared by every queue it was
+    /// routed to.
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>, shared: &SharedRecord) -> Published {
         let mut dead = Vec::new();
-        let published = self.enqueue(msg, None, &mut dead);
+        let published = self.enqueue(msg, Enqueue::Fresh(shared), &mut dead);
         dead_letter::process(dead);
         published
     }
@@ -598,12 +608,12 @@ impl Queue {
                 .is_some_and(|m| st.ready_bytes > m)
     }
 
-    /// Takes a message in: a fresh publish (`reserved` None), or a dead letter whose sequence
-    /// number was reserved and whose store entry, if `persisted`, was already written.
+    /// Takes a message in: a fresh publish, or a dead letter whose sequence number was reserved
+    /// and whose log entry, if any, was already written.
     fn enqueue(
         self: &Arc<Self>,
         msg: Arc<Message>,
-        reserved: Option<(u64, bool)>,
+        how: Enqueue,
         dead: &mut Vec<DeadLetter>,
     ) -> Published {
         let ttl = self.ttl_of(&msg);
@@ -614,19 +624,26 @@ impl Queue {
         let mut st = self.state.lock();
         if st.deleted {
             drop(st);
-            if let Some((seq, true)) = reserved {
-                self.forget(seq, &msg);
+            if let Enqueue::Reserved {
+                seq,
+                record: Some(record),
+            } = how
+            {
+                self.forget(seq, record);
             }
             return Published::Accepted { persisted: false };
         }
         if self.args.overflow != Overflow::DropHead && self.would_overflow(&st, &msg) {
             drop(st);
-            let (seq, persisted) = reserved.unwrap_or((0, false));
+            let (seq, record) = match how {
+                Enqueue::Reserved { seq, record } => (seq, record),
+                Enqueue::Fresh(_) => (0, None),
+            };
             let message = QueuedMessage {
                 seq,
                 msg,
                 redelivered: false,
-                persisted,
+                record,
             };
             if self.args.overflow == Overflow::RejectPublishDlx
                 && self.args.dead_letter_exchange.is_some()
@@ -641,20 +658,16 @@ impl Queue {
             }
             return Published::Rejected;
         }
-        let (seq, persisted) = match reserved {
-            Some(r) => r,
-            None => {
+        let (seq, record) = match how {
+            Enqueue::Reserved { seq, record } => (seq, record),
+            Enqueue::Fresh(shared) => {
                 let seq = st.next_seq;
                 st.next_seq += 1;
-                let persisted = match &self.options.store {
-                    Some(qs) if self.keeps(&msg) => {
-                        let stored = msg.stored(|| qs.store.next_message_id());
-                        qs.store.enqueue(qs.id, seq, stored.clone());
-                        true
-                    }
-                    _ => false,
+                let record = match &self.options.log {
+                    Some(log) if self.keeps(&msg) => log.append(seq, &msg, shared),
+                    _ => None,
                 };
-                (seq, persisted)
+                (seq, record)
             }
         };
         let priority = self.priority_of(&msg);
@@ -663,7 +676,7 @@ impl Queue {
                 seq,
                 msg,
                 redelivered: false,
-                persisted,
+                record,
             },
             expires: match (ttl, now) {
                 (Some(ttl), Some(now)) => expiry::after(now, ttl),
@@ -672,7 +685,7 @@ impl Queue {
             priority,
             delivery_count: self.counts_deliveries(),
         };
-        if reserved.is_some() {
+        if matches!(how, Enqueue::Reserved { .. }) {
             st.insert(entry, Admit::Pageable);
         } else {
             st.push_back(entry, Admit::Pageable);
@@ -688,7 +701,9 @@ impl Queue {
         // What no consumer took is now subject to the limits and to its TTL (even one of 0).
         self.trim(&mut st, &mut Clock::lazy(), dead);
         self.arm(&mut st);
-        Published::Accepted { persisted }
+        Published::Accepted {
+            persisted: record.is_some(),
+        }
     }
 
     /// Reserves a position for a dead letter on its way in; `None` if the queue was deleted.
@@ -702,19 +717,16 @@ impl Queue {
         Some(seq)
     }
 
-    /// Removes a stored message this queue never kept after all.
-    fn forget(&self, seq: u64, msg: &Message) {
-        if let (Some(qs), Some(stored)) = (&self.options.store, msg.stored.get()) {
-            qs.store.remove(qs.id, seq, stored.id);
+    /// Removes a logged message this queue never kept after all.
+    fn forget(&self, seq: u64, record: RecordId) {
+        if let Some(log) = &self.options.log {
+            log.settle(seq, record);
         }
     }
 
-    /// Where the store keeps a message of this queue, if it does.
-    fn stored_ref(&self, m: &QueuedMessage) -> Option<StoredRef> {
-        match (&self.options.store, m.persisted, m.msg.stored.get()) {
-            (Some(qs), true, Some(stored)) => Some((qs.id, m.seq, stored.id)),
-            _ => None,
-        }
+    /// Where this queue's log keeps a message, if it does.
+    fn logged(&self, m: &QueuedMessage) -> Option<(&QueueLog, u64, RecordId)> {
+        Some((self.options.log.as_ref()?, m.seq, m.record?))
     }
 
     /// Drops messages from the head: those past a `drop-head` length limit, then expired ones.
@@ -844,19 +856,15 @@ impl Queue {
 
     /// Records a delivery, so a crash brings the message back redelivered.
     fn mark_delivered(&self, m: &QueuedMessage) {
-        if let (true, Some(qs)) = (m.persisted, &self.options.store)
-            && let Some(stored) = m.msg.stored.get()
-        {
-            qs.store.delivered(qs.id, m.seq, stored.id);
+        if let Some((log, seq, record)) = self.logged(m) {
+            log.delivered(seq, record);
         }
     }
 
     /// Forgets a message for good (acked, or rejected without requeue).
     pub fn settle(&self, m: &QueuedMessage) {
-        if let (true, Some(qs)) = (m.persisted, &self.options.store)
-            && let Some(stored) = m.msg.stored.get()
-        {
-            qs.store.remove(qs.id, m.seq, stored.id);
+        if let Some((log, seq, record)) = self.logged(m) {
+            log.settle(seq, record);
         }
     }
 
@@ -911,8 +919,8 @@ impl Queue {
                 m.message.redelivered |= redelivered;
                 if redelivered && let Some(n) = &mut m.delivery_count {
                     *n = n.saturating_add(1);
-                    if let (true, Some(qs)) = (m.message.persisted, &self.options.store) {
-                        qs.store.set_delivery_count(qs.id, m.message.seq, *n);
+                    if let Some((log, seq, _)) = self.logged(&m.message) {
+                        log.returned(seq, *n);
                     }
                     if self.args.delivery_limit.is_some_and(|l| u64::from(*n) > l) {
                         self.discard(m.message, Reason::DeliveryLimit, &mut dead);
@@ -1155,20 +1163,20 @@ impl Queue {
     /// Drops every ready message and returns how many there were.
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
-        st.clear(self.options.store.is_some(), |m| self.settle(&m))
+        st.clear(self.options.log.is_some(), |m| self.settle(&m))
     }
 
     /// Marks the queue deleted, telling its consumers; returns the ready count it had.
     pub fn delete(&self) -> u32 {
         let mut st = self.state.lock();
         st.deleted = true;
-        // The store drops the queue's stored messages below, all at once.
+        // The log drops the queue's messages below, all at once.
         let n = st.clear(false, |_| {});
         if let Some(timer) = self.timer.get() {
             timer.notify_one();
         }
-        if let Some(qs) = &self.options.store {
-            qs.store.drop_queue(qs.id);
+        if let Some(log) = &self.options.log {
+            log.drop_all();
         }
         for c in st.consumers.drain(..) {
             let _ = c.tx.send(QueueEvent::Cancelled {
@@ -1193,6 +1201,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use bytes::Bytes;
 
     fn msg(body: &'static [u8]) -> Arc<Message> {
@@ -1209,7 +1218,7 @@ mod tests {
     fn requeued_messages_return_to_their_position() {
         let q = Queue::new("q".into(), "/".into(), QueueOptions::default());
         for b in [&b"a"[..], b"b", b"c"] {
-            q.publish(msg(b));
+            q.publish(msg(b), &SharedRecord::default());
         }
         let (a, _) = q.get().expect("a");
         let (b, left) = q.get().expect("b");
@@ -1239,7 +1248,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path(), 1 << 20).expect("store");
         // No budget at all: every message is paged.
-        let pager = Pager::new(store.clone(), Arc::new(memory::MemoryGauge::new(0)));
+        let pager = Pager::new(
+            log::Pages::new(store.clone()),
+            Arc::new(memory::MemoryGauge::new(0)),
+        );
         let args = QueueArgs {
             max_priority: Some(9),
             ..QueueArgs::default()
@@ -1261,7 +1273,7 @@ mod tests {
             ))
         };
         for (b, p) in [(&b"low"[..], 1), (b"high", 8), (b"mid", 5), (b"high2", 8)] {
-            q.publish(with_priority(b, p));
+            q.publish(with_priority(b, p), &SharedRecord::default());
         }
         assert_eq!(pager.paged_out(), 4);
         assert_eq!(pager.resident_bytes(), 0);
@@ -1275,7 +1287,7 @@ mod tests {
         q.requeue([m]);
         assert_eq!(bodies(&q), [&b"high"[..], b"high2", b"mid", b"low"]);
         for b in [&b"a"[..], b"b"] {
-            q.publish(msg(b));
+            q.publish(msg(b), &SharedRecord::default());
         }
         assert_eq!(q.purge(), 2, "paged messages count in a purge");
         assert!(q.get().is_none());
@@ -1293,13 +1305,16 @@ mod tests {
         };
         let q = limited(Overflow::DropHead);
         for b in [&b"a"[..], b"b", b"c"] {
-            assert_eq!(q.publish(msg(b)), Published::Accepted { persisted: false });
+            assert_eq!(
+                q.publish(msg(b), &SharedRecord::default()),
+                Published::Accepted { persisted: false }
+            );
         }
         assert_eq!(bodies(&q), [&b"b"[..], b"c"]);
         let q = limited(Overflow::RejectPublish);
         let published: Vec<_> = [&b"a"[..], b"b", b"c"]
             .into_iter()
-            .map(|b| q.publish(msg(b)))
+            .map(|b| q.publish(msg(b), &SharedRecord::default()))
             .collect();
         assert_eq!(published[2], Published::Rejected);
         assert_eq!(bodies(&q), [&b"a"[..], b"b"]);
@@ -1312,7 +1327,7 @@ mod tests {
             ..QueueArgs::default()
         };
         let q = Queue::with_args("q".into(), "/".into(), QueueOptions::default(), args);
-        q.publish(msg(b"gone"));
+        q.publish(msg(b"gone"), &SharedRecord::default());
         assert_eq!(q.message_count(), 0);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let consumer = Consumer {
@@ -1328,7 +1343,7 @@ mod tests {
             memory: Arc::new(MemoryGauge::new(u64::MAX)),
         };
         assert!(q.add_consumer(consumer).is_ok());
-        q.publish(msg(b"taken"));
+        q.publish(msg(b"taken"), &SharedRecord::default());
         assert!(matches!(rx.try_recv(), Ok(QueueEvent::Deliver { .. })));
     }
 
@@ -1353,7 +1368,7 @@ mod tests {
             assert!(q.add_consumer(c).is_ok());
         }
         for _ in 0..10 {
-            q.publish(msg(b"x"));
+            q.publish(msg(b"x"), &SharedRecord::default());
         }
         let mut tags = Vec::new();
         let mut held = Vec::new();

@@ -2,9 +2,9 @@
 //!
 //! Every queue charges the messages it holds ready in memory to one broker-wide [`Pager`]. Once
 //! the memory [`MemoryGauge`] counts reaches its paging point, a message entering a queue is
-//! paged out instead: a copy goes to the store's `pages` tree (a persistent message recovered at
-//! start needs none: its stored body is read back instead), and the queue keeps only a [`Slot`] of
-//! 40 bytes. A paged message is read back when it leaves the queue's ready list, as a consumer or
+//! paged out instead: a copy goes to the store's `pages` tree through [`Pages`] (a persistent
+//! message recovered at start needs none: its stored body is read back instead), and the queue
+//! keeps only a [`Slot`] of 48 bytes. A paged message is read back when it leaves the queue's ready list, as a consumer or
 //! `basic.get` reaches it.
 //!
 //! Queues report their charges in steps of [`GRANULE`], under their own lock, so the shared
@@ -15,27 +15,24 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
-use tracing::error;
-
+use super::log::{Pages, RecordId};
 use super::memory::{GRANULE, MemoryGauge, footprint};
 use super::{Entry, QueuedMessage};
 use crate::protocol::Message;
-use crate::store::{Store, StoredMessage, encode_message};
 
-/// The broker-wide budget for message bytes held in queues, and the store that takes the rest.
+/// The broker-wide budget for message bytes held in queues, and the pages that take the rest.
 #[derive(Debug)]
 pub struct Pager {
-    store: Arc<Store>,
+    pages: Pages,
     gauge: Arc<MemoryGauge>,
     paged_out: AtomicU64,
 }
 
 impl Pager {
-    /// Pages to `store` once `gauge` says the budget is spent.
-    pub fn new(store: Arc<Store>, gauge: Arc<MemoryGauge>) -> Arc<Self> {
+    /// Pages to `pages` once `gauge` says the budget is spent.
+    pub fn new(pages: Pages, gauge: Arc<MemoryGauge>) -> Arc<Self> {
         Arc::new(Self {
-            store,
+            pages,
             gauge,
             paged_out: AtomicU64::new(0),
         })
@@ -59,55 +56,32 @@ impl Pager {
         self.gauge.report_ready(delta);
     }
 
-    /// Pages out a message whose stored body is on disk already.
-    fn stored(&self, id: u64) -> Page {
+    /// Pages out a message whose stored record is on disk already.
+    fn stored(&self, record: RecordId) -> Page {
         self.paged_out.fetch_add(1, Ordering::Relaxed);
-        Page::Stored(id)
+        Page::Stored(record)
     }
 
-    /// Writes a copy of `msg` (with its stored id, if the store keeps it) and returns its page.
+    /// Writes a copy of `msg` and returns its page.
     fn page_out(&self, msg: &Message) -> Option<Page> {
-        let stored_id = msg.stored.get().map_or(0, |s| s.id);
-        let raw = encode_message(
-            &stored_id.to_be_bytes(),
-            [&msg.exchange, &msg.routing_key, &msg.properties, &msg.body],
-        );
-        let id = self.store.page_out(&raw)?;
+        let id = self.pages.page_out(msg)?;
         self.paged_out.fetch_add(1, Ordering::Relaxed);
         Some(Page::Copy(id))
     }
 
     /// Reads a paged message back; `None` (logged) if its record is gone or damaged.
     fn page_in(&self, page: Page) -> Option<Arc<Message>> {
-        let stored = match page {
-            Page::Copy(id) => {
-                let raw: Bytes = self.store.page_in(id)?;
-                let stored_id = u64::from_be_bytes(raw.get(..8)?.try_into().ok()?);
-                let m = StoredMessage::decode(stored_id, raw.slice(8..));
-                if m.is_none() {
-                    error!(page = id, "a paged message is damaged");
-                }
-                m?
-            }
-            Page::Stored(id) => {
-                let m = self.store.load_message(id);
-                if m.is_none() {
-                    error!(message = id, "a stored message is missing");
-                }
-                return m.map(|m| Arc::new(Message::recovered(m)));
-            }
-        };
-        Some(Arc::new(if stored.id == 0 {
-            Message::transient(stored)
-        } else {
-            Message::recovered(Arc::new(stored))
-        }))
+        match page {
+            Page::Copy(id) => self.pages.page_in(id),
+            Page::Stored(record) => self.pages.read(record),
+        }
+        .map(Arc::new)
     }
 
     /// Forgets a page whose message is dropped unread.
     fn forget(&self, page: Page) {
         if let Page::Copy(id) = page {
-            self.store.drop_page(id);
+            self.pages.drop_page(id);
         }
     }
 }
@@ -117,8 +91,8 @@ impl Pager {
 enum Page {
     /// A copy in the store's `pages` tree, under this page id.
     Copy(u64),
-    /// Its stored body in the `messages` tree, under this message id (a recovered message).
-    Stored(u64),
+    /// Its stored record, on disk already (a recovered message).
+    Stored(RecordId),
 }
 
 /// How a message may be held when it enters a queue's ready list.
@@ -152,8 +126,8 @@ impl Held {
                 len,
                 stored: false,
             },
-            Page::Stored(id) => Self::Paged {
-                id,
+            Page::Stored(record) => Self::Paged {
+                id: record.get(),
                 len,
                 stored: true,
             },
@@ -162,15 +136,14 @@ impl Held {
 }
 
 fn page(id: u64, stored: bool) -> Page {
-    if stored {
-        Page::Stored(id)
-    } else {
-        Page::Copy(id)
+    match RecordId::new(id) {
+        Some(record) if stored => Page::Stored(record),
+        _ => Page::Copy(id),
     }
 }
 
 /// A message in a queue's ready list: an [`Entry`] whose message may be paged out. All a paged
-/// message costs in memory is this record, 40 bytes.
+/// message costs in memory is this record, 48 bytes.
 #[derive(Debug)]
 pub struct Slot {
     seq: u64,
@@ -182,10 +155,11 @@ pub struct Slot {
     counted: bool,
     priority: u8,
     redelivered: bool,
-    persisted: bool,
+    /// Its record in the queue's log, if the log keeps it.
+    record: Option<RecordId>,
 }
 
-const _: () = assert!(std::mem::size_of::<Slot>() <= 40);
+const _: () = assert!(std::mem::size_of::<Slot>() <= 48);
 
 fn charge_of(m: &Message) -> i64 {
     i64::try_from(footprint(m)).unwrap_or(i64::MAX)
@@ -242,7 +216,7 @@ impl Charge {
                     seq,
                     msg,
                     redelivered,
-                    persisted,
+                    record,
                 },
             expires,
             priority,
@@ -250,7 +224,7 @@ impl Charge {
         } = e;
         let page = match &self.pager {
             Some(p) if admit != Admit::Resident && !p.has_room() => match admit {
-                Admit::Stored => msg.stored.get().map(|s| p.stored(s.id)),
+                Admit::Stored => record.map(|r| p.stored(r)),
                 _ => p.page_out(&msg),
             },
             _ => None,
@@ -269,7 +243,7 @@ impl Charge {
             counted: delivery_count.is_some(),
             priority,
             redelivered,
-            persisted,
+            record,
             held,
         }
     }
@@ -289,7 +263,7 @@ impl Charge {
                 seq: s.seq,
                 msg,
                 redelivered: s.redelivered,
-                persisted: s.persisted,
+                record: s.record,
             },
             expires: s.expires,
             priority: s.priority,

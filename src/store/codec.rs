@@ -76,11 +76,10 @@ pub struct StoredMessage {
 }
 
 /// Encodes a message's exchange, routing key, properties and body as [`StoredMessage::decode`]
-/// reads them, after `prefix`, in one allocation.
-pub fn encode_message(prefix: &[u8], parts: [&[u8]; 4]) -> Vec<u8> {
+/// reads them, in one allocation.
+pub fn encode_message(parts: [&[u8]; 4]) -> Vec<u8> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut out = Vec::with_capacity(prefix.len() + 16 + len);
-    out.extend_from_slice(prefix);
+    let mut out = Vec::with_capacity(16 + len);
     for p in parts {
         put(&mut out, p);
     }
@@ -90,15 +89,12 @@ pub fn encode_message(prefix: &[u8], parts: [&[u8]; 4]) -> Vec<u8> {
 impl StoredMessage {
     /// Encodes the message for the `messages` tree.
     pub fn encode(&self) -> Vec<u8> {
-        encode_message(
-            &[],
-            [
-                &self.exchange,
-                &self.routing_key,
-                &self.properties,
-                &self.body,
-            ],
-        )
+        encode_message([
+            &self.exchange,
+            &self.routing_key,
+            &self.properties,
+            &self.body,
+        ])
     }
 
     /// Decodes a stored message without copying its parts.

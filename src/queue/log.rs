@@ -1,0 +1,331 @@
+//! The boundary between a queue and its storage: queue code reaches the store only through
+//! [`QueueLog`] (a durable queue's log of messages), [`DeadLetterMove`] (a message leaving one
+//! log for others) and [`Pages`] (where every queue spills messages past the memory budget).
+//! The conversion between a [`Message`] and its stored form lives here too, so that neither
+//! `protocol` nor `store` knows the other.
+//!
+//! A queue names each message in its log by its sequence number and the id of its record (the
+//! stored body, [`RecordId`]), which the queue keeps beside the message in its entry. The sled
+//! store stands behind these types today. Streams and a replicated log will stand behind the same
+//! operations; they will also need to read a log from an offset and truncate it up to one, which
+//! nothing here does yet: recovery reads every queue in one pass ([`Store::recover`]) and a purge
+//! settles message by message.
+
+use std::num::NonZeroU64;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use tracing::error;
+
+use crate::protocol::{Message, PropertiesInfo};
+use crate::store::{Store, StoredMessage, encode_message};
+
+/// The id of a message's stored record: every log that keeps the message references it.
+pub type RecordId = NonZeroU64;
+
+/// The stored form of one published message, made by the first log that keeps it and shared by
+/// every other: a message routed to several durable queues (or held by a durable delayed
+/// exchange) is encoded once and written as one record that each of them references.
+#[derive(Debug, Default)]
+pub struct SharedRecord(OnceLock<Arc<StoredMessage>>);
+
+impl SharedRecord {
+    /// The stored form of `msg`, made with a fresh id from `store` on first use.
+    pub fn stored_form(&self, store: &Store, msg: &Message) -> &Arc<StoredMessage> {
+        self.0.get_or_init(|| {
+            Arc::new(StoredMessage {
+                id: store.next_message_id(),
+                exchange: msg.exchange.clone(),
+                routing_key: msg.routing_key.clone(),
+                properties: msg.properties.clone(),
+                body: msg.body.clone(),
+            })
+        })
+    }
+}
+
+fn record_id(stored: &StoredMessage) -> Option<RecordId> {
+    let id = NonZeroU64::new(stored.id);
+    if id.is_none() {
+        error!("a stored message has id 0");
+    }
+    id
+}
+
+/// A message as the store gave it back.
+pub fn message_of(stored: &StoredMessage) -> Message {
+    let info = PropertiesInfo::scan(&stored.properties).unwrap_or_default();
+    Message::new(
+        stored.exchange.clone(),
+        stored.routing_key.clone(),
+        stored.properties.clone(),
+        info,
+        stored.body.clone(),
+    )
+}
+
+/// Reads a stored record back; `None` (logged) if it is missing or damaged.
+fn read(store: &Store, record: RecordId) -> Option<Message> {
+    let m = store.load_message(record.get());
+    if m.is_none() {
+        error!(message = record.get(), "a stored message is missing");
+    }
+    m.map(|m| message_of(&m))
+}
+
+/// A durable queue's log of messages. Every write goes through the store's single writer, so
+/// they reach the disk in the order the queue made them, in the writer's group commits.
+///
+/// A concrete type rather than a trait: it has one implementation today, and a type without
+/// dynamic dispatch keeps publish and ack at one channel send each. A second implementation
+/// (a replicated log) turns this into an enum here, and the queue code stays as it is.
+#[derive(Debug, Clone)]
+pub struct QueueLog {
+    store: Arc<Store>,
+    id: u64,
+}
+
+impl QueueLog {
+    /// The log of the queue the store knows as `id`.
+    pub fn new(store: Arc<Store>, id: u64) -> Self {
+        Self { store, id }
+    }
+
+    /// A new queue's log, under a fresh id.
+    pub fn create(store: Arc<Store>) -> Self {
+        let id = store.next_message_id();
+        Self { store, id }
+    }
+
+    /// The id the store knows the queue by.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Appends `msg` at `seq`, writing its shared record if no other log has yet.
+    pub fn append(&self, seq: u64, msg: &Message, shared: &SharedRecord) -> Option<RecordId> {
+        let stored = shared.stored_form(&self.store, msg);
+        let id = record_id(stored)?;
+        self.store.enqueue(self.id, seq, stored.clone());
+        Some(id)
+    }
+
+    /// Removes a message for good (acked, rejected, dropped, or dead-lettered elsewhere).
+    pub fn settle(&self, seq: u64, record: RecordId) {
+        self.store.remove(self.id, seq, record.get());
+    }
+
+    /// Records a delivery, so that after a crash the message comes back redelivered.
+    pub fn delivered(&self, seq: u64, record: RecordId) {
+        self.store.delivered(self.id, seq, record.get());
+    }
+
+    /// Records a message's return to the queue with its new delivery count (quorum queues),
+    /// so that the delivery limit holds across a restart.
+    pub fn returned(&self, seq: u64, delivery_count: u32) {
+        self.store.set_delivery_count(self.id, seq, delivery_count);
+    }
+
+    /// Reads a message of this log back (recovery reads bodies one at a time).
+    pub fn read(&self, record: RecordId) -> Option<Message> {
+        read(&self.store, record)
+    }
+
+    /// Truncates the whole log: the queue was deleted.
+    pub fn drop_all(&self) {
+        self.store.drop_queue(self.id);
+    }
+}
+
+/// A dead letter's move between logs, written as one atomic batch: out of the log it leaves,
+/// and into each log that keeps it, so that after a crash it is in exactly one place.
+#[derive(Debug, Default)]
+pub struct DeadLetterMove {
+    store: Option<Arc<Store>>,
+    to: Vec<(u64, u64, Arc<StoredMessage>)>,
+}
+
+impl DeadLetterMove {
+    /// Adds `msg` at `seq` of `log`, sharing its record with the other logs of the move.
+    pub fn add(
+        &mut self,
+        log: &QueueLog,
+        seq: u64,
+        msg: &Message,
+        shared: &SharedRecord,
+    ) -> Option<RecordId> {
+        let stored = shared.stored_form(&log.store, msg);
+        let id = record_id(stored)?;
+        self.to.push((log.id, seq, stored.clone()));
+        self.store.get_or_insert_with(|| log.store.clone());
+        Some(id)
+    }
+
+    /// Writes the move, taking the message out of `from` (its log, sequence and record) when
+    /// that log kept it.
+    pub fn commit(self, from: Option<(&QueueLog, u64, RecordId)>) {
+        let from_ref = from.map(|(log, seq, record)| (log.id, seq, record.get()));
+        let store = self
+            .store
+            .or_else(|| from.map(|(log, ..)| log.store.clone()));
+        if let Some(store) = store {
+            store.move_message(from_ref, self.to);
+        }
+    }
+}
+
+/// Where queues page out messages past the broker's memory budget (a copy in the store's
+/// `pages` tree, emptied at start), and read back the stored record of one that is on disk
+/// already.
+#[derive(Debug)]
+pub struct Pages {
+    store: Arc<Store>,
+}
+
+impl Pages {
+    /// Pages to `store`.
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+
+    /// Writes a copy of `msg` and returns its page id; `None` if the store refused it.
+    pub fn page_out(&self, msg: &Message) -> Option<u64> {
+        let raw = encode_message([&msg.exchange, &msg.routing_key, &msg.properties, &msg.body]);
+        self.store.page_out(&raw)
+    }
+
+    /// Reads a page back and forgets it; `None` (logged) if it is gone or damaged.
+    pub fn page_in(&self, id: u64) -> Option<Message> {
+        let raw: Bytes = self.store.page_in(id)?;
+        let m = StoredMessage::decode(0, raw);
+        if m.is_none() {
+            error!(page = id, "a paged message is damaged");
+        }
+        m.map(|m| message_of(&m))
+    }
+
+    /// Reads a stored record back, for a message paged out by leaving it on disk.
+    pub fn read(&self, record: RecordId) -> Option<Message> {
+        read(&self.store, record)
+    }
+
+    /// Forgets a page without reading it.
+    pub fn drop_page(&self, id: u64) {
+        self.store.drop_page(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::queue::memory::MemoryGauge;
+    use crate::queue::paging::Pager;
+    use crate::queue::{Published, Queue, QueueOptions};
+    use crate::store::QueueRecord;
+
+    fn flushed(store: &Store) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.after_flush(
+            0,
+            Box::new(move |written| {
+                let _ = tx.send(written);
+            }),
+        );
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
+    }
+
+    fn durable_queue(store: &Arc<Store>, name: &str, pager: Option<Arc<Pager>>) -> Arc<Queue> {
+        let log = QueueLog::create(store.clone());
+        let record = QueueRecord {
+            id: log.id(),
+            vhost: "/".into(),
+            name: name.into(),
+            auto_delete: false,
+            arguments: vec![0, 0, 0, 0],
+        };
+        store.put_meta(QueueRecord::key("/", name), Some(record.encode()));
+        Queue::new(
+            name.into(),
+            "/".into(),
+            QueueOptions {
+                durable: true,
+                log: Some(log),
+                pager,
+                ..QueueOptions::default()
+            },
+        )
+    }
+
+    fn persistent(body: &'static [u8]) -> Arc<Message> {
+        let properties = Bytes::from_static(&[0x10, 0, 2]);
+        let info = PropertiesInfo::scan(&properties).expect("properties");
+        Arc::new(Message::new(
+            Bytes::from_static(b"x"),
+            Bytes::from_static(b"rk"),
+            properties,
+            info,
+            Bytes::from_static(body),
+        ))
+    }
+
+    /// The ids of the records each recovered queue references, by queue name.
+    fn recovered_records(store: &Store) -> Vec<(String, Vec<u64>)> {
+        let mut out: Vec<_> = store
+            .recover()
+            .expect("recover")
+            .queues
+            .into_iter()
+            .map(|(r, q)| (r.name, q.messages.iter().map(|m| m.message_id).collect()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_message_kept_by_two_queues_is_one_record_that_goes_with_its_last_reference() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), 1 << 20).expect("store");
+        // No memory budget for the second queue: its copy is paged out and read back.
+        let pager = Pager::new(Pages::new(store.clone()), Arc::new(MemoryGauge::new(0)));
+        let (a, b) = (
+            durable_queue(&store, "a", None),
+            durable_queue(&store, "b", Some(pager)),
+        );
+        let msg = persistent(b"once");
+        let shared = SharedRecord::default();
+        for q in [&a, &b] {
+            assert_eq!(
+                q.publish(msg.clone(), &shared),
+                Published::Accepted { persisted: true }
+            );
+        }
+        flushed(&store);
+        let records = recovered_records(&store);
+        let id = records[0].1[0];
+        assert_eq!(
+            records,
+            vec![("a".to_string(), vec![id]), ("b".to_string(), vec![id])]
+        );
+
+        let (from_a, _) = a.get().expect("a's message");
+        let (from_b, _) = b.get().expect("b's message, paged in");
+        assert_eq!(from_b.msg.body, msg.body);
+        assert_eq!(from_a.record.map(RecordId::get), Some(id));
+        assert_eq!(from_b.record.map(RecordId::get), Some(id));
+        a.settle(&from_a);
+        flushed(&store);
+        assert!(store.load_message(id).is_some(), "b still references it");
+        b.settle(&from_b);
+        flushed(&store);
+        assert!(
+            store.load_message(id).is_none(),
+            "gone with its last reference"
+        );
+        assert_eq!(
+            recovered_records(&store),
+            vec![("a".to_string(), vec![]), ("b".to_string(), vec![])]
+        );
+    }
+}
