@@ -7,6 +7,7 @@ use common::raw::{self, Closed, Raw};
 use common::*;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::{BasicProperties, ConnectionProperties};
+use warren::broker::connections::Control;
 use warren::protocol::frame::Frame;
 use warren::protocol::method::{Method, decode};
 
@@ -154,4 +155,28 @@ async fn closing_a_connection_gets_through_its_backlog_of_deliveries_and_spares_
         broker.broker.connections.get(id).is_none()
     })
     .await;
+}
+
+#[tokio::test]
+async fn block_and_unblock_on_the_control_path_hold_a_publisher_back_and_let_it_go() {
+    let broker = TestBroker::start().await;
+    let publisher = broker.connect().await;
+    let ch = confirm_channel(&publisher).await;
+    let queue = declare_queue_with(&ch, "held", QueueDeclareOptions::default()).await;
+    publish(&ch, "", &queue, b"before").await;
+    let registered = broker.broker.connections.list().pop().expect("registered");
+    assert!(registered.control(Control::Block {
+        reason: "held by the operator".into()
+    }));
+    eventually("the publisher is blocked", || async {
+        publisher.status().blocked()
+    })
+    .await;
+    assert!(registered.control(Control::Unblock));
+    eventually("the publisher is unblocked", || async {
+        !publisher.status().blocked()
+    })
+    .await;
+    publish(&ch, "", &queue, b"after").await;
+    assert_eq!(drain(&ch, &queue).await, ["before", "after"]);
 }

@@ -610,15 +610,20 @@ impl Connection {
             return;
         }
         self.blocked = block;
-        info!(peer = %self.peer, conn_id = self.ctx.conn_id, blocked = block, "memory alarm: publishing connection {}", if block { "blocked" } else { "unblocked" });
+        // The memory alarm speaks first: its reason is the one RabbitMQ gives.
+        let reason = match &self.held {
+            Some(held) if !alarm => held.as_str(),
+            _ => "low on memory",
+        };
+        if alarm || !block {
+            info!(peer = %self.peer, conn_id = self.ctx.conn_id, blocked = block, "memory alarm: publishing connection {}", if block { "blocked" } else { "unblocked" });
+        } else {
+            info!(peer = %self.peer, conn_id = self.ctx.conn_id, blocked = block, reason, "publishing connection blocked by the broker");
+        }
         if !self.blocked_notify {
             return;
         }
         let method = if block {
-            let reason = match &self.held {
-                Some(reason) if !alarm => reason.as_str(),
-                _ => "low on memory",
-            };
             connection::AMQPMethod::Blocked(connection::Blocked {
                 reason: reason.into(),
             })
