@@ -101,7 +101,8 @@ pub async fn serve_tcp(
     serve(stream, peer, broker, shutdown).await;
 }
 
-/// Serves one client socket until it closes, the peer fails, or the broker shuts down.
+/// Serves one client over any transport until it closes, the peer fails, or the broker shuts
+/// down.
 pub async fn serve(
     mut stream: impl AsyncRead + AsyncWrite + Unpin + Send,
     peer: SocketAddr,
