@@ -1,7 +1,7 @@
 //! Warren, an AMQP 0-9-1 message broker for RabbitMQ clients.
 //!
 //! The path of a message, top to bottom:
-//! - [`server`]: the accept loop and graceful shutdown.
+//! - [`server`]: one broker behind its listeners: the AMQP accept loop and graceful shutdown.
 //! - [`connection`]: one task per socket: handshake, heartbeats, channel table, batched writes.
 //! - [`channel`]: the per-channel state machine: publish assembly, confirms, tx, consumers, acks.
 //! - [`broker`]: vhosts, users, exchanges, bindings and the router.
@@ -24,4 +24,4 @@ pub mod server;
 pub mod store;
 
 pub use config::Config;
-pub use server::run;
+pub use server::{Server, run, serve_amqp};

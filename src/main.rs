@@ -115,13 +115,20 @@ fn serve(settings: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match warren::run(listener, settings, shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
+        let mut server = match warren::Server::start(settings) {
+            Ok(s) => s,
             Err(e) => {
                 eprintln!("warren: {e}");
-                ExitCode::FAILURE
+                return ExitCode::FAILURE;
             }
+        };
+        if let Err(e) = server.serve_amqp(listener) {
+            eprintln!("warren: {e}");
+            return ExitCode::FAILURE;
         }
+        shutdown_signal().await;
+        server.stop().await;
+        ExitCode::SUCCESS
     })
 }
 

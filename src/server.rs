@@ -1,4 +1,4 @@
-//! The accept loop and graceful shutdown.
+//! One broker behind its listeners: the AMQP accept loop, and a graceful shutdown they share.
 
 use std::future::Future;
 use std::io;
@@ -7,40 +7,32 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
 
 use crate::broker::{Broker, delayed};
 use crate::config::Config;
 use crate::connection;
-use crate::store::Store;
 
-/// Serves AMQP on `listener` until `shutdown` completes, then closes every client connection with
-/// 320 CONNECTION_FORCED and waits (bounded) for them to finish.
-pub async fn run(
+/// Serves AMQP on `listener` until `shutdown` turns true (or its sender goes), then closes every
+/// client connection with 320 CONNECTION_FORCED and waits (bounded) for them to finish.
+pub async fn serve_amqp(
     listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
-    let store = Store::open(&config.data_dir, config.store_cache_bytes())
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    let broker = Broker::open(config, &store).map_err(|e| io::Error::other(e.to_string()))?;
-    let addr = listener.local_addr()?;
-    info!(
-        listen = %addr,
-        version = env!("CARGO_PKG_VERSION"),
-        memory_budget = broker.config.memory_budget_bytes(),
-        "warren started"
-    );
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let scheduler = tokio::spawn(delayed::run(Arc::clone(&broker), stop_rx.clone()));
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
+    let mut stop = shutdown.clone();
+    let stopped = async move {
+        // A dropped sender stops the listener too.
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(connection::serve(stream, peer, Arc::clone(&broker), stop_rx.clone()));
+                    connections.spawn(connection::serve_tcp(stream, peer, Arc::clone(&broker), shutdown.clone()));
                 }
                 Err(e) => {
                     // Running out of file descriptors must not end the broker: back off and retry.
@@ -49,12 +41,10 @@ pub async fn run(
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            () = &mut shutdown => break,
+            () = &mut stopped => break,
         }
     }
     drop(listener);
-    info!(connections = connections.len(), "shutting down");
-    let _ = stop_tx.send(true);
     let grace = broker.config.close_timeout() + Duration::from_secs(1);
     if tokio::time::timeout(grace, async {
         while connections.join_next().await.is_some() {}
@@ -64,12 +54,83 @@ pub async fn run(
     {
         connections.abort_all();
     }
-    // It writes to the store: it must be done before the store closes.
-    if let Err(e) = scheduler.await {
-        warn!(cause = %e, "delayed-message scheduler failed");
+}
+
+/// A running broker: its delayed-message scheduler, its listeners and the shutdown signal they
+/// all follow.
+pub struct Server {
+    broker: Arc<Broker>,
+    stop: watch::Sender<bool>,
+    scheduler: JoinHandle<()>,
+    listeners: JoinSet<()>,
+}
+
+impl Server {
+    /// Opens the broker (store opened, state recovered) and starts its scheduler; no listener yet.
+    pub fn start(config: Config) -> io::Result<Self> {
+        let broker = Broker::open(config).map_err(|e| io::Error::other(e.to_string()))?;
+        let (stop, stop_rx) = watch::channel(false);
+        let scheduler = tokio::spawn(delayed::run(Arc::clone(&broker), stop_rx));
+        Ok(Self {
+            broker,
+            stop,
+            scheduler,
+            listeners: JoinSet::new(),
+        })
     }
-    drop(broker);
-    store.close();
-    info!("warren stopped");
+
+    /// The shared broker.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// The shutdown signal, for a listener served outside [`Server::serve_amqp`].
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Serves AMQP on `listener` until [`Server::stop`].
+    pub fn serve_amqp(&mut self, listener: TcpListener) -> io::Result<()> {
+        let addr = listener.local_addr()?;
+        info!(
+            listen = %addr,
+            version = env!("CARGO_PKG_VERSION"),
+            memory_budget = self.broker.config.memory_budget_bytes(),
+            "warren started"
+        );
+        self.listeners.spawn(serve_amqp(
+            listener,
+            Arc::clone(&self.broker),
+            self.shutdown_signal(),
+        ));
+        Ok(())
+    }
+
+    /// Stops accepting, closes every client with 320 CONNECTION_FORCED, waits (bounded) for
+    /// them and the scheduler, then closes the store.
+    pub async fn stop(mut self) {
+        info!(connections = self.broker.connections.len(), "shutting down");
+        let _ = self.stop.send(true);
+        while self.listeners.join_next().await.is_some() {}
+        // It writes to the store: it must be done before the store closes.
+        if let Err(e) = self.scheduler.await {
+            warn!(cause = %e, "delayed-message scheduler failed");
+        }
+        self.broker.close();
+        info!("warren stopped");
+    }
+}
+
+/// Serves AMQP on `listener` with a broker opened from `config` until `shutdown` completes, then
+/// shuts down gracefully (see [`Server::stop`]).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let mut server = Server::start(config)?;
+    server.serve_amqp(listener)?;
+    shutdown.await;
+    server.stop().await;
     Ok(())
 }

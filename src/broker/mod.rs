@@ -1,6 +1,7 @@
 //! Vhosts, users, exchanges, bindings, the router and the queue registry.
 
 pub mod auth;
+pub mod connections;
 pub mod delayed;
 mod durable;
 pub mod exchange;
@@ -44,6 +45,10 @@ pub struct Broker {
     pager: Option<Arc<Pager>>,
     /// Every message byte held in memory, and the alarm past the budget.
     pub memory: Arc<MemoryGauge>,
+    /// The live client connections.
+    pub connections: connections::Connections,
+    /// The store it was opened on, closed by [`Broker::close`].
+    store: Option<Arc<Store>>,
 }
 
 /// The pseudo-queue RabbitMQ's direct reply-to consumers consume from.
@@ -85,11 +90,15 @@ impl Broker {
             delayed,
             pager,
             memory,
+            connections: connections::Connections::default(),
+            store: store.cloned(),
         })
     }
 
-    /// A broker backed by `store`, with its durable entities and messages brought back.
-    pub fn open(config: Config, store: &Arc<Store>) -> Result<Arc<Self>, StoreError> {
+    /// Opens the store under the configured data directory and brings back its durable entities
+    /// and messages.
+    pub fn open(config: Config) -> Result<Arc<Self>, StoreError> {
+        let store = &Store::open(&config.data_dir, config.store_cache_bytes())?;
         let started = std::time::Instant::now();
         let broker = Self::build(config, Some(store));
         let mut recovered = store.recover()?;
@@ -117,6 +126,25 @@ impl Broker {
             "recovered queues and messages"
         );
         Ok(broker)
+    }
+
+    /// Closes the store, flushing what is pending. Everything that writes to it (connections,
+    /// the delayed-message scheduler) must have finished first.
+    pub fn close(&self) {
+        if let Some(store) = &self.store {
+            store.close();
+        }
+    }
+
+    /// Closes a connection with a reply code and full reply text; false if there is no such
+    /// connection or it has too many control messages waiting.
+    pub fn close_connection(&self, id: u64, code: u16, text: &str) -> bool {
+        self.connections.get(id).is_some_and(|c| {
+            c.control(connections::Control::Close {
+                code,
+                text: text.to_owned(),
+            })
+        })
     }
 
     /// The memory budget of queued messages, if the broker has a store to page to.

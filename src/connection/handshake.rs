@@ -7,8 +7,7 @@ use std::sync::Arc;
 use amq_protocol::protocol::{AMQPClass, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{info, warn};
 
 use crate::broker::{Broker, LoginError, VHost, auth};
@@ -22,6 +21,7 @@ const PROTOCOL_HEADER_0_9: &[u8; 8] = b"AMQP\x01\x01\x00\x09";
 /// What the handshake settled.
 pub(super) struct Negotiated {
     pub user: String,
+    pub client_properties: FieldTable,
     pub vhost: Arc<VHost>,
     pub frame_max: u32,
     pub channel_max: u16,
@@ -59,15 +59,26 @@ fn server_properties(product: &str) -> FieldTable {
     props
 }
 
-async fn write(stream: &mut TcpStream, class: AMQPClass) -> io::Result<()> {
+/// What the handshake runs over: a plain socket today, TLS later.
+pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for S {}
+
+async fn write(stream: &mut impl Transport, class: AMQPClass) -> io::Result<()> {
     let mut out = BytesMut::new();
     encode::method(&mut out, 0, class);
-    stream.write_all(&out).await
+    write_all(stream, &out).await
+}
+
+/// Writes and flushes: a transport that buffers (TLS) must not keep a handshake reply back.
+async fn write_all(stream: &mut impl Transport, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// Reads the next method on channel 0; `None` if the peer hung up or sent something else.
 async fn read_method(
-    stream: &mut TcpStream,
+    stream: &mut impl Transport,
     rbuf: &mut BytesMut,
     frame_max: u32,
 ) -> io::Result<Result<connection::AMQPMethod, ConnectionError>> {
@@ -105,7 +116,7 @@ async fn read_method(
     }
 }
 
-async fn refuse(stream: &mut TcpStream, e: ConnectionError) -> io::Result<Option<Negotiated>> {
+async fn refuse(stream: &mut impl Transport, e: ConnectionError) -> io::Result<Option<Negotiated>> {
     let r = e.0;
     write(
         stream,
@@ -176,7 +187,7 @@ fn negotiate(field: &str, server: u32, client: u32, min: u32) -> Result<u32, Con
 
 /// Runs the handshake; `Ok(None)` when the client was refused (already answered).
 pub(super) async fn run(
-    stream: &mut TcpStream,
+    stream: &mut impl Transport,
     rbuf: &mut BytesMut,
     broker: &Broker,
     peer: SocketAddr,
@@ -189,7 +200,7 @@ pub(super) async fn run(
     // RabbitMQ serves the 0-9 header as 0-9-1: the two differ in nothing a client relies on.
     if &rbuf[..8] != PROTOCOL_HEADER && &rbuf[..8] != PROTOCOL_HEADER_0_9 {
         info!(%peer, "refused a client that does not speak AMQP 0-9-1");
-        stream.write_all(PROTOCOL_HEADER).await?;
+        write_all(stream, PROTOCOL_HEADER).await?;
         return Ok(None);
     }
     let _ = rbuf.split_to(8);
@@ -210,6 +221,7 @@ pub(super) async fn run(
         _ => FieldTable::default(),
     };
     let cap = |name: &str| matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)));
+    let client_properties = start_ok.client_properties;
     let mechanism = start_ok.mechanism.as_str();
     let credentials = match mechanism {
         "PLAIN" => auth::parse_plain(start_ok.response.as_bytes()),
@@ -313,6 +325,7 @@ pub(super) async fn run(
     .await?;
     Ok(Some(Negotiated {
         user: user.name,
+        client_properties,
         vhost,
         frame_max,
         channel_max,

@@ -1,30 +1,43 @@
 //! One task per socket: the handshake, the channel table, heartbeats, and the batched writer.
 //!
-//! The task reads whatever the socket has, handles every complete frame in it, drains the queue
-//! events waiting in its inbox, and writes all resulting frames with one syscall.
+//! The task reads whatever the transport has, handles every complete frame in it, drains the
+//! queue events waiting in its inbox, and writes all resulting frames with as few writes as the
+//! transport takes. Control messages from the broker (close, block, unblock) come on a path of
+//! their own and are handled before anything else.
+//!
+//! The inbox is unbounded, but what can wait in it is bounded: deliveries by the consumer's
+//! credit (prefetch, `consumer_max_unacked`, or [`crate::queue::NO_ACK_WINDOW`] for no-ack
+//! consumers; further ones wait in the queue), store-flush completions and cancellations by what
+//! the connection has in flight, and direct replies by what its requests asked for. None of these
+//! may block a queue or be dropped, so the inbox never refuses them.
 
 mod handshake;
 
 use std::collections::HashMap;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{AMQPClass, channel, connection};
 use bytes::{Buf, BytesMut};
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
+use crate::broker::connections::{Control, ControlReceiver, Identity, Registered};
 use crate::channel::{Channel, Ctx};
 use crate::protocol::error::Reply;
 use crate::protocol::frame::{Frame, parse_frame};
 use crate::protocol::method::{Method, decode};
 use crate::protocol::{AmqpError, ConnectionError, code, encode};
 use crate::queue::{QueueEvent, QueueEvent::Deliver};
+use handshake::Transport;
 
 /// Past this many unwritten bytes the connection stops reading until the socket drains.
 const HIGH_WATER: usize = 4 * 1024 * 1024;
@@ -67,18 +80,35 @@ struct Connection {
     close_timeout: Duration,
     /// Whether the client understands `connection.blocked`.
     blocked_notify: bool,
-    /// Reading stopped because the memory alarm is on and this connection publishes.
+    /// Reading stopped because the memory alarm is on (or the broker said so) and this
+    /// connection publishes.
     blocked: bool,
+    /// The reason of a block the broker asked for on the control path, until it lifts it.
+    held: Option<String>,
+    /// This connection in the broker's registry.
+    registered: Arc<Registered>,
 }
 
-/// Serves one client socket until it closes, the peer fails, or the broker shuts down.
+/// Serves one TCP client (see [`serve`]).
+pub async fn serve_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    // Frames are batched by the loop; Nagle would only hold the last one of a batch back.
+    let _ = stream.set_nodelay(true);
+    serve(stream, peer, broker, shutdown).await;
+}
+
+/// Serves one client over any transport until it closes, the peer fails, or the broker shuts
+/// down.
 pub async fn serve(
-    mut stream: TcpStream,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin + Send,
     peer: SocketAddr,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let timeout = broker.config.handshake_timeout();
     let negotiated = tokio::select! {
@@ -100,6 +130,15 @@ pub async fn serve(
     let conn_id = broker.next_connection_id();
     let user = negotiated.user.clone();
     let vhost_name = negotiated.vhost.name.clone();
+    let (registered, control) = broker.connections.register(
+        conn_id,
+        Identity {
+            peer,
+            user: user.clone(),
+            vhost: vhost_name.clone(),
+            client_properties: negotiated.client_properties,
+        },
+    );
     info!(%peer, user = %user, vhost = %vhost_name, conn_id, "connection opened");
     let mut conn = Connection {
         close_timeout: broker.config.close_timeout(),
@@ -122,9 +161,16 @@ pub async fn serve(
         state: State::Open,
         blocked_notify: negotiated.blocked_notify,
         blocked: false,
+        held: None,
+        registered,
     };
-    let result = conn.run(&mut stream, rbuf, rx, &mut shutdown).await;
+    let mut io = Io {
+        stream,
+        needs_flush: false,
+    };
+    let result = conn.run(&mut io, rbuf, rx, control, &mut shutdown).await;
     conn.cleanup();
+    conn.ctx.broker.connections.remove(conn_id);
     match result {
         Ok(()) => info!(%peer, user = %user, vhost = %vhost_name, conn_id, "connection closed"),
         Err(e) => {
@@ -136,9 +182,10 @@ pub async fn serve(
 impl Connection {
     async fn run(
         &mut self,
-        stream: &mut TcpStream,
+        io: &mut Io<impl Transport>,
         mut rbuf: BytesMut,
         mut rx: mpsc::UnboundedReceiver<QueueEvent>,
+        mut control: ControlReceiver,
         shutdown: &mut watch::Receiver<bool>,
     ) -> io::Result<()> {
         let tick = if self.heartbeat.is_zero() {
@@ -156,10 +203,16 @@ impl Connection {
         // Frames already buffered from the handshake are handled before the first read.
         self.process(&mut rbuf);
         loop {
-            if !self.ctx.out.is_empty() && flush(stream, &mut self.ctx.out)? {
+            // Control messages go first, whatever else is waiting: the select below only wakes
+            // the loop for them. A fair select serves the rest, so that neither a busy socket nor
+            // a busy inbox starves the other.
+            while let Ok(msg) = control.try_recv() {
+                self.handle_control(msg);
+            }
+            if !self.ctx.out.is_empty() && io.write_now(&mut self.ctx.out).await? {
                 last_write = Instant::now();
             }
-            if self.state == State::Done && self.ctx.out.is_empty() {
+            if self.state == State::Done && self.ctx.out.is_empty() && !io.needs_flush {
                 return Ok(());
             }
             // The gauge's flag is one relaxed load; the watch only wakes a blocked connection.
@@ -170,43 +223,35 @@ impl Connection {
             }
             let has_room = self.ctx.out.len() < HIGH_WATER;
             let can_read = has_room && self.state != State::Done && !self.blocked;
-            let interest = match (can_read, self.ctx.out.is_empty()) {
-                (true, true) => Interest::READABLE,
-                (true, false) => Interest::READABLE | Interest::WRITABLE,
-                (false, _) => Interest::WRITABLE,
-            };
-            let socket_wanted = can_read || !self.ctx.out.is_empty();
+            if can_read && rbuf.capacity() - rbuf.len() < READ_MIN {
+                rbuf.reserve(READ_CHUNK);
+            }
+            let socket_wanted = can_read || !self.ctx.out.is_empty() || io.needs_flush;
             let events_open = has_room && matches!(self.state, State::Open);
             tokio::select! {
-                ready = stream.ready(interest), if socket_wanted => {
-                    let ready = ready?;
-                    if ready.is_writable() && flush(stream, &mut self.ctx.out)? {
+                progress = poll_fn(|cx| io.poll_io(cx, &mut self.ctx.out, can_read.then_some(&mut rbuf))), if socket_wanted => {
+                    let Progress { wrote, read } = progress?;
+                    if wrote {
                         last_write = Instant::now();
                     }
-                    if ready.is_readable() && can_read {
-                        if rbuf.capacity() - rbuf.len() < READ_MIN {
-                            rbuf.reserve(READ_CHUNK);
-                        }
-                        match stream.try_read_buf(&mut rbuf) {
-                            Ok(0) => return Ok(()),
-                            Ok(_) => {
-                                last_read = Instant::now();
-                                self.process(&mut rbuf);
-                                // A publisher with data always ready would otherwise keep the
-                                // consumers it wakes (queued behind it on this worker) from running.
-                                tokio::task::yield_now().await;
-                                // Credit flow: a publisher outrunning a queue's consumers waits
-                                // for them, as RabbitMQ blocks it, so the backlog stays bounded.
-                                if let Some(q) = self.ctx.throttle.take() {
-                                    if !self.ctx.out.is_empty() && flush(stream, &mut self.ctx.out)? {
-                                        last_write = Instant::now();
-                                    }
-                                    q.caught_up().await;
+                    match read {
+                        Some(0) => return Ok(()),
+                        Some(_) => {
+                            last_read = Instant::now();
+                            self.process(&mut rbuf);
+                            // A publisher with data always ready would otherwise keep the
+                            // consumers it wakes (queued behind it on this worker) from running.
+                            tokio::task::yield_now().await;
+                            // Credit flow: a publisher outrunning a queue's consumers waits
+                            // for them, as RabbitMQ blocks it, so the backlog stays bounded.
+                            if let Some(q) = self.ctx.throttle.take() {
+                                if !self.ctx.out.is_empty() && io.write_now(&mut self.ctx.out).await? {
+                                    last_write = Instant::now();
                                 }
+                                q.caught_up().await;
                             }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(e) => return Err(e),
                         }
+                        None => {}
                     }
                 }
                 Some(event) = rx.recv(), if events_open => {
@@ -216,6 +261,7 @@ impl Connection {
                         self.handle_event(event);
                     }
                 }
+                Some(msg) = control.recv() => self.handle_control(msg),
                 _ = ticker.tick() => {
                     let now = Instant::now();
                     if let State::Closing { deadline, .. } = self.state && now >= deadline {
@@ -385,6 +431,7 @@ impl Connection {
                     id,
                     ChannelSlot::Open(Box::new(Channel::new(id, self.ctx.broker.memory.clone()))),
                 );
+                self.registered.set_channels(self.channels.len());
                 self.ctx.send(
                     id,
                     AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
@@ -402,6 +449,7 @@ impl Connection {
                 if let ChannelSlot::Open(ch) = slot {
                     ch.close(&mut self.ctx);
                     self.channels.remove(&id);
+                    self.registered.set_channels(self.channels.len());
                 }
                 self.ctx.send(
                     id,
@@ -414,6 +462,7 @@ impl Connection {
                 Method::Other(AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))),
             ) => {
                 self.channels.remove(&id);
+                self.registered.set_channels(self.channels.len());
                 Ok(())
             }
             (ChannelSlot::Closing, _) => Ok(()),
@@ -535,22 +584,49 @@ impl Connection {
         }
     }
 
-    /// Blocks a publishing connection while the memory alarm is on (it reads nothing more, as
-    /// RabbitMQ stops reading a publisher's socket), and unblocks it when the alarm clears,
-    /// telling clients that asked for `connection.blocked`.
+    /// Acts on a message from the broker's control path.
+    fn handle_control(&mut self, msg: Control) {
+        match msg {
+            Control::Close { code, text } => self.close_connection(
+                ConnectionError(Reply {
+                    reply_code: code,
+                    reply_text: text,
+                    class_id: 0,
+                    method_id: 0,
+                }),
+                false,
+            ),
+            Control::Block { reason } => self.held = Some(reason),
+            Control::Unblock => self.held = None,
+        }
+    }
+
+    /// Blocks a publishing connection while the memory alarm is on or the broker holds it (it
+    /// reads nothing more, as RabbitMQ stops reading a publisher's socket), and unblocks it when
+    /// both clear, telling clients that asked for `connection.blocked`.
     fn follow_alarm(&mut self, alarm: bool) {
-        let block = alarm && self.ctx.published && self.state == State::Open;
+        let block =
+            (alarm || self.held.is_some()) && self.ctx.published && self.state == State::Open;
         if block == self.blocked {
             return;
         }
         self.blocked = block;
-        info!(peer = %self.peer, conn_id = self.ctx.conn_id, blocked = block, "memory alarm: publishing connection {}", if block { "blocked" } else { "unblocked" });
+        // The memory alarm speaks first: its reason is the one RabbitMQ gives.
+        let reason = match &self.held {
+            Some(held) if !alarm => held.as_str(),
+            _ => "low on memory",
+        };
+        if alarm || !block {
+            info!(peer = %self.peer, conn_id = self.ctx.conn_id, blocked = block, "memory alarm: publishing connection {}", if block { "blocked" } else { "unblocked" });
+        } else {
+            info!(peer = %self.peer, conn_id = self.ctx.conn_id, blocked = block, reason, "publishing connection blocked by the broker");
+        }
         if !self.blocked_notify {
             return;
         }
         let method = if block {
             connection::AMQPMethod::Blocked(connection::Blocked {
-                reason: "low on memory".into(),
+                reason: reason.into(),
             })
         } else {
             connection::AMQPMethod::Unblocked(connection::Unblocked {})
@@ -608,6 +684,7 @@ impl Connection {
                 ch.close(&mut self.ctx);
             }
         }
+        self.registered.set_channels(0);
     }
 
     fn cleanup(&mut self) {
@@ -616,22 +693,93 @@ impl Connection {
     }
 }
 
-/// Writes as much of `out` as the socket takes now; true if anything was written.
-fn flush(stream: &TcpStream, out: &mut BytesMut) -> io::Result<bool> {
-    let mut wrote = false;
-    while !out.is_empty() {
-        match stream.try_write(out) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                out.advance(n);
-                wrote = true;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
+/// What one turn of the transport did: whether anything went out, and what a read brought in
+/// (`Some(0)` at end of stream).
+struct Progress {
+    wrote: bool,
+    read: Option<usize>,
+}
+
+/// The connection's transport and whether bytes written to it still await a flush (a buffering
+/// transport such as TLS holds them until flushed; a TCP socket never does).
+struct Io<S> {
+    stream: S,
+    needs_flush: bool,
+}
+
+impl<S: Transport> Io<S> {
+    /// Writes what the transport takes of `out` now, and reads what it has if `rbuf` is given.
+    /// Ready when either made progress. Cancel-safe: all progress is recorded in the buffers
+    /// before it returns, so a select that drops it loses nothing.
+    fn poll_io(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut BytesMut,
+        rbuf: Option<&mut BytesMut>,
+    ) -> Poll<io::Result<Progress>> {
+        let wrote = match self.poll_write_out(cx, out) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => true,
+            Poll::Pending => false,
+        };
+        let read = match rbuf {
+            Some(rbuf) => match pin!(self.stream.read_buf(rbuf)).poll(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(n)) => Some(n),
+                Poll::Pending => None,
+            },
+            None => None,
+        };
+        if wrote || read.is_some() {
+            Poll::Ready(Ok(Progress { wrote, read }))
+        } else {
+            Poll::Pending
         }
     }
-    if out.is_empty() && out.capacity() > 4 * HIGH_WATER {
-        *out = BytesMut::with_capacity(READ_CHUNK);
+
+    /// Writes what the transport takes of `out` now without waiting; true if anything went out.
+    async fn write_now(&mut self, out: &mut BytesMut) -> io::Result<bool> {
+        poll_fn(|cx| match self.poll_write_out(cx, out) {
+            Poll::Ready(r) => Poll::Ready(r.map(|()| true)),
+            Poll::Pending => Poll::Ready(Ok(false)),
+        })
+        .await
     }
-    Ok(wrote)
+
+    /// Writes `out` in as few writes as the transport takes, then flushes it. Ready once
+    /// something went out (or a pending flush finished); pending, with the waker registered,
+    /// when the transport takes nothing more.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<io::Result<()>> {
+        let mut progress = false;
+        while !out.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, out) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    out.advance(n);
+                    progress = true;
+                    self.needs_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        if out.is_empty() && self.needs_flush {
+            match Pin::new(&mut self.stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.needs_flush = false;
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if out.is_empty() && out.capacity() > 4 * HIGH_WATER {
+            *out = BytesMut::with_capacity(READ_CHUNK);
+        }
+        if progress {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
 }

@@ -15,12 +15,14 @@ pub mod raw;
 pub use client::*;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::oneshot;
 use warren::Config;
+use warren::broker::Broker;
 
 /// How long a test waits for any one thing the broker should do before it gives up.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -29,6 +31,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub struct TestBroker {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The broker itself, for tests that look inside it.
+    pub broker: Arc<Broker>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -54,11 +58,17 @@ impl TestBroker {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(warren::run(listener, config, async move {
+        let mut server = warren::Server::start(config).expect("the broker opens");
+        server.serve_amqp(listener).expect("serve AMQP");
+        let broker = Arc::clone(server.broker());
+        let task = tokio::spawn(async move {
             let _ = stopped.await;
-        }));
+            server.stop().await;
+            Ok(())
+        });
         Self {
             addr,
+            broker,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,

@@ -81,6 +81,16 @@ pub fn queue_declare(channel: u16, name: &str) -> Vec<u8> {
     )
 }
 
+/// `basic.consume` of `queue` as `tag`, with acks, without arguments.
+pub fn consume(channel: u16, queue: &str, tag: &str) -> Vec<u8> {
+    method(
+        channel,
+        60,
+        20,
+        &[vec![0, 0], short(queue), short(tag), vec![0], long(&[])].concat(),
+    )
+}
+
 pub fn connection_close_ok() -> Vec<u8> {
     method(0, 10, 51, &[])
 }
