@@ -17,7 +17,6 @@ use crate::protocol::frame::{Frame, parse_frame};
 use crate::protocol::method::decode;
 use crate::protocol::{AmqpError, encode};
 use crate::queue::{Queue, QueueEvent};
-use crate::store::Store;
 
 /// The channel under test.
 const CH: u16 = 1;
@@ -41,7 +40,6 @@ struct Harness {
     ch: Channel,
     ctx: Ctx,
     inbox: UnboundedReceiver<QueueEvent>,
-    _store: Arc<Store>,
     _dir: tempfile::TempDir,
 }
 
@@ -57,8 +55,7 @@ impl Harness {
             ..Config::default()
         };
         tweak(&mut config);
-        let store = Store::open(dir.path(), 1 << 20).expect("store");
-        let broker = Broker::open(config, &store).expect("broker");
+        let broker = Broker::open(config).expect("broker");
         let vhost = broker.vhost("/").expect("default vhost");
         let (tx, inbox) = tokio::sync::mpsc::unbounded_channel();
         let ctx = Ctx {
@@ -78,7 +75,6 @@ impl Harness {
             ch,
             ctx,
             inbox,
-            _store: store,
             _dir: dir,
         }
     }
