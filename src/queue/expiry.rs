@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::Queue;
 use super::args::MAX_EXPIRY_MS;
+use super::dead_letter;
+use super::{NEVER, Queue, State};
 use crate::protocol::ChannelError;
 use crate::protocol::erlang::{self, Print};
 
@@ -127,8 +128,106 @@ impl Invalid<'_> {
     }
 }
 
+/// "Now" for expiry checks: read at most once per operation, and only if something can expire.
+pub(super) struct Clock {
+    pub(super) now: Option<u64>,
+    /// Only deadlines before `now` have passed: a publish's own TTL of 0 still lets a waiting
+    /// consumer have the message, as in RabbitMQ.
+    pub(super) strict: bool,
+}
+
+impl Clock {
+    pub(super) fn lazy() -> Self {
+        Self {
+            now: None,
+            strict: false,
+        }
+    }
+
+    pub(super) fn expired(&mut self, expires: u64) -> bool {
+        if expires == NEVER {
+            return false;
+        }
+        let now = *self.now.get_or_insert_with(now_us);
+        if self.strict {
+            expires < now
+        } else {
+            expires <= now
+        }
+    }
+}
+
+impl Queue {
+    pub(super) fn ensure_timer(self: &Arc<Self>) {
+        self.timer.get_or_init(|| start(self));
+    }
+
+    /// The next moment the timer has work: the head's expiry or the queue's own.
+    fn next_deadline(&self, st: &State) -> Option<u64> {
+        let head = st.ready.front().map(|e| e.expires).filter(|&e| e != NEVER);
+        match (head, self.idle_deadline(st)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When an unused queue expires (`x-expires`); never while it has consumers.
+    fn idle_deadline(&self, st: &State) -> Option<u64> {
+        let ms = self.args.expires?;
+        st.consumers.is_empty().then(|| after(st.last_used, ms))
+    }
+
+    /// Wakes the timer if it now has work sooner than it planned.
+    pub(super) fn arm(&self, st: &mut State) {
+        let Some(timer) = self.timer.get() else {
+            return;
+        };
+        if let Some(next) = self.next_deadline(st)
+            && st.timer_at.is_none_or(|t| next < t)
+        {
+            st.timer_at = Some(next);
+            timer.notify_one();
+        }
+    }
+
+    /// The timer's work: expire from the head, delete the queue if unused for its `x-expires`,
+    /// and say when to come back.
+    fn tick(self: &Arc<Self>) -> Tick {
+        let now = now_us();
+        let mut dead = Vec::new();
+        let (idle, next) = {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return Tick::Stop;
+            }
+            let mut clock = Clock {
+                now: Some(now),
+                strict: false,
+            };
+            self.trim(&mut st, &mut clock, &mut dead);
+            let idle = self.idle_deadline(&st).is_some_and(|d| d <= now);
+            let next = if idle { None } else { self.next_deadline(&st) };
+            st.timer_at = next;
+            (idle, next)
+        };
+        dead_letter::process(dead);
+        if idle && let Some(router) = self.router() {
+            router.expire(self);
+            return Tick::Stop;
+        }
+        Tick::Sleep(next)
+    }
+
+    /// Records a use of the queue for `x-expires` (a declare, or a `basic.get`).
+    pub fn touch(&self) {
+        if self.args.expires.is_some() {
+            self.state.lock().last_used = now_us();
+        }
+    }
+}
+
 /// What the timer does next.
-pub(super) enum Tick {
+enum Tick {
     /// The queue is gone.
     Stop,
     /// Wake at this deadline, or only when notified.
@@ -136,7 +235,7 @@ pub(super) enum Tick {
 }
 
 /// Starts a queue's timer task (once a tokio runtime is there to run it); returns what wakes it.
-pub(super) fn start(queue: &Arc<Queue>) -> Arc<Notify> {
+fn start(queue: &Arc<Queue>) -> Arc<Notify> {
     let wake = Arc::new(Notify::new());
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(run(Arc::downgrade(queue), wake.clone()));

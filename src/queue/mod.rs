@@ -1,8 +1,9 @@
-//! One queue: its ready messages (in priority order in an `x-max-priority` queue), its consumers
-//! (highest `x-priority` first, round robin among equals within prefetch credit; only the first
-//! in a single-active-consumer queue), requeueing, and what its arguments ask for: TTLs and queue
-//! expiry ([`expiry`]), length limits, quorum delivery limits, and dead-lettering
-//! ([`dead_letter`]).
+//! One queue: its ready messages (in priority order in an `x-max-priority` queue), the publish,
+//! settle and requeue flow, and what its arguments ask for: TTLs, queue expiry and the timer
+//! ([`expiry`]), length limits (`limits.rs`), quorum delivery limits, and dead-lettering
+//! ([`dead_letter`]). Its consumers (highest `x-priority` first, round robin among equals within
+//! prefetch credit; only the first in a single-active-consumer queue) live in `consumers.rs`,
+//! and what it sends their connections in `events.rs`.
 //!
 //! A queue's state sits behind one short-held lock, never held across an `.await`; deliveries leave
 //! through the consumer's connection inbox, an unbounded channel whose volume credit bounds: the
@@ -12,29 +13,33 @@
 //! vhost's topology lock and other queues' locks, which must never nest inside a queue's.
 
 pub mod args;
+mod consumers;
 pub mod dead_letter;
+mod events;
 pub mod expiry;
+mod limits;
 pub mod log;
 pub mod memory;
 pub mod paging;
 
 use std::collections::VecDeque;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tokio::sync::mpsc::UnboundedSender;
 use tracing::warn;
 
-use crate::protocol::{ChannelError, Message, code};
+use crate::protocol::Message;
 use args::{Declared, Overflow, QueueArgs, QueueType};
 use dead_letter::{DeadLetter, Reason};
 use log::{QueueLog, RecordId, SharedRecord};
-use memory::{Holding, MemoryGauge, footprint};
 use paging::{Admit, Charge, Pager, Slot};
+
+pub use consumers::{Consumer, Credit, FLOW_HIGH, NO_ACK_WINDOW};
+pub use events::{EventSender, InFlight, QueueEvent};
+use expiry::Clock;
 
 /// A message in a queue, with its position so a requeue puts it back where it was.
 #[derive(Debug, Clone)]
@@ -125,225 +130,6 @@ pub trait Router: Send + Sync + std::fmt::Debug {
     ) -> bool;
     /// Deletes `queue`, unused for its `x-expires` time.
     fn expire(&self, queue: &Arc<Queue>);
-}
-
-/// "Now" for expiry checks: read at most once per operation, and only if something can expire.
-struct Clock {
-    now: Option<u64>,
-    /// Only deadlines before `now` have passed: a publish's own TTL of 0 still lets a waiting
-    /// consumer have the message, as in RabbitMQ.
-    strict: bool,
-}
-
-impl Clock {
-    fn lazy() -> Self {
-        Self {
-            now: None,
-            strict: false,
-        }
-    }
-
-    fn expired(&mut self, expires: u64) -> bool {
-        if expires == NEVER {
-            return false;
-        }
-        let now = *self.now.get_or_insert_with(expiry::now_us);
-        if self.strict {
-            expires < now
-        } else {
-            expires <= now
-        }
-    }
-}
-
-/// A message on its way from its queue to a consumer's channel. Dropped before the channel takes
-/// it (a connection that goes away with deliveries still in its inbox), it returns to its queue:
-/// no path can lose it.
-#[derive(Debug)]
-pub struct InFlight {
-    queue: Arc<Queue>,
-    message: Option<Entry>,
-}
-
-impl InFlight {
-    fn new(queue: Arc<Queue>, message: Entry) -> Self {
-        Self {
-            queue,
-            message: Some(message),
-        }
-    }
-
-    /// The message, which is now the taker's responsibility.
-    pub fn take(mut self) -> Option<Entry> {
-        self.message.take()
-    }
-
-    /// The memory its message is counted as holding.
-    pub fn footprint(&self) -> u64 {
-        self.message.as_ref().map_or(0, |e| footprint(&e.msg))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        // Never dropped armed under the queue's lock: `drain_locked` disarms what it takes back.
-        if let Some(message) = self.message.take() {
-            self.queue.put_back(message);
-        }
-    }
-}
-
-/// What a queue tells a consumer's connection.
-#[derive(Debug)]
-pub enum QueueEvent {
-    /// A message for a consumer.
-    Deliver {
-        /// Channel of the consumer.
-        channel: u16,
-        /// Consumer tag.
-        consumer_tag: Arc<str>,
-        /// The queue it came from, for acks and requeues.
-        queue: Arc<Queue>,
-        /// The message, returned to the queue if nobody takes it.
-        message: InFlight,
-    },
-    /// A direct reply-to message for a channel's reply consumer.
-    Reply {
-        /// The channel.
-        channel: u16,
-        /// The message.
-        msg: Arc<Message>,
-    },
-    /// The store flushed what a channel was waiting for.
-    Flushed {
-        /// The channel.
-        channel: u16,
-        /// Publishes up to this confirm sequence number are on disk.
-        upto: u64,
-        /// A `tx.commit` waits for this flush.
-        commit: bool,
-        /// Whether the store wrote it; if not, those publishes are nacked (the commit fails).
-        written: bool,
-    },
-    /// The queue went away: the broker cancels the consumer.
-    Cancelled {
-        /// Channel of the consumer.
-        channel: u16,
-        /// Consumer tag.
-        consumer_tag: Arc<str>,
-    },
-}
-
-/// Where a connection receives queue events.
-pub type EventSender = UnboundedSender<QueueEvent>;
-
-/// Deliveries a no-ack consumer may have waiting in its connection's inbox: past it, further ones
-/// wait in the queue, so a consumer that stops reading its socket cannot pile messages up in
-/// the broker's memory.
-pub const NO_ACK_WINDOW: u32 = 2048;
-
-/// Prefetch accounting shared by a consumer's queue and its channel.
-#[derive(Debug, Default)]
-pub struct Credit {
-    /// The limit, 0 for none.
-    pub prefetch: AtomicU32,
-    /// Deliveries not yet acknowledged (for a no-ack consumer: not yet written).
-    pub unacked: AtomicU32,
-    /// Bytes held for the channel's deliveries, on their way or unacked (a channel's credit).
-    pub holding: Holding,
-}
-
-impl Credit {
-    /// A credit with this limit.
-    pub fn new(prefetch: u16) -> Arc<Self> {
-        Self::with_limit(u32::from(prefetch))
-    }
-
-    /// A credit with this limit, 0 for none.
-    pub fn with_limit(limit: u32) -> Arc<Self> {
-        Arc::new(Self {
-            prefetch: AtomicU32::new(limit),
-            unacked: AtomicU32::new(0),
-            holding: Holding::default(),
-        })
-    }
-
-    fn try_acquire(&self) -> bool {
-        let limit = self.prefetch.load(Ordering::Relaxed);
-        self.unacked
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (limit == 0 || n < limit).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    /// Gives back one delivery's worth of credit.
-    pub fn release(&self, n: u32) {
-        let _ = self
-            .unacked
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                Some(u.saturating_sub(n))
-            });
-    }
-
-    /// Gives back one delivery's credit; true when that brings it down to half its limit, the
-    /// point at which a consumer the limit held back asks its queue for more (asking at every
-    /// release would take the queue's lock per message).
-    pub fn release_one(&self) -> bool {
-        let before = self
-            .unacked
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                Some(u.saturating_sub(1))
-            })
-            .unwrap_or(0);
-        let limit = self.prefetch.load(Ordering::Relaxed);
-        limit != 0 && before == limit / 2 + 1
-    }
-}
-
-/// A consumer attached to a queue.
-#[derive(Debug, Clone)]
-pub struct Consumer {
-    /// Consumer tag.
-    pub tag: Arc<str>,
-    /// Channel number on its connection.
-    pub channel: u16,
-    /// The connection's id.
-    pub conn_id: u64,
-    /// The connection's inbox.
-    pub tx: EventSender,
-    /// Deliveries need no ack.
-    pub no_ack: bool,
-    /// Whether it asked for exclusive use of the queue.
-    pub exclusive: bool,
-    /// Per-consumer prefetch (for a no-ack consumer, its inbox window).
-    pub credit: Arc<Credit>,
-    /// Per-channel (global) prefetch, and what the channel holds.
-    pub channel_credit: Arc<Credit>,
-    /// Its `x-priority`: deliveries go to the highest that has credit.
-    pub priority: i64,
-    /// The broker's memory gauge, which the channel's holding reports to.
-    pub memory: Arc<MemoryGauge>,
-}
-
-impl Consumer {
-    fn try_acquire(&self) -> bool {
-        if !self.credit.try_acquire() {
-            return false;
-        }
-        if !self.no_ack && !self.channel_credit.try_acquire() {
-            self.credit.release(1);
-            return false;
-        }
-        true
-    }
-
-    fn release(&self) {
-        self.credit.release(1);
-        if !self.no_ack {
-            self.channel_credit.release(1);
-        }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -448,9 +234,6 @@ pub struct QueueOptions {
     pub pager: Option<Arc<Pager>>,
 }
 
-/// Ready messages past which a queue with consumers slows its publishers (credit flow).
-pub const FLOW_HIGH: usize = 20_000;
-
 /// A queue.
 #[derive(Debug)]
 pub struct Queue {
@@ -545,10 +328,6 @@ impl Queue {
         self.router.get().and_then(Weak::upgrade)
     }
 
-    fn ensure_timer(self: &Arc<Self>) {
-        self.timer.get_or_init(|| expiry::start(self));
-    }
-
     /// Appends a routed message and hands it to a consumer if one has credit, unless a length
     /// limit refuses it. `shared` is the message's stored record, shared by every queue it was
     /// routed to.
@@ -585,27 +364,6 @@ impl Queue {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    }
-
-    /// Whether one more message would pass a length limit (RabbitMQ's `will_overflow`).
-    fn would_overflow(&self, st: &State, msg: &Message) -> bool {
-        let len = u64::try_from(st.ready.len()).unwrap_or(u64::MAX);
-        let bytes = u64::try_from(msg.body.len()).unwrap_or(u64::MAX);
-        self.args.max_length.is_some_and(|m| len + 1 > m)
-            || self
-                .args
-                .max_length_bytes
-                .is_some_and(|m| st.ready_bytes.saturating_add(bytes) > m)
-    }
-
-    /// Whether the ready messages are past a length limit (RabbitMQ's `over_max_length`).
-    fn over_limit(&self, st: &State) -> bool {
-        let len = u64::try_from(st.ready.len()).unwrap_or(u64::MAX);
-        self.args.max_length.is_some_and(|m| len > m)
-            || self
-                .args
-                .max_length_bytes
-                .is_some_and(|m| st.ready_bytes > m)
     }
 
     /// Takes a message in: a fresh publish, or a dead letter whose sequence number was reserved
@@ -761,71 +519,6 @@ impl Queue {
         }
     }
 
-    /// The next moment the timer has work: the head's expiry or the queue's own.
-    fn next_deadline(&self, st: &State) -> Option<u64> {
-        let head = st.ready.front().map(|e| e.expires).filter(|&e| e != NEVER);
-        match (head, self.idle_deadline(st)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// When an unused queue expires (`x-expires`); never while it has consumers.
-    fn idle_deadline(&self, st: &State) -> Option<u64> {
-        let ms = self.args.expires?;
-        st.consumers
-            .is_empty()
-            .then(|| expiry::after(st.last_used, ms))
-    }
-
-    /// Wakes the timer if it now has work sooner than it planned.
-    fn arm(&self, st: &mut State) {
-        let Some(timer) = self.timer.get() else {
-            return;
-        };
-        if let Some(next) = self.next_deadline(st)
-            && st.timer_at.is_none_or(|t| next < t)
-        {
-            st.timer_at = Some(next);
-            timer.notify_one();
-        }
-    }
-
-    /// The timer's work: expire from the head, delete the queue if unused for its `x-expires`,
-    /// and say when to come back.
-    fn tick(self: &Arc<Self>) -> expiry::Tick {
-        let now = expiry::now_us();
-        let mut dead = Vec::new();
-        let (idle, next) = {
-            let mut st = self.state.lock();
-            if st.deleted {
-                return expiry::Tick::Stop;
-            }
-            let mut clock = Clock {
-                now: Some(now),
-                strict: false,
-            };
-            self.trim(&mut st, &mut clock, &mut dead);
-            let idle = self.idle_deadline(&st).is_some_and(|d| d <= now);
-            let next = if idle { None } else { self.next_deadline(&st) };
-            st.timer_at = next;
-            (idle, next)
-        };
-        dead_letter::process(dead);
-        if idle && let Some(router) = self.router() {
-            router.expire(self);
-            return expiry::Tick::Stop;
-        }
-        expiry::Tick::Sleep(next)
-    }
-
-    /// Records a use of the queue for `x-expires` (a declare, or a `basic.get`).
-    pub fn touch(&self) {
-        if self.args.expires.is_some() {
-            self.state.lock().last_used = expiry::now_us();
-        }
-    }
-
     /// Puts back messages read from the store, in order, after a restart. A TTL keeps counting
     /// from when the message was stored (ms since the Unix epoch), downtime included, so a
     /// message that expired while the broker was down is never delivered.
@@ -938,134 +631,6 @@ impl Queue {
         dead_letter::process(dead);
     }
 
-    /// Delivers ready messages to consumers that have credit.
-    pub fn drain(self: &Arc<Self>) {
-        let mut dead = Vec::new();
-        {
-            let mut st = self.state.lock();
-            self.drain_locked(&mut st, &mut Clock::lazy(), &mut dead);
-            self.arm(&mut st);
-        }
-        dead_letter::process(dead);
-    }
-
-    /// Whether publishers should wait for this queue's consumers to catch up.
-    pub fn backlogged(&self) -> bool {
-        self.backlog.load(Ordering::Relaxed) > FLOW_HIGH
-    }
-
-    /// Waits (bounded) until the backlog is back under half the limit.
-    pub async fn caught_up(&self) {
-        let notified = self.caught_up.notified();
-        if self.backlogged() {
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(50), notified).await;
-        }
-    }
-
-    fn drain_locked(
-        self: &Arc<Self>,
-        st: &mut State,
-        clock: &mut Clock,
-        dead: &mut Vec<DeadLetter>,
-    ) {
-        self.drain_consumers(st, clock, dead);
-        let backlog = if st.consumers.is_empty() {
-            0
-        } else {
-            st.ready.len()
-        };
-        let before = self.backlog.swap(backlog, Ordering::Relaxed);
-        if before > FLOW_HIGH / 2 && backlog <= FLOW_HIGH / 2 {
-            self.caught_up.notify_waiters();
-        }
-    }
-
-    fn drain_consumers(
-        self: &Arc<Self>,
-        st: &mut State,
-        clock: &mut Clock,
-        dead: &mut Vec<DeadLetter>,
-    ) {
-        while !st.ready.is_empty() && !st.consumers.is_empty() {
-            // An expired message is never delivered.
-            if st.ready.front().is_some_and(|e| clock.expired(e.expires)) {
-                if let Some(e) = st.pop_front() {
-                    self.discard(e.message, Reason::Expired, dead);
-                }
-                continue;
-            }
-            let n = st.consumers.len();
-            let Some(i) = self.pick_consumer(st) else {
-                return;
-            };
-            st.next_consumer = (i + 1) % n;
-            let Some(message) = st.pop_front() else {
-                st.consumers[i].release();
-                return;
-            };
-            // A no-ack delivery is settled as it leaves, as RabbitMQ's autoack does.
-            if st.consumers[i].no_ack {
-                self.settle(&message.message);
-            } else {
-                self.mark_delivered(&message.message);
-            }
-            let c = &st.consumers[i];
-            let bytes = footprint(&message.message.msg);
-            c.channel_credit.holding.add(&c.memory, bytes);
-            let event = QueueEvent::Deliver {
-                channel: c.channel,
-                consumer_tag: c.tag.clone(),
-                queue: self.clone(),
-                message: InFlight::new(self.clone(), message),
-            };
-            if let Err(tokio::sync::mpsc::error::SendError(event)) = c.tx.send(event) {
-                // The connection is gone; its cleanup will remove the consumer, but not before we
-                // stop offering it messages.
-                c.release();
-                c.channel_credit.holding.sub(&c.memory, bytes);
-                st.consumers.remove(i);
-                if st.next_consumer >= st.consumers.len() {
-                    st.next_consumer = 0;
-                }
-                // Disarmed here: its drop must not take the lock this function holds.
-                if let QueueEvent::Deliver { message, .. } = event
-                    && let Some(message) = message.take()
-                {
-                    st.push_front(message);
-                }
-            }
-        }
-    }
-
-    /// The consumer the next delivery goes to, its credit taken: a single-active-consumer queue's
-    /// first; else the first with credit among the highest `x-priority` (consumers are kept in
-    /// descending priority), round robin among equals.
-    fn pick_consumer(&self, st: &State) -> Option<usize> {
-        if self.args.single_active_consumer {
-            return st.consumers.first()?.try_acquire().then_some(0);
-        }
-        let n = st.consumers.len();
-        let mut start = 0;
-        while start < n {
-            let p = st.consumers[start].priority;
-            let len = st.consumers[start..].partition_point(|c| c.priority == p);
-            let end = start + len;
-            let first = if (start..end).contains(&st.next_consumer) {
-                st.next_consumer - start
-            } else {
-                0
-            };
-            if let Some(i) = (0..len)
-                .map(|k| start + (first + k) % len)
-                .find(|&i| st.consumers[i].try_acquire())
-            {
-                return Some(i);
-            }
-            start = end;
-        }
-        None
-    }
-
     /// Takes the next ready message for `basic.get`, with the count left behind it; expired
     /// messages at the head go first.
     pub fn get(self: &Arc<Self>) -> Option<(Entry, u32)> {
@@ -1090,74 +655,9 @@ impl Queue {
         got
     }
 
-    /// Attaches a consumer, enforcing exclusive use.
-    pub fn add_consumer(self: &Arc<Self>, consumer: Consumer) -> Result<(), ChannelError> {
-        let mut st = self.state.lock();
-        if st.consumers.iter().any(|c| c.exclusive)
-            || (consumer.exclusive && !st.consumers.is_empty())
-        {
-            return Err(ChannelError::new(
-                code::ACCESS_REFUSED,
-                format_args!(
-                    "queue '{}' in vhost '{}' in exclusive use",
-                    self.name, self.vhost
-                ),
-            ));
-        }
-        if self.args.single_active_consumer {
-            // Registration order decides who is active next.
-            st.consumers.push(consumer);
-        } else {
-            let at = st
-                .consumers
-                .partition_point(|c| c.priority >= consumer.priority);
-            st.consumers.insert(at, consumer);
-        }
-        st.had_consumer = true;
-        let mut dead = Vec::new();
-        self.drain_locked(&mut st, &mut Clock::lazy(), &mut dead);
-        drop(st);
-        dead_letter::process(dead);
-        Ok(())
-    }
-
-    /// Detaches a consumer; returns true when the queue is auto-delete and has none left (the
-    /// consumer may already be gone, dropped when its connection stopped taking deliveries).
-    /// In a single-active-consumer queue the next consumer in registration order takes over.
-    pub fn remove_consumer(self: &Arc<Self>, conn_id: u64, channel: u16, tag: &str) -> bool {
-        let mut st = self.state.lock();
-        let was_active = st
-            .consumers
-            .first()
-            .is_some_and(|c| c.conn_id == conn_id && c.channel == channel && &*c.tag == tag);
-        st.consumers
-            .retain(|c| !(c.conn_id == conn_id && c.channel == channel && &*c.tag == tag));
-        if st.next_consumer >= st.consumers.len() {
-            st.next_consumer = 0;
-        }
-        if st.consumers.is_empty() && self.args.expires.is_some() {
-            st.last_used = expiry::now_us();
-            self.arm(&mut st);
-        }
-        let mut dead = Vec::new();
-        if self.args.single_active_consumer && was_active {
-            self.drain_locked(&mut st, &mut Clock::lazy(), &mut dead);
-        }
-        let gone =
-            self.options.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted;
-        drop(st);
-        dead_letter::process(dead);
-        gone
-    }
-
     /// Number of ready messages.
     pub fn message_count(&self) -> u32 {
         u32::try_from(self.state.lock().ready.len()).unwrap_or(u32::MAX)
-    }
-
-    /// Number of consumers.
-    pub fn consumer_count(&self) -> u32 {
-        u32::try_from(self.state.lock().consumers.len()).unwrap_or(u32::MAX)
     }
 
     /// Drops every ready message and returns how many there were.
@@ -1203,6 +703,7 @@ mod tests {
     use super::*;
     use crate::store::Store;
     use bytes::Bytes;
+    use memory::MemoryGauge;
 
     fn msg(body: &'static [u8]) -> Arc<Message> {
         Arc::new(Message::new(
