@@ -27,14 +27,14 @@ use tokio::sync::{Notify, watch};
 use tracing::debug;
 
 use super::Broker;
-use super::exchange::ExchangeKind;
+use super::exchange::{DELAYED_TYPE, ExchangeKind};
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, PropertiesInfo};
 use crate::queue::log::{self, QueueLog, SharedRecord};
 use crate::queue::{Queue, QueueOptions};
 use crate::store::{DELAY_SINK_QUEUE, DelayRecord, RecoveredDelay, Store};
 
 /// The exchange type name.
-pub const EXCHANGE_TYPE: &str = "x-delayed-message";
+pub const EXCHANGE_TYPE: &str = DELAYED_TYPE;
 /// The declare argument naming the type whose rules route held messages.
 pub const TYPE_ARGUMENT: &str = "x-delayed-type";
 /// The message header carrying the delay, in milliseconds.

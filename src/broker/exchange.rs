@@ -12,6 +12,10 @@ use super::targets::Targets;
 use super::topic::TopicTrie;
 use crate::queue::Queue;
 
+/// The type name of an `x-delayed-message` exchange (see `delayed.rs`), which it reports
+/// whatever kind it routes as.
+pub const DELAYED_TYPE: &str = "x-delayed-message";
+
 /// The routing algorithm of an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExchangeKind {
@@ -206,7 +210,7 @@ impl Exchange {
     /// The type it was declared with.
     pub fn type_name(&self) -> &'static str {
         if self.delayed {
-            super::delayed::EXCHANGE_TYPE
+            DELAYED_TYPE
         } else {
             self.kind.as_str()
         }

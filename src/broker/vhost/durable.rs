@@ -7,9 +7,9 @@ use amq_protocol::types::generation::gen_field_table;
 use amq_protocol::types::parsing::parse_field_table;
 use tracing::warn;
 
-use super::delayed;
-use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::{Topology, VHost};
+use crate::broker::delayed;
+use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::protocol::table::check_depth;
 use crate::queue::log::{QueueLog, RecordId};
 use crate::queue::{Queue, QueueOptions, QueuedMessage};
@@ -139,7 +139,7 @@ impl Topology {
 
 impl VHost {
     /// Brings back this vhost's durable exchanges, queues (with their messages) and bindings.
-    pub(super) fn restore(&self, recovered: &mut Recovered, store: &Arc<Store>) {
+    pub(in crate::broker) fn restore(&self, recovered: &mut Recovered, store: &Arc<Store>) {
         let mut t = self.topology.write();
         for r in recovered
             .exchanges
