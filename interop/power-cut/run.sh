@@ -3,7 +3,8 @@
 # Usage: interop/power-cut/run.sh [AMQP_URL]
 # The URL is ignored: every round kills and restarts a Warren of its own ($WARREN_BIN, which
 # interop/run-all.sh exports; default target/release/warren) on a free port, its data dir on a LazyFS
-# mount that drops every un-fsynced write at the cut (/work/shared/tools/power-cut, or $POWER_CUT).
+# mount that drops every un-fsynced write at the cut ($POWER_CUT, else the workplace's shared tool
+# beside the checkout, ../shared/tools/power-cut, or at /work/shared/tools/power-cut).
 # Needs root and /dev/fuse; without them it prints one "power-cut: skipped: ..." line and reports
 # zero checks. Installs pika (pinned) like interop/python-pika; the last line printed is
 # "N passed, N failed", and the exit status is non-zero when any check failed.
@@ -12,7 +13,12 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${WARREN_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/warren}
-tool=${POWER_CUT:-/work/shared/tools/power-cut/power-cut}
+tool=${POWER_CUT:-}
+if [[ -z $tool ]]; then
+    for candidate in "$root/../shared/tools/power-cut/power-cut" /work/shared/tools/power-cut/power-cut; do
+        [[ -x $candidate ]] && { tool=$candidate; break; }
+    done
+fi
 source "$here/../lib/pika.sh"
 
 skip() {
@@ -23,7 +29,7 @@ skip() {
 [[ $(id -u) == 0 ]] || skip "not running as root (LazyFS mounts a FUSE file system)"
 [[ -c /dev/fuse ]] || skip "/dev/fuse is absent"
 ( : <>/dev/fuse ) 2>/dev/null || skip "/dev/fuse cannot be opened (a container needs --device /dev/fuse --cap-add SYS_ADMIN)"
-[[ -x $tool ]] || skip "the power-cut tool is absent ($tool; set POWER_CUT)"
+[[ -n $tool && -x $tool ]] || skip "the power-cut tool is absent (set POWER_CUT to its path)"
 
 pika_setup || exit 1
 if [[ ! -x $bin ]]; then
