@@ -8,6 +8,7 @@
 #
 # Suites that need to restart the broker run "$WARREN_RESTART_CMD": it stops Warren (SIGTERM) and
 # starts it again on the same port and data dir, and returns once the port accepts connections.
+# Suites that start Warren on their own run "$WARREN_BIN", the binary used here.
 #
 # Environment: WARREN_BIN (binary to use), INTEROP_SUITES (space-separated suite names to run,
 # default all), INTEROP_SUITE_TIMEOUT (seconds per suite, default 900), CARGO_TARGET_DIR.
@@ -119,6 +120,8 @@ chmod +x "$state"/*.sh
 
 export WARREN_RESTART_CMD="bash $state/restart.sh"
 export WARREN_URL=$url
+# Suites that run Warren themselves (interop/power-cut) use the same binary.
+export WARREN_BIN=$bin
 
 cleanup() {
     bash "$state/stop.sh" >/dev/null 2>&1 || true

@@ -2,9 +2,42 @@
 
 use std::collections::VecDeque;
 
-use super::{Channel, Ctx};
+use super::{Channel, Ctx, StoreMark};
 use crate::protocol::{ChannelError, encode};
 use crate::queue::QueueEvent;
+
+impl Ctx {
+    /// Notes the store's counters before the batch's first queue or exchange method.
+    pub(super) fn mark_topology(&mut self) {
+        if self.topology.is_none()
+            && let Some(store) = self.vhost.store()
+        {
+            self.topology = Some(StoreMark {
+                failures: store.failures(),
+                topology_writes: store.topology_writes(),
+            });
+        }
+    }
+
+    /// Waits until the topology written in this batch (durable declares, deletes, bindings) is
+    /// on disk, so that no reply promises what a power cut could undo; false if a write failed.
+    pub async fn topology_durable(&mut self) -> bool {
+        let (Some(mark), Some(store)) = (self.topology.take(), self.vhost.store()) else {
+            return true;
+        };
+        if store.topology_writes() == mark.topology_writes {
+            return true;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.after_flush(
+            mark.failures,
+            Box::new(move |written| {
+                let _ = tx.send(written);
+            }),
+        );
+        rx.await.unwrap_or(false)
+    }
+}
 
 impl Channel {
     /// Sends the confirms earned since the last batch, as one `multiple` ack where it can.

@@ -56,6 +56,16 @@ pub struct Ctx {
     pub throttle: Option<Arc<Queue>>,
     /// Whether the connection has published: the memory alarm blocks publishers only.
     pub published: bool,
+    /// The store's counters before the first queue or exchange method of this batch: the
+    /// connection holds the batch's replies back until what they wrote is durable.
+    pub topology: Option<StoreMark>,
+}
+
+/// The store's counters at one moment, to tell later whether anything was written since.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreMark {
+    failures: u64,
+    topology_writes: u64,
 }
 
 impl Ctx {
@@ -176,8 +186,14 @@ impl Channel {
                 global,
             } => self.qos(ctx, prefetch_size, prefetch_count, global),
             Method::Other(AMQPClass::Basic(m)) => self.basic(ctx, m),
-            Method::Other(AMQPClass::Queue(m)) => self.queue(ctx, m),
-            Method::Other(AMQPClass::Exchange(m)) => self.exchange(ctx, m),
+            Method::Other(AMQPClass::Queue(m)) => {
+                ctx.mark_topology();
+                self.queue(ctx, m)
+            }
+            Method::Other(AMQPClass::Exchange(m)) => {
+                ctx.mark_topology();
+                self.exchange(ctx, m)
+            }
             Method::Other(AMQPClass::Channel(m)) => self.channel(ctx, m),
             Method::Other(AMQPClass::Confirm(confirm_class::AMQPMethod::Select(s))) => {
                 if self.tx.is_some() {

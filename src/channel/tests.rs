@@ -68,6 +68,7 @@ impl Harness {
             cancel_notify: true,
             throttle: None,
             published: false,
+            topology: None,
             broker,
         };
         let ch = Channel::new(CH, ctx.broker.memory.clone());
@@ -1379,4 +1380,37 @@ async fn closing_the_channel_requeues_its_unacked_and_cancels_its_consumers() {
         (true, &b"a"[..]),
         "in queue order"
     );
+}
+
+#[tokio::test]
+async fn a_durable_declare_is_answered_only_once_the_store_synced_it() {
+    let mut h = Harness::new();
+    let store = h.ctx.vhost.store().expect("store");
+    let syncs = || store.stats.syncs.load(std::sync::atomic::Ordering::SeqCst);
+    h.method(AMQPClass::Queue(queue::AMQPMethod::Declare(
+        queue::Declare {
+            queue: "transient".into(),
+            ..Default::default()
+        },
+    )))
+    .expect("declared");
+    let before = syncs();
+    assert!(h.ctx.topology_durable().await, "nothing to write");
+    assert_eq!(syncs(), before, "a transient declare waits for no fsync");
+    h.method(AMQPClass::Queue(queue::AMQPMethod::Declare(
+        queue::Declare {
+            queue: "durable".into(),
+            durable: true,
+            ..Default::default()
+        },
+    )))
+    .expect("declared");
+    assert!(
+        h.ctx.topology.is_some(),
+        "the batch noted a topology method"
+    );
+    let before = syncs();
+    assert!(h.ctx.topology_durable().await, "written");
+    assert!(syncs() > before, "the reply waited for an fsync");
+    assert!(h.ctx.topology.is_none());
 }

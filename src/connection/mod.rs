@@ -153,6 +153,7 @@ pub async fn serve(
             cancel_notify: negotiated.cancel_notify,
             throttle: None,
             published: false,
+            topology: None,
         },
         peer,
         channels: HashMap::new(),
@@ -208,6 +209,10 @@ impl Connection {
             // a busy inbox starves the other.
             while let Ok(msg) = control.try_recv() {
                 self.handle_control(msg);
+            }
+            // Replies to durable declares, deletes and bindings are held until they are on disk.
+            if self.ctx.topology.is_some() && !self.ctx.topology_durable().await {
+                self.refuse_unwritten();
             }
             if !self.ctx.out.is_empty() && io.write_now(&mut self.ctx.out).await? {
                 last_write = Instant::now();
@@ -642,6 +647,19 @@ impl Connection {
     }
 
     /// Sends `connection.close` and waits (bounded) for the peer's `close-ok`.
+    /// The store could not write what this batch's replies promise: they are dropped unsent and
+    /// the connection is closed (its unacked deliveries go back to their queues).
+    fn refuse_unwritten(&mut self) {
+        if self.state != State::Open {
+            return;
+        }
+        self.ctx.out.clear();
+        self.close_connection(
+            ConnectionError::new(code::INTERNAL_ERROR, "the store could not write to disk"),
+            false,
+        );
+    }
+
     fn close_connection(&mut self, e: ConnectionError, desync: bool) {
         if self.state != State::Open {
             return;

@@ -5,7 +5,8 @@
 //! atomic (sled batches are atomic within one tree). Messages that delayed exchanges hold live in
 //! the same tree (`d` + hold id) and reference their body as an index entry does, so routing a
 //! held message and forgetting it can share one batch. A single writer thread applies everything
-//! that arrived while the previous flush ran as one batch, flushes once, and only then runs the
+//! that arrived while the previous flush ran as one batch, flushes once, makes the flush durable
+//! with fdatasync and fsync (`sync.rs`: sled alone does not), and only then runs the
 //! batch's completions (publisher confirms, `tx.commit-ok`).
 //!
 //! A failed write (a full disk) leaves sled refusing every later write until it is reopened, so the
@@ -15,6 +16,7 @@
 //! what it holds and refuses new writes.
 
 mod codec;
+mod sync;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -190,6 +192,12 @@ pub struct StoreStats {
     pub elided: AtomicU64,
     /// Batches that could not be written (or were refused because the store cannot write).
     pub failed: AtomicU64,
+    /// Flushes made durable (sled's log fdatasynced, with its new blobs and directories).
+    pub syncs: AtomicU64,
+    /// Files sled created that the store synced (blobs).
+    pub file_syncs: AtomicU64,
+    /// Directory syncs, after entries were created, renamed or removed in them.
+    pub dir_syncs: AtomicU64,
 }
 
 /// The store: a handle to the writer thread and the sled database.
@@ -205,6 +213,9 @@ pub struct Store {
     pages: sled::Tree,
     /// The `messages` tree, read outside the writer by recovery and by paging.
     messages: sled::Tree,
+    /// Topology records written and durable queues dropped so far: a reply to a queue or
+    /// exchange method waits for the store only if this moved.
+    topology_writes: AtomicU64,
     /// Counters.
     pub stats: Arc<StoreStats>,
 }
@@ -370,6 +381,13 @@ impl Store {
         if !full {
             keep_reserve(&reserve);
         }
+        let io_err = |e| StoreError::Sled(dir.to_path_buf(), sled::Error::Io(e));
+        let durability = sync::Durability::open(&dir.join("sled")).map_err(io_err)?;
+        // The store's own entries (sled's directory, the reserve) and the data dir's own entry.
+        sync::sync_dir(dir).map_err(io_err)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync::sync_dir(parent).map_err(io_err)?;
+        }
         // Queue ids, hold ids and message ids come from one counter: none may be handed out twice,
         // even when no message with a higher id is left.
         let max_queue = meta
@@ -396,6 +414,7 @@ impl Store {
             refs: HashMap::new(),
             stats: stats.clone(),
             failing: full,
+            durability,
         };
         let thread = std::thread::Builder::new()
             .name("warren-store".into())
@@ -409,6 +428,7 @@ impl Store {
             next_id: AtomicU64::new(max_id + 1),
             pages,
             messages,
+            topology_writes: AtomicU64::new(0),
             stats,
         }))
     }
@@ -431,6 +451,7 @@ impl Store {
 
     /// Stores (or removes, with `None`) a topology record.
     pub fn put_meta(&self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.topology_writes.fetch_add(1, Ordering::Relaxed);
         self.send(Op::Meta { key, value });
     }
 
@@ -478,6 +499,7 @@ impl Store {
 
     /// Removes every message of a deleted queue.
     pub fn drop_queue(&self, queue: u64) {
+        self.topology_writes.fetch_add(1, Ordering::Relaxed);
         self.send(Op::DropQueue { queue });
     }
 
@@ -662,6 +684,11 @@ impl Store {
         }
     }
 
+    /// How many topology writes (records put or removed, durable queues dropped) were sent so far.
+    pub fn topology_writes(&self) -> u64 {
+        self.topology_writes.load(Ordering::Relaxed)
+    }
+
     /// Flushes what is pending and stops the writer.
     pub fn close(&self) {
         let _ = self.writer.send(Op::Stop);
@@ -688,6 +715,8 @@ struct Writer {
     /// A write failed (or the store opened on a full disk): sled refuses every later write until
     /// it is reopened, so nothing more is tried and every completion hears of the failure.
     failing: bool,
+    /// sled's files, synced after each flush and before any completion runs.
+    durability: sync::Durability,
 }
 
 impl Writer {
@@ -826,7 +855,8 @@ impl Writer {
                 .meta
                 .apply_batch(meta)
                 .and_then(|()| self.messages.apply_batch(batch))
-                .and_then(|()| self.db.flush().map(|_| ()));
+                .and_then(|()| self.db.flush().map(|_| ()))
+                .and_then(|()| self.durability.sync(&self.stats).map_err(sled::Error::Io));
             if let Err(e) = result {
                 // Said once: every later batch is refused without a word.
                 error!(

@@ -373,3 +373,46 @@ fn a_move_leaves_its_source_and_reaches_every_target_in_one_batch() {
         "the original body went with its last reference"
     );
 }
+
+#[test]
+fn no_completion_runs_before_the_fsync_that_covers_its_writes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(dir.path(), 1 << 20).expect("open");
+    let (tx, rx) = std::sync::mpsc::channel();
+    for round in 0..20u64 {
+        let small = msg(&store, "small");
+        // Over a quarter of sled's 512 KiB segment: sled writes it as a blob file of its own.
+        let big = Arc::new(StoredMessage {
+            id: store.next_message_id(),
+            body: Bytes::from(vec![7u8; 200 * 1024]),
+            ..StoredMessage::clone(&small)
+        });
+        let blobs_before = store.stats.file_syncs.load(Ordering::SeqCst);
+        let syncs_before = store.stats.syncs.load(Ordering::SeqCst);
+        store.enqueue(1, round * 2, small);
+        store.enqueue(1, round * 2 + 1, big);
+        let stats = store.stats.clone();
+        let tx = tx.clone();
+        store.after_flush(
+            0,
+            Box::new(move |written| {
+                let _ = tx.send((
+                    written,
+                    stats.syncs.load(Ordering::SeqCst) - syncs_before,
+                    stats.file_syncs.load(Ordering::SeqCst) - blobs_before,
+                ));
+            }),
+        );
+        let (written, syncs, blobs) = rx.recv_timeout(Duration::from_secs(10)).expect("flush");
+        assert!(written, "round {round}: the store wrote");
+        assert!(syncs >= 1, "round {round}: completion ran before an fsync");
+        assert!(
+            blobs >= 1,
+            "round {round}: the new blob file was not synced"
+        );
+    }
+    let blob_files = std::fs::read_dir(dir.path().join("sled/blobs"))
+        .expect("sled keeps big values as blob files")
+        .count();
+    assert!(blob_files >= 20, "{blob_files} blob files");
+}
