@@ -23,8 +23,21 @@ fn all_vhosts() -> Vec<String> {
     vec!["*".into()]
 }
 
+/// How much free space the data dir's filesystem must keep (RabbitMQ's `disk_free_limit.*`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum DiskFreeLimit {
+    /// In bytes.
+    Absolute(u64),
+    /// As a multiple of the machine's memory (cgroup limit included).
+    Relative(f64),
+}
+
+/// RabbitMQ's default free-disk limit, in bytes.
+pub const DISK_FREE_LIMIT: u64 = 50_000_000;
+
 /// The broker's settings.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// AMQP listen address.
@@ -49,6 +62,8 @@ pub struct Config {
     pub product: String,
     /// Memory for queued messages and the store's cache, in bytes (0: 40% of the machine's).
     pub memory_budget: u64,
+    /// Free space under which the disk alarm blocks publishers.
+    pub disk_free_limit: DiskFreeLimit,
     /// Deliveries a consumer with no prefetch limit may hold unacked before the rest wait.
     pub consumer_max_unacked: u32,
     /// Users who may log in only from a loopback address.
@@ -75,6 +90,7 @@ impl Default for Config {
             handshake_timeout_ms: 10_000,
             close_timeout_ms: 3_000,
             memory_budget: 0,
+            disk_free_limit: DiskFreeLimit::Absolute(DISK_FREE_LIMIT),
             consumer_max_unacked: 65_535,
             product: "Warren".into(),
             loopback_users: vec!["guest".into()],
@@ -114,23 +130,33 @@ impl Config {
         if self.channel_max == 0 {
             return Err("channel_max must be at least 1".into());
         }
+        if let DiskFreeLimit::Relative(r) = self.disk_free_limit
+            && !(r.is_finite() && r >= 0.0)
+        {
+            return Err(format!(
+                "disk_free_limit.relative must be a number of at least 0, not {r}"
+            ));
+        }
         Ok(())
     }
 
     /// The memory budget in bytes: as set, or 40% of the machine's memory (as RabbitMQ's default
-    /// high watermark), or 1 GiB where that cannot be read.
+    /// high watermark; a container's cgroup limit counts as the machine's), or 1 GiB where that
+    /// cannot be read.
     pub fn memory_budget_bytes(&self) -> u64 {
         if self.memory_budget > 0 {
             return self.memory_budget;
         }
-        std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-                Some(kib * 1024 / 10 * 4)
-            })
-            .unwrap_or(1 << 30)
+        machine_memory().map_or(1 << 30, |m| m / 10 * 4)
+    }
+
+    /// The free-disk limit in bytes; a relative limit where the machine's memory cannot be read
+    /// falls back to RabbitMQ's default.
+    pub fn disk_free_limit_bytes(&self) -> u64 {
+        match self.disk_free_limit {
+            DiskFreeLimit::Absolute(bytes) => bytes,
+            DiskFreeLimit::Relative(r) => machine_memory().map_or(DISK_FREE_LIMIT, |m| scale(m, r)),
+        }
     }
 
     /// The store's page cache: a quarter of the budget, at most 64 MiB.
@@ -154,6 +180,37 @@ impl Config {
     }
 }
 
+/// The machine's memory: MemTotal, or the cgroup's limit if the broker runs under a smaller one.
+fn machine_memory() -> Option<u64> {
+    let read = |path| std::fs::read_to_string(path).ok();
+    memory_limit(
+        &read("/proc/meminfo")?,
+        read("/sys/fs/cgroup/memory.max").as_deref(),
+        read("/sys/fs/cgroup/memory/memory.limit_in_bytes").as_deref(),
+    )
+}
+
+/// MemTotal from `/proc/meminfo`'s text, lowered to a cgroup v2 (`memory.max`) or v1
+/// (`memory.limit_in_bytes`) limit where one is set: "max", or v1's huge "unlimited", is none.
+fn memory_limit(meminfo: &str, cgroup_v2: Option<&str>, cgroup_v1: Option<&str>) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    let total = kib.checked_mul(1024)?;
+    let cgroup = [cgroup_v2, cgroup_v1]
+        .into_iter()
+        .flatten()
+        .filter_map(|text| text.trim().parse::<u64>().ok())
+        .min();
+    Some(cgroup.map_or(total, |limit| limit.min(total)))
+}
+
+/// `bytes` times a finite, non-negative `factor`, to the nearest byte.
+fn scale(bytes: u64, factor: f64) -> u64 {
+    // Rounding to whole bytes is the point; the float-to-int `as` saturates, so a product past
+    // u64::MAX becomes u64::MAX rather than wrapping.
+    (bytes as f64 * factor).round() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +227,39 @@ mod tests {
         assert!(Config::parse("frame_max = 100").is_err());
         let c = Config::parse("heartbeat = 5\nlisten = \"127.0.0.1:1\"");
         assert_eq!(c.map(|c| (c.heartbeat, c.listen.port())), Ok((5, 1)));
+    }
+
+    #[test]
+    fn disk_free_limit_is_absolute_or_relative_to_memory() {
+        let abs =
+            Config::parse("disk_free_limit.absolute = 1000").map(|c| c.disk_free_limit_bytes());
+        assert_eq!(abs, Ok(1000));
+        let rel = Config::parse("disk_free_limit.relative = 1.5").map(|c| c.disk_free_limit);
+        assert_eq!(rel, Ok(DiskFreeLimit::Relative(1.5)));
+        assert!(Config::parse("disk_free_limit.relative = -1.0").is_err());
+        assert!(Config::parse("disk_free_limit.both = 1").is_err());
+        assert_eq!(scale(1000, 1.5), 1500);
+        assert_eq!(scale(u64::MAX, 2.0), u64::MAX);
+    }
+
+    #[test]
+    fn a_smaller_cgroup_limit_lowers_the_machine_memory() {
+        let meminfo = "MemTotal:        8000000 kB\nMemFree:  100 kB\n";
+        let total = 8_000_000 * 1024;
+        assert_eq!(memory_limit(meminfo, None, None), Some(total));
+        assert_eq!(memory_limit(meminfo, Some("max\n"), None), Some(total));
+        assert_eq!(
+            memory_limit(meminfo, Some("1073741824\n"), None),
+            Some(1 << 30)
+        );
+        // v1 says "no limit" with a huge number.
+        let v1_unlimited = "9223372036854771712\n";
+        assert_eq!(memory_limit(meminfo, None, Some(v1_unlimited)), Some(total));
+        assert_eq!(
+            memory_limit(meminfo, None, Some("536870912\n")),
+            Some(1 << 29)
+        );
+        assert_eq!(memory_limit("MemFree: 1 kB\n", Some("1024"), None), None);
     }
 
     #[test]

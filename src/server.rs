@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
 
-use crate::broker::{Broker, delayed};
+use crate::broker::{Broker, delayed, disk};
 use crate::config::Config;
 use crate::connection;
 
@@ -56,25 +56,29 @@ pub async fn serve_amqp(
     }
 }
 
-/// A running broker: its delayed-message scheduler, its listeners and the shutdown signal they
+/// A running broker: its delayed-message scheduler, its disk monitor, its listeners and the shutdown signal they
 /// all follow.
 pub struct Server {
     broker: Arc<Broker>,
     stop: watch::Sender<bool>,
     scheduler: JoinHandle<()>,
+    disk_monitor: JoinHandle<()>,
     listeners: JoinSet<()>,
 }
 
 impl Server {
-    /// Opens the broker (store opened, state recovered) and starts its scheduler; no listener yet.
+    /// Opens the broker (store opened, state recovered) and starts its scheduler and disk
+    /// monitor; no listener yet.
     pub fn start(config: Config) -> io::Result<Self> {
         let broker = Broker::open(config).map_err(|e| io::Error::other(e.to_string()))?;
         let (stop, stop_rx) = watch::channel(false);
-        let scheduler = tokio::spawn(delayed::run(Arc::clone(&broker), stop_rx));
+        let scheduler = tokio::spawn(delayed::run(Arc::clone(&broker), stop_rx.clone()));
+        let disk_monitor = tokio::spawn(disk::run(Arc::clone(&broker), stop_rx));
         Ok(Self {
             broker,
             stop,
             scheduler,
+            disk_monitor,
             listeners: JoinSet::new(),
         })
     }
@@ -96,6 +100,7 @@ impl Server {
             listen = %addr,
             version = env!("CARGO_PKG_VERSION"),
             memory_budget = self.broker.config.memory_budget_bytes(),
+            disk_free_limit = self.broker.alarms.disk_free_limit(),
             "warren started"
         );
         self.listeners.spawn(serve_amqp(
@@ -107,7 +112,7 @@ impl Server {
     }
 
     /// Stops accepting, closes every client with 320 CONNECTION_FORCED, waits (bounded) for
-    /// them and the scheduler, then closes the store.
+    /// them, the scheduler and the disk monitor, then closes the store.
     pub async fn stop(mut self) {
         info!(connections = self.broker.connections.len(), "shutting down");
         let _ = self.stop.send(true);
@@ -115,6 +120,9 @@ impl Server {
         // It writes to the store: it must be done before the store closes.
         if let Err(e) = self.scheduler.await {
             warn!(cause = %e, "delayed-message scheduler failed");
+        }
+        if let Err(e) = self.disk_monitor.await {
+            warn!(cause = %e, "disk monitor failed");
         }
         self.broker.close();
         info!("warren stopped");

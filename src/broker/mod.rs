@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod connections;
 pub mod delayed;
+pub mod disk;
 mod equivalence;
 pub mod exchange;
 pub mod headers;
@@ -44,6 +45,8 @@ pub struct Broker {
     pager: Option<Arc<Pager>>,
     /// Every message byte held in memory, and the alarm past the budget.
     pub memory: Arc<MemoryGauge>,
+    /// The memory and disk alarms, which block publishing connections.
+    pub alarms: Arc<crate::queue::alarms::Alarms>,
     /// The live client connections.
     pub connections: connections::Connections,
     /// The store it was opened on, closed by [`Broker::close`].
@@ -67,7 +70,13 @@ impl Broker {
 
     fn build(config: Config, store: Option<&Arc<Store>>) -> Arc<Self> {
         let delayed = delayed::Delayed::new(store.cloned());
-        let memory = Arc::new(MemoryGauge::new(config.queue_memory_bytes()));
+        let alarms = Arc::new(crate::queue::alarms::Alarms::new(
+            config.disk_free_limit_bytes(),
+        ));
+        let memory = Arc::new(MemoryGauge::with_alarms(
+            config.queue_memory_bytes(),
+            alarms.clone(),
+        ));
         let pager = store.map(|s| Pager::new(Pages::new(s.clone()), memory.clone()));
         let vhosts = config
             .vhosts
@@ -85,6 +94,7 @@ impl Broker {
             delayed,
             pager,
             memory,
+            alarms,
             connections: connections::Connections::default(),
             store: store.cloned(),
         })

@@ -36,6 +36,7 @@ use crate::protocol::error::Reply;
 use crate::protocol::frame::{Frame, parse_frame};
 use crate::protocol::method::{Method, decode};
 use crate::protocol::{AmqpError, ConnectionError, code, encode};
+use crate::queue::alarms::Raised;
 use crate::queue::{QueueEvent, QueueEvent::Deliver};
 use handshake::Transport;
 
@@ -200,7 +201,7 @@ impl Connection {
         );
         let mut last_read = Instant::now();
         let mut last_write = Instant::now();
-        let mut alarm = self.ctx.broker.memory.subscribe();
+        let mut alarm = self.ctx.broker.alarms.subscribe();
         // Frames already buffered from the handshake are handled before the first read.
         self.process(&mut rbuf);
         loop {
@@ -220,8 +221,8 @@ impl Connection {
             if self.state == State::Done && self.ctx.out.is_empty() && !io.needs_flush {
                 return Ok(());
             }
-            // The gauge's flag is one relaxed load; the watch only wakes a blocked connection.
-            self.follow_alarm(self.ctx.broker.memory.alarmed());
+            // The alarms are one relaxed load; the watch only wakes a blocked connection.
+            self.follow_alarm(self.ctx.broker.alarms.raised());
             if self.blocked {
                 // A blocked client cannot be heard, so its silence is no missed heartbeat.
                 last_read = Instant::now();
@@ -606,23 +607,26 @@ impl Connection {
         }
     }
 
-    /// Blocks a publishing connection while the memory alarm is on or the broker holds it (it
+    /// Blocks a publishing connection while a resource alarm is on or the broker holds it (it
     /// reads nothing more, as RabbitMQ stops reading a publisher's socket), and unblocks it when
-    /// both clear, telling clients that asked for `connection.blocked`.
-    fn follow_alarm(&mut self, alarm: bool) {
-        let block =
-            (alarm || self.held.is_some()) && self.ctx.published && self.state == State::Open;
+    /// both clear, telling clients that asked for `connection.blocked`. A change of reason while
+    /// blocked (memory, then memory and disk) sends nothing: RabbitMQ 3.10 does not either.
+    fn follow_alarm(&mut self, alarms: Raised) {
+        let block = (alarms.any() || self.held.is_some())
+            && self.ctx.published
+            && self.state == State::Open;
         if block == self.blocked {
             return;
         }
         self.blocked = block;
-        // The memory alarm speaks first: its reason is the one RabbitMQ gives.
-        let reason = match &self.held {
-            Some(held) if !alarm => held.as_str(),
-            _ => "low on memory",
+        // A resource alarm speaks first: its reason is the one RabbitMQ gives.
+        let reason = match (alarms.reason(), &self.held) {
+            (Some(alarm), _) => alarm,
+            (None, Some(held)) => held.as_str(),
+            (None, None) => "",
         };
-        if alarm || !block {
-            info!(peer = %self.peer, conn_id = self.ctx.conn_id, blocked = block, "memory alarm: publishing connection {}", if block { "blocked" } else { "unblocked" });
+        if alarms.any() || !block {
+            info!(peer = %self.peer, conn_id = self.ctx.conn_id, blocked = block, reason, "resource alarm: publishing connection {}", if block { "blocked" } else { "unblocked" });
         } else {
             info!(peer = %self.peer, conn_id = self.ctx.conn_id, blocked = block, reason, "publishing connection blocked by the broker");
         }

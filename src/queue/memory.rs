@@ -11,11 +11,12 @@
 //! Both kinds of reporters update the shared counters in steps of [`GRANULE`], so the hot path does
 //! not touch a shared cache line per message.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::alarms::{Alarm, Alarms};
 use crate::protocol::Message;
 
 /// How far a reporter's own count may drift from what it reported before it reports again.
@@ -29,20 +30,25 @@ pub struct MemoryGauge {
     ready: AtomicU64,
     /// Messages held outside ready lists: in inboxes, unacked, being assembled.
     held: AtomicU64,
-    /// The alarm as last published, so a report only touches the watch when it changes.
+    /// The alarm as last published, so a report only touches the alarms when it changes.
     raised: AtomicBool,
-    alarm: watch::Sender<bool>,
+    alarms: Arc<Alarms>,
 }
 
 impl MemoryGauge {
-    /// A gauge whose alarm goes off at `limit` bytes.
+    /// A gauge whose alarm goes off at `limit` bytes, alone in its own [`Alarms`].
     pub fn new(limit: u64) -> Self {
+        Self::with_alarms(limit, Arc::new(Alarms::new(0)))
+    }
+
+    /// A gauge whose alarm goes off at `limit` bytes, raised in the broker's `alarms`.
+    pub fn with_alarms(limit: u64, alarms: Arc<Alarms>) -> Self {
         Self {
             limit,
             ready: AtomicU64::new(0),
             held: AtomicU64::new(0),
             raised: AtomicBool::new(false),
-            alarm: watch::channel(false).0,
+            alarms,
         }
     }
 
@@ -76,9 +82,9 @@ impl MemoryGauge {
         self.raised.load(Ordering::Relaxed)
     }
 
-    /// Follows the alarm: `true` while it is on.
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
-        self.alarm.subscribe()
+    /// The alarms this gauge raises its own in.
+    pub fn alarms(&self) -> &Arc<Alarms> {
+        &self.alarms
     }
 
     /// A queue's report of a change in the ready bytes it holds.
@@ -105,7 +111,7 @@ impl MemoryGauge {
             } else {
                 info!(used = total, limit = self.limit, "memory alarm cleared");
             }
-            self.alarm.send_replace(over);
+            self.alarms.set(Alarm::Memory, over);
         }
     }
 }
@@ -183,10 +189,10 @@ mod tests {
         assert_eq!(gauge.held_bytes(), GRANULE);
         h.add(&gauge, 3 * GRANULE);
         assert_eq!(gauge.held_bytes(), 4 * GRANULE);
-        assert!(gauge.alarmed() && *gauge.subscribe().borrow());
+        assert!(gauge.alarmed() && gauge.alarms().raised().has(Alarm::Memory));
         h.sub(&gauge, 3 * GRANULE + 2);
         assert_eq!((h.bytes(), gauge.held_bytes()), (GRANULE - 1, 0));
-        assert!(!gauge.alarmed() && !*gauge.subscribe().borrow());
+        assert!(!gauge.alarmed() && !gauge.alarms().raised().has(Alarm::Memory));
         h.add(&gauge, 1);
         h.clear(&gauge);
         assert_eq!((h.bytes(), gauge.held_bytes()), (0, 0));

@@ -12,6 +12,7 @@
 //! Dead letters are collected under the lock and routed once it is released: routing takes the
 //! vhost's topology lock and other queues' locks, which must never nest inside a queue's.
 
+pub mod alarms;
 pub mod args;
 mod consumers;
 pub mod dead_letter;
