@@ -208,6 +208,23 @@ async fn content_when_a_method_is_expected_is_505() {
     assert_healthy(&broker).await;
 }
 
+/// A body before its header is blamed on the publish and worded by the header awaited.
+#[tokio::test]
+async fn a_body_before_its_header_is_505_on_basic_publish() {
+    let broker = TestBroker::start().await;
+    let mut raw = Raw::open(broker.addr).await;
+    raw.send(&[publish(1, "q", 0), frame(BODY, 1, b"abc")].concat())
+        .await;
+    raw.expect_connection_close(Closed::new(
+        505,
+        "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead",
+        60,
+        40,
+    ))
+    .await;
+    assert_healthy(&broker).await;
+}
+
 #[tokio::test]
 async fn a_method_on_a_channel_never_opened_is_504() {
     let broker = TestBroker::start().await;

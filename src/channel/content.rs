@@ -30,19 +30,36 @@ pub(super) enum Assembly {
     },
 }
 
+impl Assembly {
+    /// The 505 for a frame this state does not await, worded (and blamed on `basic.publish` once
+    /// one is under way) as RabbitMQ 3.10 does: by the frame expected, not the one received.
+    pub(super) fn out_of_order(&self) -> ConnectionError {
+        match self {
+            Self::Idle => ConnectionError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            ),
+            Self::Header { .. } => ConnectionError::unexpected_frame(
+                "expected content header for class 60, got non content header frame instead",
+            )
+            .on(60, 40),
+            Self::Body { .. } => ConnectionError::unexpected_frame(
+                "expected content body, got non content body frame instead",
+            )
+            .on(60, 40),
+        }
+    }
+}
+
 impl Channel {
     /// Handles a content header frame.
     pub fn handle_header(&mut self, ctx: &mut Ctx, payload: Bytes) -> Result<(), AmqpError> {
-        let Assembly::Header {
-            exchange,
-            routing_key,
-            mandatory,
-        } = std::mem::take(&mut self.assembly)
-        else {
-            return Err(ConnectionError::unexpected_frame(
-                "expected method frame, got non method frame instead",
-            )
-            .into());
+        let (exchange, routing_key, mandatory) = match std::mem::take(&mut self.assembly) {
+            Assembly::Header {
+                exchange,
+                routing_key,
+                mandatory,
+            } => (exchange, routing_key, mandatory),
+            other => return Err(other.out_of_order().into()),
         };
         let ContentHeader {
             body_size: size,
@@ -77,10 +94,7 @@ impl Channel {
     /// Handles a content body frame.
     pub fn handle_body(&mut self, ctx: &mut Ctx, payload: Bytes) -> Result<(), AmqpError> {
         let Assembly::Body { size, body, .. } = &mut self.assembly else {
-            return Err(ConnectionError::unexpected_frame(
-                "expected method frame, got non method frame instead",
-            )
-            .into());
+            return Err(self.assembly.out_of_order().into());
         };
         let have = body.len() + payload.len();
         if have > *size {

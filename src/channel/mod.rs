@@ -155,11 +155,7 @@ impl Channel {
     pub fn handle_method(&mut self, ctx: &mut Ctx, decoded: Decoded) -> Result<(), AmqpError> {
         let (class_id, method_id) = (decoded.class_id, decoded.method_id);
         if !matches!(self.assembly, Assembly::Idle) {
-            return Err(ConnectionError::unexpected_frame(format_args!(
-                "expected content header for class 60, got non content header frame instead"
-            ))
-            .on(60, 40)
-            .into());
+            return Err(self.assembly.out_of_order().into());
         }
         self.dispatch(ctx, decoded.method)
             .map_err(|e| e.on(class_id, method_id))

@@ -362,12 +362,6 @@ fn refusal(r: Result<(), AmqpError>) -> (bool, Reply) {
     }
 }
 
-/// Whether an error closes the connection, and its reply code.
-fn scope_and_code(r: Result<(), AmqpError>) -> (bool, u16) {
-    let (connection, reply) = refusal(r);
-    (connection, reply.reply_code)
-}
-
 fn reply(reply_code: u16, reply_text: &str, class_id: u16, method_id: u16) -> Reply {
     Reply {
         reply_code,
@@ -397,6 +391,26 @@ fn unknown_tag(tag: u64, method_id: u16) -> (bool, Reply) {
 
 const UNEXPECTED_CONTENT: &str =
     "UNEXPECTED_FRAME - expected method frame, got non method frame instead";
+
+/// RabbitMQ 3.10's 505 for anything but the header after `basic.publish`, on basic.publish.
+fn header_awaited() -> (bool, Reply) {
+    connection_error(
+        505,
+        "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead",
+        60,
+        40,
+    )
+}
+
+/// RabbitMQ 3.10's 505 for anything but a body frame while body is awaited, on basic.publish.
+fn body_awaited() -> (bool, Reply) {
+    connection_error(
+        505,
+        "UNEXPECTED_FRAME - expected content body, got non content body frame instead",
+        60,
+        40,
+    )
+}
 
 // Publish assembly.
 
@@ -454,41 +468,40 @@ async fn content_with_no_publish_in_progress_is_505() {
     );
 }
 
-/// Content frames out of order within a publish close the connection with 505. Only the code and
-/// scope are pinned: RabbitMQ 3.10 words these "expected content header for class 60, got non
-/// content header frame instead" (a body before the header) and "expected content body, got non
-/// content body frame instead" (a header among the body frames), both on basic.publish, and
-/// Warren's texts differ today.
+/// Content frames out of order within a publish close the connection with 505, worded by the
+/// frame awaited, as RabbitMQ 3.10 does.
 #[tokio::test]
 async fn content_out_of_order_within_a_publish_is_505() {
     let mut h = Harness::new();
     h.publish_method("", "q").expect("publish");
-    assert_eq!(scope_and_code(h.body(b"abc")), (true, 505));
+    assert_eq!(refusal(h.body(b"abc")), header_awaited());
+    // A header where body is awaited, before any body frame and after one.
+    let mut h = Harness::new();
+    h.publish_method("", "q").expect("publish");
+    h.header(5, TRANSIENT).expect("header");
+    assert_eq!(refusal(h.header(2, TRANSIENT)), body_awaited());
     let mut h = Harness::new();
     h.publish_method("", "q").expect("publish");
     h.header(5, TRANSIENT).expect("header");
     h.body(b"abc").expect("part");
-    assert_eq!(scope_and_code(h.header(2, TRANSIENT)), (true, 505));
+    assert_eq!(refusal(h.header(2, TRANSIENT)), body_awaited());
 }
 
 #[tokio::test]
 async fn a_method_while_content_is_awaited_is_505() {
     let mut h = Harness::new();
     h.publish_method("", "q").expect("publish");
-    let expected = connection_error(
-        505,
-        "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead",
-        60,
-        40,
-    );
-    assert_eq!(refusal(h.get("q", true).map(|_| ())), expected);
-    // Between the header and the last body frame too. RabbitMQ's text there is "expected content
-    // body, got non content body frame instead"; Warren's differs today, so only the code is pinned.
+    assert_eq!(refusal(h.get("q", true).map(|_| ())), header_awaited());
+    // After the header, before any body frame and between body frames.
+    let mut h = Harness::new();
+    h.publish_method("", "q").expect("publish");
+    h.header(4, TRANSIENT).expect("header");
+    assert_eq!(refusal(h.get("q", true).map(|_| ())), body_awaited());
     let mut h = Harness::new();
     h.publish_method("", "q").expect("publish");
     h.header(4, TRANSIENT).expect("header");
     h.body(b"ab").expect("part");
-    assert_eq!(scope_and_code(h.ack(1, false)), (true, 505));
+    assert_eq!(refusal(h.ack(1, false)), body_awaited());
 }
 
 #[tokio::test]
