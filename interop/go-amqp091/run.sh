@@ -80,6 +80,11 @@ failure_reason() {
     sed -E 's/^[[:space:]]+//' <<<"$r" | cut -c1-300
 }
 
+# run_test NAME LIMIT LOG: one test in its own process, its output in LOG.
+run_test() {
+    (cd "$work" && timeout --kill-after=5 "$2" ./amqp091.test -test.v -test.run "^$1\$") >"$3" 2>&1 </dev/null
+}
+
 export AMQP_URL=$url
 for t in "${tests[@]}"; do
     if [[ -n ${EXCLUDED[$t]:-} ]]; then
@@ -93,9 +98,18 @@ for t in "${tests[@]}"; do
         echo "test $t is not in the test binary" >"$log"
         status=1
     else
-        (cd "$work" && timeout --kill-after=5 "$limit" ./amqp091.test -test.v -test.run "^$t\$") \
-            >"$log" 2>&1 </dev/null
+        run_test "$t" "$limit" "$log"
         status=$?
+        # Some tests log from a goroutine that can outlive them (TestChannelExceptionWithCloseIssue43
+        # logs a close notification after its last check); Go's testing panics when that goroutine
+        # is scheduled after the test returned. That race is the test's own, whatever the broker:
+        # it passed, so it runs once more and its second result counts.
+        if [[ $status != 0 ]] && grep -q -- "^--- PASS: $t " "$log" &&
+            grep -q "^panic: Log in goroutine after $t has completed" "$log"; then
+            echo "   ($t passed, then its own goroutine logged after it returned: run again)"
+            run_test "$t" "$limit" "$log"
+            status=$?
+        fi
     fi
     seconds=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
     if [[ $status == 0 ]] && grep -q -- "^--- PASS: $t " "$log"; then
