@@ -13,7 +13,9 @@
 //! writer stops writing at the first failure and tells each completion that its writes are not on
 //! disk (publishers get `basic.nack`). Opening writes too, so a reserve file kept beside the store
 //! is given up when the disk is full at start: the store opens, serves what it holds and refuses
-//! new writes. While it refuses, the writer looks every [`RETRY`] for room on the disk and, once
+//! new writes. While it refuses, the writer looks every [`RETRY`] for room on the disk (backing
+//! off to [`MAX_RETRY`] while writes keep failing soon after resuming, as on a disk that returns
+//! EIO with room to spare) and, once
 //! there is, drops every sled handle (sled locks its directory until the last one goes), reopens
 //! sled in place, keeping the paged messages, and writes again with fsync before confirm as
 //! before. What it refused is not replayed, as none of it was confirmed: acks made meanwhile are
@@ -49,6 +51,8 @@ const RESERVE_FILE: &str = "reserve";
 const RESERVE_BYTES: usize = 4 << 20;
 /// How often a store that refuses writes looks for room to write again.
 const RETRY: Duration = Duration::from_secs(1);
+/// The longest wait between two looks, reached by doubling while each resume soon fails again.
+const MAX_RETRY: Duration = Duration::from_secs(64);
 /// Free bytes, on top of the reserve, that a store that refuses writes waits for before it
 /// reopens: room for sled's recovery and more than one batch.
 const ROOM_TO_RESUME: u64 = 8 << 20;
@@ -386,7 +390,7 @@ fn keep_reserve(path: &Path) {
 
 impl Store {
     /// Opens (or creates) the store in `dir` with `cache_bytes` of sled page cache. On a full
-    /// disk it gives up its reserve to open, and then refuses every write until it is reopened.
+    /// disk it gives up its reserve to open, and then refuses every write until there is room.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<Self>, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Sled(dir.to_path_buf(), sled::Error::Io(e)))?;
@@ -399,8 +403,8 @@ impl Store {
                     cause = %e,
                     dir = %dir.display(),
                     "the disk is full: gave up the store's reserve to open it; serving what it \
-                     holds and refusing persistent writes (publishes are nacked) until warren \
-                     restarts with room"
+                     holds and refusing persistent writes (publishes are nacked) until the disk \
+                     has room again"
                 );
                 (open_trees(dir, cache_bytes, false)?, true)
             }
@@ -457,6 +461,8 @@ impl Store {
             stats: stats.clone(),
             failing_since: full.then(Instant::now),
             next_try: Instant::now(),
+            retry: RETRY,
+            resumed_at: None,
             warned: false,
         };
         let thread = std::thread::Builder::new()
@@ -796,6 +802,10 @@ struct Writer {
     failing_since: Option<Instant>,
     /// When a failing writer next looks for room.
     next_try: Instant,
+    /// The wait between two looks for room in this failure.
+    retry: Duration,
+    /// When writes last resumed.
+    resumed_at: Option<Instant>,
     /// A failed reopen was logged in this failure.
     warned: bool,
 }
@@ -969,7 +979,17 @@ impl Writer {
                      nacked) until there is room on disk again"
                 );
                 self.failing_since = Some(Instant::now());
-                self.next_try = Instant::now() + RETRY;
+                let now = Instant::now();
+                // Failing again soon after resuming: the disk has room but does not write.
+                self.retry = if self
+                    .resumed_at
+                    .is_some_and(|t| now.duration_since(t) < MAX_RETRY)
+                {
+                    (self.retry * 2).min(MAX_RETRY)
+                } else {
+                    RETRY
+                };
+                self.next_try = now + self.retry;
                 self.warned = false;
                 self.stats.failing.store(true, Ordering::SeqCst);
                 self.stats.failed.fetch_add(1, Ordering::SeqCst);
@@ -1055,7 +1075,7 @@ impl Writer {
     /// Reopens sled in place if the disk has room again: every handle is dropped first (sled
     /// locks its directory until the last one goes), the readers wait meanwhile.
     fn try_resume(&mut self) {
-        self.next_try = Instant::now() + RETRY;
+        self.next_try = Instant::now() + self.retry;
         if !has_room(&self.dir) {
             return;
         }
@@ -1072,7 +1092,7 @@ impl Writer {
             Ok(opened) => opened,
             Err(e) => {
                 if !std::mem::replace(&mut self.warned, true) {
-                    warn!(cause = %e, "cannot reopen the store yet; trying again every second");
+                    warn!(cause = %e, "cannot reopen the store yet; trying again later");
                 }
                 return;
             }
@@ -1098,6 +1118,7 @@ impl Writer {
         let failed_for = self.failing_since.take().map(|t| t.elapsed());
         self.stats.failing.store(false, Ordering::SeqCst);
         self.stats.resumed.fetch_add(1, Ordering::SeqCst);
+        self.resumed_at = Some(Instant::now());
         warn!(
             failing_ms = failed_for.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             "store writes resumed: there is room on disk again; writes refused meanwhile were \
