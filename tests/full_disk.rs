@@ -1,18 +1,22 @@
 //! A full disk, on the real binary: a publish whose write failed is nacked, never acked; the
-//! broker keeps serving; every acked message comes back after a restart with room; and a broker
-//! restarted on a disk that is still full starts, serves what it holds and nacks new writes.
+//! broker keeps serving; every acked message comes back after a restart with room; a broker
+//! restarted on a disk that is still full starts, serves what it holds and nacks new writes; and
+//! a store that failed writes again by itself once room returns.
 //!
 //! No root needed: the first test runs the broker under a file-size limit (`ulimit -f`, with
 //! SIGXFSZ ignored so a write past it fails with EFBIG, as sled's writes fail on a full disk); the
-//! second fills a tmpfs mounted in an unprivileged user and mount namespace (`unshare -Urm`).
+//! others fill a tmpfs mounted in an unprivileged user and mount namespace (`unshare -Urm`).
 
 mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use common::client::assert_served;
+use common::client::{assert_served, eventually_within};
 use common::process::{Process, free_port, serve_args, start, start_command};
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -94,6 +98,25 @@ async fn take_all(ch: &Channel) -> HashSet<u64> {
     got
 }
 
+/// Every acked message is in the queue of the (restarted) `broker`.
+async fn assert_all_back(broker: &Process, acked: &[u64], note: &str) {
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let recovered = take_all(&ch).await;
+    let lost: Vec<u64> = acked
+        .iter()
+        .copied()
+        .filter(|n| !recovered.contains(n))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acked messages lost ({note}), first {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
+
 /// The broker in a shell that caps every file it writes at `bytes` and ignores SIGXFSZ.
 async fn start_capped(dir: &Path, port: u16, bytes: u64) -> Process {
     // dash counts 512-byte blocks, bash 1024: either cap is far above the reserve, below the cap
@@ -151,25 +174,11 @@ async fn publishes_the_store_cannot_write_are_nacked_and_acked_ones_survive() {
     broker.kill9();
 
     let broker = start(dir.path(), port).await;
-    let conn = broker.connect().await;
-    let ch = conn.create_channel().await.expect("channel");
-    let recovered = take_all(&ch).await;
-    let lost: Vec<u64> = acked
-        .iter()
-        .copied()
-        .filter(|n| !recovered.contains(n))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acked messages lost ({nacked} nacked), first {:?}",
-        lost.len(),
-        acked.len(),
-        &lost[..lost.len().min(5)]
-    );
+    assert_all_back(&broker, &acked, &format!("{nacked} nacked")).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_restarted_on_a_full_disk_serves_what_it_holds_and_nacks_new_writes() {
+/// Fails the test with a clear line where unprivileged user and mount namespaces are missing.
+fn assert_unshare_usable() {
     let usable = Command::new("unshare")
         .args(["--user", "--map-root-user", "--mount", "true"])
         .status()
@@ -178,6 +187,101 @@ async fn a_broker_restarted_on_a_full_disk_serves_what_it_holds_and_nacks_new_wr
         usable,
         "this test needs `unshare --user --map-root-user --mount` (unprivileged user namespaces)"
     );
+}
+
+/// A config file that turns the disk alarm off: it would block publishers before any write
+/// failed, and these tests are about writes that fail all the same.
+fn no_disk_alarm(settings: &Path) -> std::path::PathBuf {
+    let config = settings.join("warren.toml");
+    std::fs::write(&config, "disk_free_limit.absolute = 0\n").expect("config file");
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_writes_again_by_itself_once_room_returns() {
+    assert_unshare_usable();
+    // In a namespace of its own: a 48 MiB tmpfs half taken by a ballast file, the broker on it,
+    // and a shell that removes the ballast when `room` appears in `control`, then kill -9s the
+    // broker and starts it again on the same data when `restart` appears (the tmpfs lives as
+    // long as the namespace). Bounded waits, and the broker dies with the shell.
+    let mount = tempfile::tempdir().expect("mount point");
+    let control = tempfile::tempdir().expect("control dir");
+    let settings = tempfile::tempdir().expect("config dir");
+    let config = no_disk_alarm(settings.path());
+    let data = mount.path().join("data");
+    let port = free_port();
+    let mut command = Command::new("unshare");
+    command
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+        .arg(
+            r#"mount -t tmpfs -o size=48m tmpfs "$1" || exit 1
+            dd if=/dev/zero of="$1/ballast" bs=1M count=24 2>/dev/null
+            m=$1; t=$2; shift 2
+            setpriv --pdeathsig KILL -- "$@" & b=$!
+            n=0; until [ -e "$t/room" ] || [ $n -ge 3000 ]; do sleep 0.1; n=$((n+1)); done
+            rm -f "$m/ballast"
+            n=0; until [ -e "$t/restart" ] || [ $n -ge 3000 ]; do sleep 0.1; n=$((n+1)); done
+            kill -9 $b; wait $b 2>/dev/null; touch "$t/killed"
+            exec "$@""#,
+        )
+        .arg("sh")
+        .arg(mount.path())
+        .arg(control.path())
+        .arg(env!("CARGO_BIN_EXE_warren"))
+        .args(serve_args(&data, port))
+        .arg("--config")
+        .arg(&config);
+    let broker = start_command(command, port).await;
+    let conn = broker.connect().await;
+    let ch = common::confirm_channel(&conn).await;
+    declare(&ch).await;
+    let (mut acked, nacked) = publish(&ch, 0, 15_000, |_, nacked| nacked >= 64).await;
+    assert!(!acked.is_empty(), "the store wrote before it was full");
+    assert!(
+        nacked > 0,
+        "{} publishes acked and none nacked",
+        acked.len()
+    );
+
+    std::fs::write(control.path().join("room"), b"").expect("make room");
+    let resumed = Mutex::new(Vec::new());
+    let next = AtomicU64::new(100_000);
+    let (ch_ref, resumed_ref, next_ref) = (&ch, &resumed, &next);
+    eventually_within(
+        "a publish acked once the disk had room again",
+        Duration::from_secs(60),
+        || async move {
+            let from = next_ref.fetch_add(WINDOW, Ordering::Relaxed);
+            let (acked, _) = publish(ch_ref, from, WINDOW, |_, _| false).await;
+            let any = !acked.is_empty();
+            resumed_ref.lock().expect("lock").extend(acked);
+            any
+        },
+    )
+    .await;
+    acked.extend(resumed.into_inner().expect("lock"));
+    drop(conn);
+
+    std::fs::write(control.path().join("restart"), b"").expect("restart");
+    let killed = control.path().join("killed");
+    eventually_within(
+        "the first broker killed",
+        Duration::from_secs(30),
+        || async { killed.exists() },
+    )
+    .await;
+    eventually_within("the broker restarted", Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert_all_back(&broker, &acked, "after a failure and resuming").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restarted_on_a_full_disk_serves_what_it_holds_and_nacks_new_writes() {
+    assert_unshare_usable();
     let data = tempfile::tempdir().expect("dir");
     let port = free_port();
     let broker = start(data.path(), port).await;
@@ -190,12 +294,9 @@ async fn a_broker_restarted_on_a_full_disk_serves_what_it_holds_and_nacks_new_wr
     broker.kill9();
 
     // The data dir copied onto a small tmpfs, filled to the last byte, in a namespace of its own.
-    // The disk alarm would block the publisher before any write failed: this test is about writes
-    // that fail all the same, so it is turned off.
     let mount = tempfile::tempdir().expect("mount point");
     let settings = tempfile::tempdir().expect("config dir");
-    let config = settings.path().join("warren.toml");
-    std::fs::write(&config, "disk_free_limit.absolute = 0\n").expect("config file");
+    let config = no_disk_alarm(settings.path());
     let full = mount.path().join("data");
     let mut command = Command::new("unshare");
     command

@@ -11,9 +11,16 @@
 //!
 //! A failed write (a full disk) leaves sled refusing every later write until it is reopened, so the
 //! writer stops writing at the first failure and tells each completion that its writes are not on
-//! disk (publishers get `basic.nack`) until the broker restarts. Opening writes too, so a reserve
-//! file kept beside the store is given up when the disk is full at start: the store opens, serves
-//! what it holds and refuses new writes.
+//! disk (publishers get `basic.nack`). Opening writes too, so a reserve file kept beside the store
+//! is given up when the disk is full at start: the store opens, serves what it holds and refuses
+//! new writes. While it refuses, the writer looks every [`RETRY`] for room on the disk (backing
+//! off to [`MAX_RETRY`] while writes keep failing soon after resuming, as on a disk that returns
+//! EIO with room to spare) and, once
+//! there is, drops every sled handle (sled locks its directory until the last one goes), reopens
+//! sled in place, keeping the paged messages, and writes again with fsync before confirm as
+//! before. What it refused is not replayed, as none of it was confirmed: acks made meanwhile are
+//! not on disk (those messages come back redelivered after a restart), and messages nacked
+//! meanwhile, and declares and deletes that failed, are not on disk either.
 
 mod codec;
 mod sync;
@@ -21,10 +28,12 @@ mod sync;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
 
 use bytes::Bytes;
 use tracing::{error, info, warn};
@@ -40,6 +49,13 @@ const VERSION_KEY: &[u8] = b"format-version";
 /// segment and a snapshot), given up when the disk is full at start.
 const RESERVE_FILE: &str = "reserve";
 const RESERVE_BYTES: usize = 4 << 20;
+/// How often a store that refuses writes looks for room to write again.
+const RETRY: Duration = Duration::from_secs(1);
+/// The longest wait between two looks, reached by doubling while each resume soon fails again.
+const MAX_RETRY: Duration = Duration::from_secs(64);
+/// Free bytes, on top of the reserve, that a store that refuses writes waits for before it
+/// reopens: room for sled's recovery and more than one batch.
+const ROOM_TO_RESUME: u64 = 8 << 20;
 
 /// A queue id the store never hands out (ids start at 1): the delayed-message sink's, whose index
 /// entries only live until the scheduler purges them and are dropped at start.
@@ -198,21 +214,32 @@ pub struct StoreStats {
     pub file_syncs: AtomicU64,
     /// Directory syncs, after entries were created, renamed or removed in them.
     pub dir_syncs: AtomicU64,
+    /// Whether the store refuses writes now (a write failed and it has not reopened since).
+    pub failing: AtomicBool,
+    /// Times the store reopened itself after a failure and wrote again.
+    pub resumed: AtomicU64,
+}
+
+/// sled's handles read outside the writer; `None` only while the writer reopens sled.
+#[derive(Debug)]
+struct Readers {
+    db: sled::Db,
+    /// Copies of queued messages paged out under memory pressure, keyed by page id; never flushed
+    /// for their own sake and emptied at start (a transient message does not outlive a restart).
+    pages: sled::Tree,
+    /// The `messages` tree, read by recovery and by paging.
+    messages: sled::Tree,
 }
 
 /// The store: a handle to the writer thread and the sled database.
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
-    db: sled::Db,
+    /// Swapped by the writer when it reopens sled after a failure.
+    readers: Arc<RwLock<Option<Readers>>>,
     writer: mpsc::Sender<Op>,
     thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
     next_id: AtomicU64,
-    /// Copies of queued messages paged out under memory pressure, keyed by page id; never flushed
-    /// for their own sake and emptied at start (a transient message does not outlive a restart).
-    pages: sled::Tree,
-    /// The `messages` tree, read outside the writer by recovery and by paging.
-    messages: sled::Tree,
     /// Topology records written and durable queues dropped so far: a reply to a queue or
     /// exchange method waits for the store only if this moved.
     topology_writes: AtomicU64,
@@ -282,7 +309,9 @@ struct Trees {
 }
 
 /// Opens sled in `dir` and its trees; opening writes (sled's own recovery, the dropped pages).
-fn open_trees(dir: &Path, cache_bytes: u64) -> Result<Trees, StoreError> {
+/// Pages are dropped at start (`keep_pages` false), not when the writer reopens sled in place:
+/// queues still reference them.
+fn open_trees(dir: &Path, cache_bytes: u64, keep_pages: bool) -> Result<Trees, StoreError> {
     let sled_err = |e| StoreError::Sled(dir.to_path_buf(), e);
     let db = sled::Config::new()
         .path(dir.join("sled"))
@@ -315,8 +344,10 @@ fn open_trees(dir: &Path, cache_bytes: u64) -> Result<Trees, StoreError> {
     }
     let meta = db.open_tree("meta").map_err(sled_err)?;
     let messages = db.open_tree("messages").map_err(sled_err)?;
-    // Dropped whole (node by node, not key by key): a crash can leave millions of pages.
-    db.drop_tree("pages").map_err(sled_err)?;
+    if !keep_pages {
+        // Dropped whole (node by node, not key by key): a crash can leave millions of pages.
+        db.drop_tree("pages").map_err(sled_err)?;
+    }
     let pages = db.open_tree("pages").map_err(sled_err)?;
     Ok(Trees {
         db,
@@ -336,6 +367,13 @@ fn is_full(e: &std::io::Error) -> bool {
     )
 }
 
+/// Whether the filesystem holding `dir` has room for the reserve and some writes; a filesystem
+/// that does not tell its size (LazyFS) is assumed to.
+fn has_room(dir: &Path) -> bool {
+    let want = u64::try_from(RESERVE_BYTES).map_or(u64::MAX, |r| r.saturating_add(ROOM_TO_RESUME));
+    crate::broker::disk::space(dir).is_ok_and(|s| s.total == 0 || s.free >= want)
+}
+
 /// Makes sure the reserve file holds its bytes (written, not sparse: a hole reserves nothing).
 fn keep_reserve(path: &Path) {
     if std::fs::metadata(path)
@@ -352,12 +390,12 @@ fn keep_reserve(path: &Path) {
 
 impl Store {
     /// Opens (or creates) the store in `dir` with `cache_bytes` of sled page cache. On a full
-    /// disk it gives up its reserve to open, and then refuses every write until it is reopened.
+    /// disk it gives up its reserve to open, and then refuses every write until there is room.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<Self>, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Sled(dir.to_path_buf(), sled::Error::Io(e)))?;
         let reserve = dir.join(RESERVE_FILE);
-        let (trees, full) = match open_trees(dir, cache_bytes) {
+        let (trees, full) = match open_trees(dir, cache_bytes, false) {
             Err(StoreError::Sled(_, sled::Error::Io(e)))
                 if is_full(&e) && std::fs::remove_file(&reserve).is_ok() =>
             {
@@ -365,10 +403,10 @@ impl Store {
                     cause = %e,
                     dir = %dir.display(),
                     "the disk is full: gave up the store's reserve to open it; serving what it \
-                     holds and refusing persistent writes (publishes are nacked) until warren \
-                     restarts with room"
+                     holds and refusing persistent writes (publishes are nacked) until the disk \
+                     has room again"
                 );
-                (open_trees(dir, cache_bytes)?, true)
+                (open_trees(dir, cache_bytes, false)?, true)
             }
             opened => (opened?, false),
         };
@@ -405,16 +443,27 @@ impl Store {
         let stats = Arc::new(StoreStats::default());
         if full {
             stats.failed.store(1, Ordering::SeqCst);
+            stats.failing.store(true, Ordering::SeqCst);
         }
-        let writer = Writer {
+        let readers = Arc::new(RwLock::new(Some(Readers {
             db: db.clone(),
-            meta,
+            pages,
             messages: messages.clone(),
+        })));
+        let writer = Writer {
+            handles: Some(Handles { db, meta, messages }),
+            durability: Some(durability),
+            readers: readers.clone(),
+            dir: dir.to_path_buf(),
+            cache_bytes,
             rx,
             refs: HashMap::new(),
             stats: stats.clone(),
-            failing: full,
-            durability,
+            failing_since: full.then(Instant::now),
+            next_try: Instant::now(),
+            retry: RETRY,
+            resumed_at: None,
+            warned: false,
         };
         let thread = std::thread::Builder::new()
             .name("warren-store".into())
@@ -422,12 +471,10 @@ impl Store {
             .map_err(|e| StoreError::Sled(dir.to_path_buf(), sled::Error::Io(e)))?;
         Ok(Arc::new(Self {
             dir: dir.to_path_buf(),
-            db,
+            readers,
             writer: tx,
             thread: parking_lot::Mutex::new(Some(thread)),
             next_id: AtomicU64::new(max_id + 1),
-            pages,
-            messages,
             topology_writes: AtomicU64::new(0),
             stats,
         }))
@@ -524,9 +571,9 @@ impl Store {
         self.stats.failed.load(Ordering::SeqCst)
     }
 
-    /// Whether the store still writes (no write has failed since it opened).
+    /// Whether the store writes now (it is not refusing writes after a failure).
     fn writable(&self) -> bool {
-        self.stats.failed.load(Ordering::Relaxed) == 0
+        !self.stats.failing.load(Ordering::Relaxed)
     }
 
     /// Runs `done` once everything sent before it was written: `done(true)` if it is on disk and
@@ -544,8 +591,14 @@ impl Store {
     pub fn recover(&self) -> Result<Recovered, StoreError> {
         let started = Instant::now();
         let sled_err = |e| StoreError::Sled(self.dir.clone(), e);
-        let meta = self.db.open_tree("meta").map_err(sled_err)?;
-        let messages = self.db.open_tree("messages").map_err(sled_err)?;
+        let readers = self.readers.read();
+        let Some(readers) = readers.as_ref() else {
+            return Err(sled_err(sled::Error::Io(std::io::Error::other(
+                "the store could not be reopened after a failed write",
+            ))));
+        };
+        let meta = readers.db.open_tree("meta").map_err(sled_err)?;
+        let messages = &readers.messages;
         let mut out = Recovered::default();
         for item in meta.iter() {
             let (k, v) = item.map_err(sled_err)?;
@@ -608,7 +661,7 @@ impl Store {
                 continue;
             };
             let Some(message) =
-                load_body(&messages, &mut bodies, record.message_id).map_err(sled_err)?
+                load_body(messages, &mut bodies, record.message_id).map_err(sled_err)?
             else {
                 out.damaged += 1;
                 continue;
@@ -635,7 +688,15 @@ impl Store {
 
     /// A stored message's body and properties, read from disk; `None` if missing or damaged.
     pub fn load_message(&self, id: u64) -> Option<Arc<StoredMessage>> {
-        match self.messages.get(body_key(id)) {
+        let readers = self.readers.read();
+        let Some(readers) = readers.as_ref() else {
+            error!(
+                id,
+                "cannot read a stored message: the store could not be reopened"
+            );
+            return None;
+        };
+        match readers.messages.get(body_key(id)) {
             Ok(Some(raw)) => StoredMessage::decode(id, Bytes::from(raw.to_vec())).map(Arc::new),
             Ok(None) => None,
             Err(e) => {
@@ -652,7 +713,8 @@ impl Store {
             return None;
         }
         let id = self.next_message_id();
-        match self.pages.insert(id.to_be_bytes(), record) {
+        let readers = self.readers.read();
+        match readers.as_ref()?.pages.insert(id.to_be_bytes(), record) {
             Ok(_) => Some(id),
             Err(e) => {
                 error!(cause = %e, "cannot page a message out; keeping it in memory");
@@ -664,8 +726,16 @@ impl Store {
     /// Reads a page back and forgets it.
     pub fn page_in(&self, id: u64) -> Option<Bytes> {
         let key = id.to_be_bytes();
+        let readers = self.readers.read();
+        let Some(pages) = readers.as_ref().map(|r| &r.pages) else {
+            error!(
+                id,
+                "cannot read a paged message: the store could not be reopened"
+            );
+            return None;
+        };
         // A store that stopped writing cannot remove the page, but can still read it.
-        match self.pages.remove(key).or_else(|_| self.pages.get(key)) {
+        match pages.remove(key).or_else(|_| pages.get(key)) {
             Ok(raw) => raw.map(|r| Bytes::from(r.to_vec())),
             Err(e) => {
                 error!(cause = %e, id, "cannot read a paged message");
@@ -678,7 +748,8 @@ impl Store {
     pub fn drop_page(&self, id: u64) {
         // Pages are dropped at start anyway: a store that stopped writing leaves them there.
         if self.writable()
-            && let Err(e) = self.pages.remove(id.to_be_bytes())
+            && let Some(readers) = self.readers.read().as_ref()
+            && let Err(e) = readers.pages.remove(id.to_be_bytes())
         {
             warn!(cause = %e, id, "cannot remove a paged message");
         }
@@ -704,35 +775,70 @@ impl Drop for Store {
     }
 }
 
-struct Writer {
+/// The writer's sled handles.
+#[derive(Clone)]
+struct Handles {
     db: sled::Db,
     meta: sled::Tree,
     messages: sled::Tree,
+}
+
+struct Writer {
+    /// `None` only after a reopen failed.
+    handles: Option<Handles>,
+    /// sled's files, synced after each flush and before any completion runs.
+    durability: Option<sync::Durability>,
+    /// The store's own handles, dropped and replaced when sled is reopened.
+    readers: Arc<RwLock<Option<Readers>>>,
+    dir: PathBuf,
+    cache_bytes: u64,
     rx: mpsc::Receiver<Op>,
     /// Index entries referencing each stored body: a body goes with its last reference.
     refs: HashMap<u64, u32>,
     stats: Arc<StoreStats>,
-    /// A write failed (or the store opened on a full disk): sled refuses every later write until
-    /// it is reopened, so nothing more is tried and every completion hears of the failure.
-    failing: bool,
-    /// sled's files, synced after each flush and before any completion runs.
-    durability: sync::Durability,
+    /// Since when a write has failed (or since the store opened on a full disk): sled refuses
+    /// every later write until it is reopened, so nothing is written and every completion hears
+    /// of the failure until [`Writer::try_resume`] reopens it.
+    failing_since: Option<Instant>,
+    /// When a failing writer next looks for room.
+    next_try: Instant,
+    /// The wait between two looks for room in this failure.
+    retry: Duration,
+    /// When writes last resumed.
+    resumed_at: Option<Instant>,
+    /// A failed reopen was logged in this failure.
+    warned: bool,
 }
 
 impl Writer {
     fn run(mut self) {
-        self.rebuild_refs();
+        if self.failing_since.is_none() {
+            self.rebuild_refs();
+        }
         let mut stop = false;
         while !stop {
-            let Ok(first) = self.rx.recv() else { break };
+            let received = if self.failing_since.is_some() {
+                if Instant::now() >= self.next_try {
+                    self.try_resume();
+                }
+                self.rx
+                    .recv_timeout(self.next_try.saturating_duration_since(Instant::now()))
+            } else {
+                self.rx.recv().map_err(mpsc::RecvTimeoutError::from)
+            };
+            let first = match received {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let mut ops = vec![first];
             while let Ok(op) = self.rx.try_recv() {
                 ops.push(op);
             }
-            if self.failing {
+            let (Some(h), None) = (self.handles.clone(), self.failing_since) else {
                 stop = self.refuse(ops);
                 continue;
-            }
+            };
             let mut completions = Vec::new();
             let mut meta = sled::Batch::default();
             let mut batch = sled::Batch::default();
@@ -781,20 +887,20 @@ impl Writer {
                             // Written with the marker below, in this same batch.
                             *tagged = message_id | (1 << 63);
                         } else {
-                            // Keep the stored time that follows the flag.
-                            let mut v = match self.messages.get(key) {
-                                Ok(Some(old)) => old.to_vec(),
-                                _ => message_id.to_be_bytes().to_vec(),
-                            };
-                            v.resize(v.len().max(9), 0);
-                            v[8] = 1;
-                            batch.insert(&key[..], v);
+                            // Keep the stored time that follows the flag. An entry that is not
+                            // stored (its write was refused while the disk was full) stays so.
+                            if let Ok(Some(old)) = h.messages.get(key) {
+                                let mut v = old.to_vec();
+                                v.resize(v.len().max(9), 0);
+                                v[8] = 1;
+                                batch.insert(&key[..], v);
+                            }
                         }
                     }
                     Op::DropQueue { queue } => {
                         fresh.retain(|k, _| k[1..9] != queue.to_be_bytes());
                         let prefix = index_key(queue, 0);
-                        for item in self.messages.scan_prefix(&prefix[..9]) {
+                        for item in h.messages.scan_prefix(&prefix[..9]) {
                             let Ok((k, v)) = item else { continue };
                             batch.remove(k);
                             if let Some(id) = v.get(0..8).and_then(|b| b.try_into().ok()) {
@@ -823,7 +929,7 @@ impl Writer {
                         let key = index_key(queue, seq);
                         if fresh.contains_key(&key) {
                             counts.insert(key, count);
-                        } else if let Ok(Some(old)) = self.messages.get(key) {
+                        } else if let Ok(Some(old)) = h.messages.get(key) {
                             let mut v = old.to_vec();
                             v.resize(v.len().max(21), 0);
                             v[17..21].copy_from_slice(&count.to_be_bytes());
@@ -851,20 +957,41 @@ impl Writer {
                 batch.insert(&key[..], v);
                 self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
             }
-            let result = self
+            let result = h
                 .meta
                 .apply_batch(meta)
-                .and_then(|()| self.messages.apply_batch(batch))
-                .and_then(|()| self.db.flush().map(|_| ()))
-                .and_then(|()| self.durability.sync(&self.stats).map_err(sled::Error::Io));
+                .and_then(|()| h.messages.apply_batch(batch))
+                .and_then(|()| h.db.flush().map(|_| ()))
+                .and_then(|()| {
+                    // Opened and dropped with the handles: never missing while they are there.
+                    let durability = self.durability.as_mut().ok_or_else(|| {
+                        std::io::Error::other("the store's files are not open for syncing")
+                    });
+                    durability
+                        .and_then(|d| d.sync(&self.stats))
+                        .map_err(sled::Error::Io)
+                });
             if let Err(e) = result {
-                // Said once: every later batch is refused without a word.
+                // Said once: every later batch is refused without a word until writes resume.
                 error!(
                     cause = %e,
-                    "store write failed: the store refuses writes from now on (persistent \
-                     publishes are nacked) until warren restarts with room on disk"
+                    "store write failed: the store refuses writes (persistent publishes are \
+                     nacked) until there is room on disk again"
                 );
-                self.failing = true;
+                self.failing_since = Some(Instant::now());
+                let now = Instant::now();
+                // Failing again soon after resuming: the disk has room but does not write.
+                self.retry = if self
+                    .resumed_at
+                    .is_some_and(|t| now.duration_since(t) < MAX_RETRY)
+                {
+                    (self.retry * 2).min(MAX_RETRY)
+                } else {
+                    RETRY
+                };
+                self.next_try = now + self.retry;
+                self.warned = false;
+                self.stats.failing.store(true, Ordering::SeqCst);
                 self.stats.failed.fetch_add(1, Ordering::SeqCst);
             }
             self.stats.flushes.fetch_add(1, Ordering::Release);
@@ -945,17 +1072,71 @@ impl Writer {
         }
     }
 
-    fn rebuild_refs(&mut self) {
-        if self.failing {
+    /// Reopens sled in place if the disk has room again: every handle is dropped first (sled
+    /// locks its directory until the last one goes), the readers wait meanwhile.
+    fn try_resume(&mut self) {
+        self.next_try = Instant::now() + self.retry;
+        if !has_room(&self.dir) {
             return;
         }
-        for item in self.messages.scan_prefix(b"i") {
+        let mut readers = self.readers.write();
+        self.handles = None;
+        self.durability = None;
+        *readers = None;
+        let reopened = open_trees(&self.dir, self.cache_bytes, true).and_then(|t| {
+            let durability = sync::Durability::open(&self.dir.join("sled"))
+                .map_err(|e| StoreError::Sled(self.dir.clone(), sled::Error::Io(e)))?;
+            Ok((t, durability))
+        });
+        let (trees, durability) = match reopened {
+            Ok(opened) => opened,
+            Err(e) => {
+                if !std::mem::replace(&mut self.warned, true) {
+                    warn!(cause = %e, "cannot reopen the store yet; trying again later");
+                }
+                return;
+            }
+        };
+        *readers = Some(Readers {
+            db: trees.db.clone(),
+            pages: trees.pages,
+            messages: trees.messages.clone(),
+        });
+        drop(readers);
+        self.handles = Some(Handles {
+            db: trees.db,
+            meta: trees.meta,
+            messages: trees.messages,
+        });
+        self.durability = Some(durability);
+        self.refs.clear();
+        self.rebuild_refs();
+        keep_reserve(&self.dir.join(RESERVE_FILE));
+        if let Err(e) = sync::sync_dir(&self.dir) {
+            warn!(cause = %e, "cannot sync the store's directory after restoring its reserve");
+        }
+        let failed_for = self.failing_since.take().map(|t| t.elapsed());
+        self.stats.failing.store(false, Ordering::SeqCst);
+        self.stats.resumed.fetch_add(1, Ordering::SeqCst);
+        self.resumed_at = Some(Instant::now());
+        warn!(
+            failing_ms = failed_for.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            "store writes resumed: there is room on disk again; writes refused meanwhile were \
+             never confirmed and are not replayed"
+        );
+    }
+
+    fn rebuild_refs(&mut self) {
+        let Some(h) = self.handles.clone() else {
+            return;
+        };
+        for item in h.messages.scan_prefix(b"i") {
             let Ok((_, v)) = item else { continue };
             if let Some(id) = v.get(0..8).and_then(|b| b.try_into().ok()) {
                 *self.refs.entry(u64::from_be_bytes(id)).or_insert(0) += 1;
             }
         }
-        for item in self.messages.scan_prefix(b"d") {
+        for item in h.messages.scan_prefix(b"d") {
             let Ok((_, v)) = item else { continue };
             if let Some(r) = DelayRecord::decode(&v) {
                 *self.refs.entry(r.message_id).or_insert(0) += 1;

@@ -26,10 +26,14 @@ fn queue_record(id: u64, name: &str) -> QueueRecord {
     }
 }
 
+/// The store's sled database, as its readers hold it.
+fn db(store: &Store) -> sled::Db {
+    store.readers.read().as_ref().expect("open").db.clone()
+}
+
 /// Message bodies in the `messages` tree.
 fn stored_bodies(store: &Store) -> usize {
-    store
-        .db
+    db(store)
         .open_tree("messages")
         .expect("tree")
         .scan_prefix(b"m")
@@ -170,7 +174,7 @@ fn an_ack_in_the_same_batch_means_the_message_is_never_written() {
     flushed(&store);
     assert_eq!(store.stats.elided.load(Ordering::Relaxed), 1);
     assert_eq!(store.stats.enqueued.load(Ordering::Relaxed), 0);
-    let tree = store.db.open_tree("messages").expect("tree");
+    let tree = db(&store).open_tree("messages").expect("tree");
     assert_eq!(tree.iter().count(), 0, "neither index nor body was written");
 }
 
@@ -182,8 +186,10 @@ fn a_second_open_is_refused_and_unknown_formats_too() {
         Err(StoreError::Locked(_)) => {}
         other => panic!("expected Locked, got {other:?}"),
     }
-    store.db.insert(VERSION_KEY, &[99]).expect("insert");
-    store.db.flush().expect("flush");
+    let db = db(&store);
+    db.insert(VERSION_KEY, &[99]).expect("insert");
+    db.flush().expect("flush");
+    drop(db);
     store.close();
     drop(store);
     match Store::open(dir.path(), 1 << 20) {
@@ -415,4 +421,90 @@ fn no_completion_runs_before_the_fsync_that_covers_its_writes() {
         .expect("sled keeps big values as blob files")
         .count();
     assert!(blob_files >= 20, "{blob_files} blob files");
+}
+
+/// Waits (bounded) until `cond` holds.
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..300 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("never happened: {what}");
+}
+
+/// Whether everything sent so far, and nothing failed since `since`, is on disk.
+fn written_since(store: &Store, since: u64) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.after_flush(
+        since,
+        Box::new(move |written| {
+            let _ = tx.send(written);
+        }),
+    );
+    rx.recv_timeout(Duration::from_secs(10)).expect("flush")
+}
+
+#[test]
+fn writes_resume_by_themselves_after_a_failure_and_pages_are_kept() {
+    let dir = tempfile::tempdir().expect("dir");
+    let blobs = dir.path().join("sled").join("blobs");
+    let (before, never, after) = {
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        store.put_meta(
+            QueueRecord::key("/", "q"),
+            Some(queue_record(1, "q").encode()),
+        );
+        let before = msg(&store, "before");
+        store.enqueue(1, 0, before.clone());
+        assert!(written_since(&store, store.failures()));
+        let page = store.page_out(b"paged").expect("page");
+        // A file where sled's blob directory goes makes the store's own sync fail, as a full
+        // disk makes sled's writes fail: the writer stops writing until it has reopened sled.
+        let _ = std::fs::remove_dir(&blobs);
+        std::fs::write(&blobs, b"in the way").expect("blocker");
+        let since = store.failures();
+        let lost = msg(&store, "refused");
+        store.enqueue(1, 1, lost.clone());
+        assert!(!written_since(&store, since), "a failed write is reported");
+        assert!(store.stats.failing.load(Ordering::SeqCst));
+        let since = store.failures();
+        let never = msg(&store, "never tried");
+        store.enqueue(1, 2, never.clone());
+        assert!(!written_since(&store, since), "refused while failing");
+        std::fs::remove_file(&blobs).expect("unblock");
+        eventually("writes resumed", || {
+            store.stats.resumed.load(Ordering::SeqCst) == 1
+        });
+        assert!(!store.stats.failing.load(Ordering::SeqCst));
+        assert_eq!(
+            store.page_in(page).as_deref(),
+            Some(&b"paged"[..]),
+            "a page written before the failure is still there"
+        );
+        let since = store.failures();
+        let after = msg(&store, "after");
+        store.enqueue(1, 3, after.clone());
+        // Marks an entry whose write was refused: it must not appear without its body.
+        store.delivered(1, 2, never.id);
+        assert!(written_since(&store, since), "writes are confirmed again");
+        assert!(store.stats.syncs.load(Ordering::SeqCst) >= 2);
+        (before.id, never.id, after.id)
+    };
+    let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+    let rec = store.recover().expect("recover");
+    assert_eq!(rec.damaged, 0);
+    let ids: Vec<u64> = rec.queues[0]
+        .1
+        .messages
+        .iter()
+        .map(|m| m.message_id)
+        .collect();
+    // The write whose sync failed may be there or not: it was nacked, not lost.
+    assert!(
+        ids.contains(&before) && ids.contains(&after) && !ids.contains(&never),
+        "what was confirmed is back, what was refused is not: {ids:?}"
+    );
+    assert!(store.load_message(after).is_some());
 }
