@@ -2,7 +2,6 @@
 //! by one task that runs beside the broker until shutdown.
 
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use tracing::{info, warn};
 
 use super::Broker;
 use crate::queue::alarms::{Alarm, Alarms};
+pub use crate::store::space::{Space, space};
 
 /// The shortest wait between two looks, when free space is close to the limit.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -18,24 +18,6 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_INTERVAL: Duration = Duration::from_secs(1);
 /// The fastest a disk is assumed to fill, in bytes per millisecond (RabbitMQ's 250 MB/s).
 const FAST_RATE: u64 = 250_000;
-
-/// What statvfs says of a filesystem, in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Space {
-    /// Available to an unprivileged writer (what `df` shows as available).
-    pub free: u64,
-    /// The filesystem's size; zero where it does not say (LazyFS, some FUSE filesystems).
-    pub total: u64,
-}
-
-/// Free and total space of the filesystem holding `path`.
-pub fn space(path: &Path) -> io::Result<Space> {
-    let s = rustix::fs::statvfs(path)?;
-    Ok(Space {
-        free: s.f_bavail.saturating_mul(s.f_frsize),
-        total: s.f_blocks.saturating_mul(s.f_frsize),
-    })
-}
 
 /// Turns each look at the filesystem into the disk alarm's state.
 #[derive(Debug)]

@@ -23,6 +23,7 @@
 //! meanwhile, and declares and deletes that failed, are not on disk either.
 
 mod codec;
+pub mod space;
 mod sync;
 
 use std::collections::HashMap;
@@ -371,7 +372,7 @@ fn is_full(e: &std::io::Error) -> bool {
 /// that does not tell its size (LazyFS) is assumed to.
 fn has_room(dir: &Path) -> bool {
     let want = u64::try_from(RESERVE_BYTES).map_or(u64::MAX, |r| r.saturating_add(ROOM_TO_RESUME));
-    crate::broker::disk::space(dir).is_ok_and(|s| s.total == 0 || s.free >= want)
+    space::space(dir).is_ok_and(|s| s.total == 0 || s.free >= want)
 }
 
 /// Makes sure the reserve file holds its bytes (written, not sparse: a hole reserves nothing).
