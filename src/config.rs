@@ -62,6 +62,9 @@ pub struct Config {
     pub product: String,
     /// Memory for queued messages and the store's cache, in bytes (0: 40% of the machine's).
     pub memory_budget: u64,
+    /// Message bytes held in memory past which new queued messages are paged out (0: 64 MiB, or
+    /// half of what the budget leaves for messages where that is less).
+    pub paging_threshold: u64,
     /// Free space under which the disk alarm blocks publishers.
     pub disk_free_limit: DiskFreeLimit,
     /// Deliveries a consumer with no prefetch limit may hold unacked before the rest wait.
@@ -73,6 +76,13 @@ pub struct Config {
     /// Vhosts.
     pub vhosts: Vec<String>,
 }
+
+/// The store's page cache at most, in bytes.
+const STORE_CACHE: u64 = 16 << 20;
+
+/// The default paging threshold where memory allows it, in bytes: a backlog of a million
+/// 1 KiB messages stays under 256 MiB, and queues that keep up never page.
+pub const PAGING_THRESHOLD: u64 = 64 << 20;
 
 /// The hash of the default user's password `guest`, in RabbitMQ's format.
 pub const GUEST_HASH: &str = "Gis8TZlF7y4yOwjl1oCenKChI6VXRAu88lwEipyBEeNWFA2E";
@@ -90,6 +100,7 @@ impl Default for Config {
             handshake_timeout_ms: 10_000,
             close_timeout_ms: 3_000,
             memory_budget: 0,
+            paging_threshold: 0,
             disk_free_limit: DiskFreeLimit::Absolute(DISK_FREE_LIMIT),
             consumer_max_unacked: 65_535,
             product: "Warren".into(),
@@ -159,9 +170,21 @@ impl Config {
         }
     }
 
-    /// The store's page cache: a quarter of the budget, at most 64 MiB.
+    /// The store's page cache: a quarter of the budget, at most 16 MiB (the store's memory
+    /// follows its cache, not its data, so a bigger one buys little).
     pub fn store_cache_bytes(&self) -> u64 {
-        (self.memory_budget_bytes() / 4).min(64 << 20)
+        (self.memory_budget_bytes() / 4).min(STORE_CACHE)
+    }
+
+    /// Message bytes in memory past which new queued messages are paged out: as set (at most
+    /// the memory left for messages), or [`PAGING_THRESHOLD`], or half the memory left for
+    /// messages where that is less (RabbitMQ pages at half its watermark).
+    pub fn paging_bytes(&self) -> u64 {
+        let messages = self.queue_memory_bytes();
+        match self.paging_threshold {
+            0 => PAGING_THRESHOLD.min(messages / 2),
+            set => set.min(messages),
+        }
     }
 
     /// What is left of the budget for messages held in queues.
@@ -260,6 +283,27 @@ mod tests {
             Some(1 << 29)
         );
         assert_eq!(memory_limit("MemFree: 1 kB\n", Some("1024"), None), None);
+    }
+
+    #[test]
+    fn paging_starts_at_64_mib_or_half_of_a_small_budget() {
+        let with = |budget: u64, threshold: u64| Config {
+            memory_budget: budget,
+            paging_threshold: threshold,
+            ..Config::default()
+        };
+        let gib = 1u64 << 30;
+        // A big machine and a 1 GB container (40% of it) page at the same point.
+        assert_eq!(with(16 * gib, 0).paging_bytes(), PAGING_THRESHOLD);
+        assert_eq!(with(gib / 10 * 4, 0).paging_bytes(), PAGING_THRESHOLD);
+        assert_eq!(with(16 * gib, 0).store_cache_bytes(), STORE_CACHE);
+        // A small budget: a quarter for the store's cache, paging at half of the rest.
+        let small = with(4 << 20, 0);
+        assert_eq!(small.store_cache_bytes(), 1 << 20);
+        assert_eq!(small.paging_bytes(), 3 << 19);
+        // As set, but never past the memory left for messages.
+        assert_eq!(with(16 * gib, 1 << 30).paging_bytes(), 1 << 30);
+        assert_eq!(with(4 << 20, 1 << 30).paging_bytes(), 3 << 20);
     }
 
     #[test]

@@ -10,10 +10,12 @@ mod common;
 use std::path::Path;
 
 use common::heap::{Counting, assert_grew_under, growth, live, reset_peak};
-use common::{WAIT, confirm_channel, connect, consume_prefetched, next_delivery};
+use common::{
+    WAIT, confirm_channel, connect, consume_prefetched, next_delivery, numbered_body,
+    publish_numbered,
+};
 use futures::StreamExt;
-use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use tokio::sync::oneshot;
 
@@ -23,7 +25,6 @@ static HEAP: Counting = Counting;
 const MIB: usize = 1 << 20;
 /// The broker's whole budget: 1 MiB of store cache and 3 MiB of queued messages.
 const BUDGET: usize = 4 * MIB;
-const BODY: usize = 1024;
 /// Publishes in flight before the test waits for their confirms.
 const WINDOW: usize = 4000;
 /// Bytes the broker may keep per queued message past the budget.
@@ -62,42 +63,16 @@ async fn start(
     (uri, stop, task)
 }
 
-fn body(i: usize) -> Vec<u8> {
-    let mut b = format!("{i:08}").into_bytes();
-    b.resize(BODY, b'.');
-    b
-}
-
-/// Publishes `n` numbered bodies to `queue`, waiting for confirms a window at a time.
-async fn fill(ch: &lapin::Channel, queue: &str, n: usize, persistent: bool) {
-    let props = BasicProperties::default().with_delivery_mode(if persistent { 2 } else { 1 });
-    for start in (0..n).step_by(WINDOW) {
-        let mut confirms = Vec::new();
-        for i in start..(start + WINDOW).min(n) {
-            let c = ch
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions::default(),
-                    &body(i),
-                    props.clone(),
-                )
-                .await
-                .expect("publish");
-            confirms.push(c);
-        }
-        for c in confirms {
-            assert!(c.await.expect("confirm").is_ack(), "publish nacked");
-        }
-    }
-}
-
 /// Consumes `n` messages and checks they are the numbered bodies in order.
 async fn drain_in_order(ch: &lapin::Channel, queue: &str, n: usize, redelivered: bool) {
     let mut consumer = consume_prefetched(ch, queue, "drain", 200).await;
     for i in 0..n {
         let d = next_delivery(&mut consumer).await;
-        assert_eq!(d.data, body(i), "message {i} out of order or damaged");
+        assert_eq!(
+            d.data,
+            numbered_body(i),
+            "message {i} out of order or damaged"
+        );
         assert_eq!(
             d.redelivered, redelivered,
             "redelivered flag of message {i}"
@@ -112,7 +87,7 @@ async fn drain_in_order(ch: &lapin::Channel, queue: &str, n: usize, redelivered:
 /// (its peak may also hold a ready list's old buffer while the list grows into a new one).
 fn assert_bounded(what: &str, base: usize, n: usize) {
     let bound = BUDGET + n * PER_MESSAGE + SLACK;
-    eprintln!("{what}: {} MiB of bodies", n * BODY / MIB);
+    eprintln!("{what}: {} MiB of bodies", n * common::NUMBERED_BODY / MIB);
     let (_, peak) = assert_grew_under(what, base, bound);
     assert!(
         peak < bound + n * PER_MESSAGE,
@@ -143,14 +118,14 @@ async fn backlogs_past_the_budget_are_paged_and_come_back_in_order() {
 
     // Transient messages go to disk only under this pressure.
     let base = reset_peak();
-    fill(&ch, "transient-backlog", N, false).await;
+    publish_numbered(&ch, "transient-backlog", N, false, WINDOW).await;
     assert_bounded("transient backlog", base, N);
     drain_in_order(&ch, "transient-backlog", N, false).await;
 
     // Persistent messages in a durable queue: paged while the broker runs, and recovered under
     // the budget after a restart.
     let base = reset_peak();
-    fill(&ch, "durable-backlog", P, true).await;
+    publish_numbered(&ch, "durable-backlog", P, true, WINDOW).await;
     assert_bounded("persistent backlog", base, P);
     drop(ch);
     let _ = conn.close(200, "bye".into()).await;

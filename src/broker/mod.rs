@@ -75,6 +75,7 @@ impl Broker {
         ));
         let memory = Arc::new(MemoryGauge::with_alarms(
             config.queue_memory_bytes(),
+            config.paging_bytes(),
             alarms.clone(),
         ));
         let pager = store.map(|s| Pager::new(Pages::new(s.clone()), memory.clone()));

@@ -136,15 +136,24 @@ impl Queue {
         dead_letter::process(dead);
     }
 
-    /// Whether publishers should wait for this queue's consumers to catch up.
+    /// Whether publishers should wait for this queue's consumers to catch up, or for the store
+    /// to write what this queue keeps.
     pub fn backlogged(&self) -> bool {
+        self.consumers_behind() || self.options.log.as_ref().is_some_and(|l| l.backlogged())
+    }
+
+    fn consumers_behind(&self) -> bool {
         self.backlog.load(Ordering::Relaxed) > FLOW_HIGH
     }
 
-    /// Waits (bounded) until the backlog is back under half the limit.
+    /// Waits (bounded) until the store has caught up, and the backlog is back under half the
+    /// limit.
     pub async fn caught_up(&self) {
+        if let Some(log) = self.options.log.as_ref().filter(|l| l.backlogged()) {
+            log.written_out().await;
+        }
         let notified = self.caught_up.notified();
-        if self.backlogged() {
+        if self.consumers_behind() {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(50), notified).await;
         }
     }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tracing::error;
 
 use crate::protocol::{Message, PropertiesInfo};
-use crate::store::{Store, StoredMessage, encode_message};
+use crate::store::{Store, StoredMessage, WrittenMark};
 
 /// The id of a message's stored record: every log that keeps the message references it.
 pub type RecordId = NonZeroU64;
@@ -83,18 +83,47 @@ fn read(store: &Store, record: RecordId) -> Option<Message> {
 pub struct QueueLog {
     store: Arc<Store>,
     id: u64,
+    written: WrittenMark,
 }
 
 impl QueueLog {
     /// The log of the queue the store knows as `id`.
     pub fn new(store: Arc<Store>, id: u64) -> Self {
-        Self { store, id }
+        let written = store.written_mark(id);
+        Self { store, id, written }
     }
 
     /// A new queue's log, under a fresh id.
     pub fn create(store: Arc<Store>) -> Self {
         let id = store.next_message_id();
-        Self { store, id }
+        Self::new(store, id)
+    }
+
+    /// How far this log's appends are on disk: every [`QueueLog::append`] below this sequence
+    /// was written and synced, unless [`QueueLog::failures`] moved since it was made.
+    pub fn written(&self) -> u64 {
+        self.written.written()
+    }
+
+    /// Calls `f` (on the store's writer thread) whenever [`QueueLog::written`] moves.
+    pub fn on_written(&self, f: Box<dyn Fn() + Send + Sync>) {
+        self.written.on_written(f);
+    }
+
+    /// Whether the store's writer is so far behind that publishers should wait for it.
+    pub fn backlogged(&self) -> bool {
+        self.store.backlogged()
+    }
+
+    /// Waits (bounded) for the store's writer to catch up.
+    pub async fn written_out(&self) {
+        self.store.written_out().await;
+    }
+
+    /// The store's failed batches so far: a message appended before a failure may not be on
+    /// disk, whatever [`QueueLog::written`] says.
+    pub fn failures(&self) -> u64 {
+        self.store.failures()
     }
 
     /// The id the store knows the queue by.
@@ -102,7 +131,9 @@ impl QueueLog {
         self.id
     }
 
-    /// Appends `msg` at `seq`, writing its shared record if no other log has yet.
+    /// Appends `msg` at `seq`, writing its shared record if no other log has yet. Appends reach
+    /// the store in sequence order (the queue makes them under its lock), which
+    /// [`QueueLog::written`] relies on.
     pub fn append(&self, seq: u64, msg: &Message, shared: &SharedRecord) -> Option<RecordId> {
         let stored = shared.stored_form(&self.store, msg);
         let id = record_id(stored)?;
@@ -116,8 +147,8 @@ impl QueueLog {
     }
 
     /// Records a delivery, so that after a crash the message comes back redelivered.
-    pub fn delivered(&self, seq: u64, record: RecordId) {
-        self.store.delivered(self.id, seq, record.get());
+    pub fn delivered(&self, seq: u64) {
+        self.store.delivered(self.id, seq);
     }
 
     /// Records a message's return to the queue with its new delivery count (quorum queues),
@@ -190,8 +221,8 @@ impl Pages {
 
     /// Writes a copy of `msg` and returns its page id; `None` if the store refused it.
     pub fn page_out(&self, msg: &Message) -> Option<u64> {
-        let raw = encode_message([&msg.exchange, &msg.routing_key, &msg.properties, &msg.body]);
-        self.store.page_out(&raw)
+        self.store
+            .page_out([&msg.exchange, &msg.routing_key, &msg.properties, &msg.body])
     }
 
     /// Reads a page back and forgets it; `None` (logged) if it is gone or damaged.
@@ -259,6 +290,11 @@ mod tests {
     }
 
     fn persistent(body: &'static [u8]) -> Arc<Message> {
+        persistent_message(Bytes::from_static(body))
+    }
+
+    /// A persistent message with `body`.
+    fn persistent_message(body: Bytes) -> Arc<Message> {
         let properties = Bytes::from_static(&[0x10, 0, 2]);
         let info = PropertiesInfo::scan(&properties).expect("properties");
         Arc::new(Message::new(
@@ -266,7 +302,7 @@ mod tests {
             Bytes::from_static(b"rk"),
             properties,
             info,
-            Bytes::from_static(body),
+            body,
         ))
     }
 
@@ -327,5 +363,63 @@ mod tests {
             recovered_records(&store),
             vec![("a".to_string(), vec![]), ("b".to_string(), vec![])]
         );
+    }
+
+    fn numbered(i: usize) -> Arc<Message> {
+        persistent_message(Bytes::from(format!("{i:06}").repeat(100)))
+    }
+
+    /// Publishes `n` numbered persistent messages from `from`.
+    fn publish_numbered(q: &Arc<Queue>, from: usize, n: usize) {
+        for i in from..from + n {
+            let published = q.publish(numbered(i), &SharedRecord::default());
+            assert_eq!(published, Published::Accepted { persisted: true });
+        }
+    }
+
+    /// Takes `n` messages and checks they are the numbered ones from `from`, in order.
+    fn get_numbered(q: &Arc<Queue>, from: usize, n: usize) {
+        for i in from..from + n {
+            let (e, _) = q.get().unwrap_or_else(|| panic!("message {i} is missing"));
+            assert_eq!(e.msg.body, numbered(i).body, "message {i}");
+            q.settle(&e);
+        }
+        assert!(q.get().is_none(), "more messages than were published");
+    }
+
+    #[test]
+    fn past_the_window_a_durable_queue_keeps_only_records_and_only_once_they_are_written() {
+        use crate::queue::paging::WINDOW;
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), 1 << 20).expect("store");
+        // The budget has room: only the window sends messages to their records.
+        let gauge = Arc::new(MemoryGauge::new(u64::MAX));
+        let pager = Pager::new(Pages::new(store.clone()), gauge.clone());
+        let q = durable_queue(&store, "q", Some(pager.clone()));
+        let n = WINDOW + 500;
+        // Read back at once, before the store can have written them: every one is still there.
+        for round in 0..3 {
+            publish_numbered(&q, round * n, n);
+            get_numbered(&q, round * n, n);
+        }
+        assert_eq!(pager.paged_out(), 0, "nothing was written yet");
+
+        publish_numbered(&q, 0, n);
+        let held = gauge.ready_bytes();
+        // The writer tells the queue once the appends are on disk.
+        flushed(&store);
+        assert!(
+            pager.paged_out() >= 499,
+            "past the window, written messages are dropped to their records: {}",
+            pager.paged_out()
+        );
+        assert!(
+            gauge.ready_bytes() + 400 * 600 < held,
+            "and no longer held: {} then {}",
+            held,
+            gauge.ready_bytes()
+        );
+        publish_numbered(&q, n, 1);
+        get_numbered(&q, 0, n + 1);
     }
 }

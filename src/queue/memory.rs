@@ -2,11 +2,13 @@
 //!
 //! Queues report the messages they hold ready (through their [`Charge`](super::paging::Charge));
 //! channels report what they hold outside any ready list: deliveries on their way to a consumer
-//! (in the connection's inbox), deliveries awaiting an ack, and bodies being assembled. Past half
-//! the limit, new ready messages are paged out (as RabbitMQ pages at half its watermark); past the
-//! limit, publishing connections are blocked (`connection.blocked`) until the total falls back
-//! under it. Paging alone keeps ready messages under the alarm: it goes off when what consumers
-//! and publishers hold pushes the total past the limit.
+//! (in the connection's inbox), deliveries awaiting an ack, and bodies being assembled. Past the
+//! paging point (half the limit at most, as RabbitMQ pages at half its watermark, and by default
+//! no more than 64 MiB, so that a backlog's memory does not grow with the machine), new ready
+//! messages are paged out; past the limit, publishing connections are blocked
+//! (`connection.blocked`) until the total falls back under it. Paging alone keeps ready messages
+//! under the alarm: it goes off when what consumers and publishers hold pushes the total past the
+//! limit.
 //!
 //! Both kinds of reporters update the shared counters in steps of [`GRANULE`], so the hot path does
 //! not touch a shared cache line per message.
@@ -26,6 +28,8 @@ pub const GRANULE: u64 = 8 * 1024;
 #[derive(Debug)]
 pub struct MemoryGauge {
     limit: u64,
+    /// Past this, new ready messages are paged out.
+    page_at: u64,
     /// Ready messages held by queues.
     ready: AtomicU64,
     /// Messages held outside ready lists: in inboxes, unacked, being assembled.
@@ -36,15 +40,18 @@ pub struct MemoryGauge {
 }
 
 impl MemoryGauge {
-    /// A gauge whose alarm goes off at `limit` bytes, alone in its own [`Alarms`].
+    /// A gauge whose alarm goes off at `limit` bytes and that pages at half of it, alone in its
+    /// own [`Alarms`].
     pub fn new(limit: u64) -> Self {
-        Self::with_alarms(limit, Arc::new(Alarms::new(0)))
+        Self::with_alarms(limit, limit / 2, Arc::new(Alarms::new(0)))
     }
 
-    /// A gauge whose alarm goes off at `limit` bytes, raised in the broker's `alarms`.
-    pub fn with_alarms(limit: u64, alarms: Arc<Alarms>) -> Self {
+    /// A gauge whose alarm goes off at `limit` bytes, raised in the broker's `alarms`, and that
+    /// pages past `page_at` bytes.
+    pub fn with_alarms(limit: u64, page_at: u64, alarms: Arc<Alarms>) -> Self {
         Self {
             limit,
+            page_at,
             ready: AtomicU64::new(0),
             held: AtomicU64::new(0),
             raised: AtomicBool::new(false),
@@ -72,9 +79,9 @@ impl MemoryGauge {
         self.ready_bytes().saturating_add(self.held_bytes())
     }
 
-    /// Whether a new ready message may stay in memory: under half the limit.
+    /// Whether a new ready message may stay in memory: under the paging point.
     pub fn has_room(&self) -> bool {
-        self.total() < self.limit / 2
+        self.total() < self.page_at
     }
 
     /// Whether the memory alarm is on.

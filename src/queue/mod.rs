@@ -36,7 +36,7 @@ use crate::protocol::Message;
 use args::{Declared, Overflow, QueueArgs, QueueType};
 use dead_letter::{DeadLetter, Reason};
 use log::{QueueLog, RecordId, SharedRecord};
-use paging::{Admit, Charge, Pager, Slot};
+use paging::{Admit, Charge, Pager, Slot, Unwritten, WINDOW};
 
 pub use consumers::{Consumer, Credit, FLOW_HIGH, NO_ACK_WINDOW};
 pub use events::{EventSender, InFlight, QueueEvent};
@@ -136,6 +136,8 @@ pub trait Router: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Default)]
 struct State {
     ready: VecDeque<Slot>,
+    /// Messages just appended to the log, held in memory until the append is on disk.
+    unwritten: VecDeque<Unwritten>,
     /// Body bytes of the ready messages (`x-max-length-bytes`).
     ready_bytes: u64,
     /// What the ready messages held in memory cost the broker's budget.
@@ -156,7 +158,7 @@ struct State {
 impl State {
     /// Makes `e` a slot (paged out if the budget says so) and counts its bytes.
     fn slot(&mut self, e: Entry, admit: Admit) -> Slot {
-        let s = self.charge.admit(e, admit);
+        let s = self.charge.admit(e, admit, self.ready.len() >= WINDOW);
         self.ready_bytes = self.ready_bytes.saturating_add(s.body_len());
         s
     }
@@ -186,6 +188,27 @@ impl State {
     fn insert(&mut self, e: Entry, admit: Admit) {
         let s = self.slot(e, admit);
         self.place(s);
+    }
+
+    /// Notes a message just appended to the log at `seq`, to be dropped to its record once the
+    /// append is on disk if it is past the window or the budget by then.
+    fn note_unwritten(&mut self, seq: u64, priority: u8, log: &QueueLog) {
+        if self.ready.len() > WINDOW || !self.charge.has_room() {
+            self.unwritten
+                .push_back(Unwritten::new(seq, priority, log.failures()));
+        }
+    }
+
+    /// Drops the messages whose appends are on disk now to their records.
+    fn drop_written(&mut self, log: &QueueLog) {
+        if !self.unwritten.is_empty() {
+            self.charge.drop_written(
+                &mut self.ready,
+                &mut self.unwritten,
+                log.written(),
+                log.failures(),
+            );
+        }
     }
 
     /// The head, read back from disk if it was paged out (a page that cannot be read is logged
@@ -291,7 +314,7 @@ impl Queue {
         options: QueueOptions,
         args: QueueArgs,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        let queue = Arc::new(Self {
             name,
             vhost,
             state: Mutex::new(State {
@@ -304,7 +327,25 @@ impl Queue {
             caught_up: tokio::sync::Notify::new(),
             router: OnceLock::new(),
             timer: OnceLock::new(),
-        })
+        });
+        if let Some(log) = &queue.options.log {
+            // Not only on the next publish: a publisher blocked by the memory alarm may be
+            // waiting for exactly this memory.
+            let weak = Arc::downgrade(&queue);
+            log.on_written(Box::new(move || {
+                if let Some(q) = weak.upgrade() {
+                    q.drop_written();
+                }
+            }));
+        }
+        queue
+    }
+
+    /// Drops the messages whose appends are on disk now to their records.
+    fn drop_written(&self) {
+        if let Some(log) = &self.options.log {
+            self.state.lock().drop_written(log);
+        }
     }
 
     /// Connects the queue to its vhost once registered there, and starts its timer if its
@@ -444,10 +485,14 @@ impl Queue {
             priority,
             delivery_count: self.counts_deliveries(),
         };
-        if matches!(how, Enqueue::Reserved { .. }) {
-            st.insert(entry, Admit::Pageable);
-        } else {
-            st.push_back(entry, Admit::Pageable);
+        match (&how, &self.options.log) {
+            (Enqueue::Reserved { .. }, _) => st.insert(entry, Admit::Pageable),
+            (Enqueue::Fresh(_), Some(log)) if record.is_some() => {
+                st.drop_written(log);
+                st.push_back(entry, Admit::Logged);
+                st.note_unwritten(seq, priority, log);
+            }
+            (Enqueue::Fresh(_), _) => st.push_back(entry, Admit::Pageable),
         }
         let mut clock = match now {
             Some(now) => Clock {
@@ -550,8 +595,8 @@ impl Queue {
 
     /// Records a delivery, so a crash brings the message back redelivered.
     fn mark_delivered(&self, m: &QueuedMessage) {
-        if let Some((log, seq, record)) = self.logged(m) {
-            log.delivered(seq, record);
+        if let Some((log, seq, _)) = self.logged(m) {
+            log.delivered(seq);
         }
     }
 

@@ -7,11 +7,19 @@
 //! keeps only a [`Slot`] of 48 bytes. A paged message is read back when it leaves the queue's ready list, as a consumer or
 //! `basic.get` reaches it.
 //!
+//! A durable queue needs no copy of a persistent message: past the first [`WINDOW`] ready
+//! messages of the queue (or past the budget), it drops the message to its stored record once
+//! the store says the append is on disk ([`Charge::drop_written`]), and reads it back from there.
+//! Until then the message stays in memory, so a consumer never reaches a record that is not
+//! written yet.
+//!
 //! Queues report their charges in steps of [`GRANULE`], under their own lock, so the shared
 //! counter is not touched per message: a message that goes straight to a waiting consumer costs
 //! no atomic operation at all. The price is that each queue may hold up to a granule more than
 //! the budget says (80 MiB across 10,000 queues).
 
+use std::cmp::Reverse;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,6 +27,11 @@ use super::log::{Pages, RecordId};
 use super::memory::{GRANULE, MemoryGauge, footprint};
 use super::{Entry, QueuedMessage};
 use crate::protocol::Message;
+
+/// Ready messages a queue keeps in memory at its head before persistent ones it has on disk are
+/// read back from there instead: enough that consumers of a queue with a backlog rarely wait
+/// for a read, small enough that 10,000 such queues fit the default budget's paging point.
+pub const WINDOW: usize = 2048;
 
 /// The broker-wide budget for message bytes held in queues, and the pages that take the rest.
 #[derive(Debug)]
@@ -100,9 +113,12 @@ enum Page {
 pub enum Admit {
     /// Paged out if the budget is spent.
     Pageable,
-    /// Read back from its stored body if the budget is spent, which is safe once its write is on
-    /// disk (a message recovered at start).
+    /// Read back from its stored body past the window or the budget, which is safe once its
+    /// write is on disk (a message recovered at start).
     Stored,
+    /// Appended to the queue's log just now: held in memory until the append is on disk, then
+    /// past the window or the budget dropped to its record ([`Charge::drop_written`]).
+    Logged,
     /// Kept in memory whatever the budget (a message coming back from a consumer).
     Resident,
 }
@@ -176,8 +192,32 @@ impl Slot {
 
     /// Whether it goes before `other`: higher priority first, then publish order.
     pub fn before(&self, other: &Slot) -> bool {
-        (std::cmp::Reverse(self.priority), self.seq)
-            < (std::cmp::Reverse(other.priority), other.seq)
+        self.order() < other.order()
+    }
+
+    /// Its place in a ready list: by priority, highest first, then by sequence.
+    fn order(&self) -> (Reverse<u8>, u64) {
+        (Reverse(self.priority), self.seq)
+    }
+}
+
+/// A message a queue holds in memory until its append is on disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Unwritten {
+    seq: u64,
+    priority: u8,
+    /// The store's failures when it was appended.
+    failures: u64,
+}
+
+impl Unwritten {
+    /// The message at `seq` and `priority`, appended when the store had failed `failures` times.
+    pub fn new(seq: u64, priority: u8, failures: u64) -> Self {
+        Self {
+            seq,
+            priority,
+            failures,
+        }
     }
 }
 
@@ -208,8 +248,14 @@ impl Charge {
         }
     }
 
+    /// Whether the broker's budget leaves room for another message in memory.
+    pub fn has_room(&self) -> bool {
+        self.pager.as_ref().is_none_or(|p| p.has_room())
+    }
+
     /// Makes `e` a slot: held in memory while the budget allows (or `admit` insists), else paged.
-    pub fn admit(&mut self, e: Entry, admit: Admit) -> Slot {
+    /// `past_window` says whether the queue holds [`WINDOW`] ready messages already.
+    pub fn admit(&mut self, e: Entry, admit: Admit, past_window: bool) -> Slot {
         let Entry {
             message:
                 QueuedMessage {
@@ -222,11 +268,9 @@ impl Charge {
             priority,
             delivery_count,
         } = e;
-        let page = match &self.pager {
-            Some(p) if admit != Admit::Resident && !p.has_room() => match admit {
-                Admit::Stored => record.map(|r| p.stored(r)),
-                _ => p.page_out(&msg),
-            },
+        let page = match (&self.pager, admit) {
+            (Some(p), Admit::Stored) if past_window || !p.has_room() => record.map(|r| p.stored(r)),
+            (Some(p), Admit::Pageable) if !p.has_room() => p.page_out(&msg),
             _ => None,
         };
         let held = match page {
@@ -269,6 +313,43 @@ impl Charge {
             priority: s.priority,
             delivery_count: s.counted.then_some(s.delivery_count),
         })
+    }
+
+    /// Drops to their records the messages `unwritten` names whose appends are now on disk
+    /// (below `written`, with the store's failures still at the count they were noted with);
+    /// those whose write failed or may have stay in memory.
+    pub fn drop_written(
+        &mut self,
+        ready: &mut VecDeque<Slot>,
+        unwritten: &mut VecDeque<Unwritten>,
+        written: u64,
+        failures: u64,
+    ) {
+        while let Some(u) = unwritten.front().copied() {
+            if u.seq >= written && u.failures == failures {
+                break;
+            }
+            unwritten.pop_front();
+            if u.failures != failures {
+                continue;
+            }
+            let key = (Reverse(u.priority), u.seq);
+            let at = ready.partition_point(|s| s.order() < key);
+            if let Some(s) = ready.get_mut(at).filter(|s| s.seq == u.seq) {
+                self.drop_to_record(s);
+            }
+        }
+    }
+
+    /// Drops a slot's message, keeping its record to read it back from.
+    fn drop_to_record(&mut self, s: &mut Slot) {
+        let (Held::Resident(msg), Some(record), Some(p)) = (&s.held, s.record, &self.pager) else {
+            return;
+        };
+        let charge = charge_of(msg);
+        let len = u32::try_from(msg.body.len()).unwrap_or(u32::MAX);
+        s.held = Held::paged(p.stored(record), len);
+        self.add(-charge);
     }
 
     /// Drops a slot unread.

@@ -80,10 +80,16 @@ pub struct StoredMessage {
 pub fn encode_message(parts: [&[u8]; 4]) -> Vec<u8> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let mut out = Vec::with_capacity(16 + len);
-    for p in parts {
-        put(&mut out, p);
-    }
+    put_message(&mut out, parts);
     out
+}
+
+/// Appends a message's exchange, routing key, properties and body to `out`, as
+/// [`StoredMessage::decode`] reads them.
+pub fn put_message(out: &mut Vec<u8>, parts: [&[u8]; 4]) {
+    for p in parts {
+        put(out, p);
+    }
 }
 
 impl StoredMessage {

@@ -1,13 +1,15 @@
-//! Durable storage on sled: topology records, persistent messages, and the group-commit writer.
+//! Durable storage: topology records in sled, persistent messages in the store's own journal,
+//! and the group-commit writer.
 //!
-//! One tree, `messages`, holds both message bodies (`m` + message id) and per-queue index entries
-//! (`i` + queue id + sequence), so that a batch that adds or removes a message and its index is
-//! atomic (sled batches are atomic within one tree). Messages that delayed exchanges hold live in
-//! the same tree (`d` + hold id) and reference their body as an index entry does, so routing a
-//! held message and forgetting it can share one batch. A single writer thread applies everything
-//! that arrived while the previous flush ran as one batch, flushes once, makes the flush durable
-//! with fdatasync and fsync (`sync.rs`: sled alone does not), and only then runs the
-//! batch's completions (publisher confirms, `tx.commit-ok`).
+//! Message bodies, queue index entries (queue id + sequence) and the messages that delayed
+//! exchanges hold live in the journal (`journal.rs`): append-only segments that the writer
+//! extends by one checksummed batch per group commit, so that everything in a batch (a dead
+//! letter's move between queues, a message and its index entries) is on disk together or not at
+//! all. Topology (the `meta` tree) stays in sled. A single writer thread applies everything that
+//! arrived while the previous batch was written: the `meta` changes as one sled batch, flushed
+//! and made durable with fdatasync and fsync (`sync.rs`: sled alone does not), and the messages as
+//! one journal batch with its own fdatasync; only then does it run the batch's completions
+//! (publisher confirms, `tx.commit-ok`).
 //!
 //! A failed write (a full disk) leaves sled refusing every later write until it is reopened, so the
 //! writer stops writing at the first failure and tells each completion that its writes are not on
@@ -15,14 +17,16 @@
 //! is given up when the disk is full at start: the store opens, serves what it holds and refuses
 //! new writes. While it refuses, the writer looks every [`RETRY`] for room on the disk (backing
 //! off to [`MAX_RETRY`] while writes keep failing soon after resuming, as on a disk that returns
-//! EIO with room to spare) and, once
-//! there is, drops every sled handle (sled locks its directory until the last one goes), reopens
-//! sled in place, keeping the paged messages, and writes again with fsync before confirm as
-//! before. What it refused is not replayed, as none of it was confirmed: acks made meanwhile are
-//! not on disk (those messages come back redelivered after a restart), and messages nacked
-//! meanwhile, and declares and deletes that failed, are not on disk either.
+//! EIO with room to spare) and, once there is, drops every sled handle (sled locks its directory
+//! until the last one goes), reopens sled in place, cuts the journal back to its last whole
+//! batch, and writes again with fsync before confirm as before. What it refused is not replayed,
+//! as none of it was confirmed: acks made meanwhile are not on disk (those messages come back
+//! redelivered after a restart), and messages nacked meanwhile, and declares and deletes that
+//! failed, are not on disk either.
 
 mod codec;
+mod journal;
+mod pages;
 pub mod space;
 mod sync;
 
@@ -39,12 +43,13 @@ use parking_lot::RwLock;
 use bytes::Bytes;
 use tracing::{error, info, warn};
 
-pub use codec::{
-    BindingRecord, DelayRecord, ExchangeRecord, QueueRecord, StoredMessage, encode_message,
-};
+pub use codec::{BindingRecord, DelayRecord, ExchangeRecord, QueueRecord, StoredMessage};
+use journal::{EntryState, HoldState, Journal};
 
 /// The on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
+/// The format that kept messages in sled's `messages` tree, which a start moves to the journal.
+const SLED_MESSAGES_FORMAT: u8 = 1;
 const VERSION_KEY: &[u8] = b"format-version";
 /// The reserve file, and its size: room for what sled writes while it opens (the tail of its last
 /// segment and a snapshot), given up when the disk is full at start.
@@ -115,7 +120,6 @@ enum Op {
     Delivered {
         queue: u64,
         seq: u64,
-        message_id: u64,
     },
     DropQueue {
         queue: u64,
@@ -145,6 +149,43 @@ enum Op {
     },
     Stop,
 }
+
+/// How far a queue's appends are on disk: every [`Store::enqueue`] of the queue with a lower
+/// sequence number was written and synced (unless the store failed since: see
+/// [`Store::failures`]). A queue may then drop its own copy of those messages and read them back
+/// from the store.
+pub type WrittenMark = Arc<Mark>;
+
+/// A queue's [`WrittenMark`]: the sequence it has reached, and whom to tell when it moves.
+#[derive(Default)]
+pub struct Mark {
+    written: AtomicU64,
+    on_written: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Mark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mark")
+            .field("written", &self.written())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mark {
+    /// Every append below this sequence is on disk.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Calls `f` on the writer's thread each time the mark moves (once per batch at most); the
+    /// first call of this sets it for good.
+    pub fn on_written(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_written.set(f);
+    }
+}
+
+/// The marks the writer moves, by queue id.
+type Marks = Arc<parking_lot::Mutex<HashMap<u64, WrittenMark>>>;
 
 /// A stored message's place in a queue: (queue id, sequence, message id).
 pub type StoredRef = (u64, u64, u64);
@@ -225,11 +266,6 @@ pub struct StoreStats {
 #[derive(Debug)]
 struct Readers {
     db: sled::Db,
-    /// Copies of queued messages paged out under memory pressure, keyed by page id; never flushed
-    /// for their own sake and emptied at start (a transient message does not outlive a restart).
-    pages: sled::Tree,
-    /// The `messages` tree, read by recovery and by paging.
-    messages: sled::Tree,
 }
 
 /// The store: a handle to the writer thread and the sled database.
@@ -239,6 +275,16 @@ pub struct Store {
     /// Swapped by the writer when it reopens sled after a failure.
     readers: Arc<RwLock<Option<Readers>>>,
     writer: mpsc::Sender<Op>,
+    /// Copies of queued messages paged out under memory pressure, emptied at start.
+    pages: pages::PageFiles,
+    /// Each queue's [`WrittenMark`], shared with the writer.
+    marks: Marks,
+    /// What the writer has yet to write.
+    backlog: Arc<Backlog>,
+    /// The message journal, which the writer holds while it writes a batch.
+    journal: Arc<parking_lot::Mutex<Journal>>,
+    /// Where each stored body is, for reads outside the writer.
+    bodies: journal::Readers,
     thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
     next_id: AtomicU64,
     /// Topology records written and durable queues dropped so far: a reply to a queue or
@@ -248,71 +294,34 @@ pub struct Store {
     pub stats: Arc<StoreStats>,
 }
 
-fn index_key(queue: u64, seq: u64) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = b'i';
-    k[1..9].copy_from_slice(&queue.to_be_bytes());
-    k[9..].copy_from_slice(&seq.to_be_bytes());
-    k
+/// A message's share of the writer's backlog.
+fn body_bytes(m: &StoredMessage) -> u64 {
+    u64::try_from(m.body.len()).unwrap_or(u64::MAX)
 }
 
-fn body_key(id: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = b'm';
-    k[1..].copy_from_slice(&id.to_be_bytes());
-    k
-}
+/// Bytes of persistent bodies sent to the writer and not yet written past which publishers wait
+/// ([`Store::backlogged`]): they wait for the disk rather than pile up in memory.
+const WRITE_BACKLOG: u64 = 4 << 20;
 
-fn delay_key(id: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = b'd';
-    k[1..].copy_from_slice(&id.to_be_bytes());
-    k
-}
-
-/// The id in the last key under `prefix` (keys are a prefix byte and a big-endian id).
-fn last_id(tree: &sled::Tree, prefix: &[u8]) -> u64 {
-    tree.scan_prefix(prefix)
-        .keys()
-        .next_back()
-        .and_then(|k| k.ok())
-        .and_then(|k| k.get(1..9).and_then(|b| b.try_into().ok()))
-        .map(u64::from_be_bytes)
-        .unwrap_or(0)
-}
-
-/// A stored body by id, read once however many entries reference it; `None` if missing or damaged.
-fn load_body(
-    messages: &sled::Tree,
-    bodies: &mut HashMap<u64, Arc<StoredMessage>>,
-    id: u64,
-) -> Result<Option<Arc<StoredMessage>>, sled::Error> {
-    if let Some(m) = bodies.get(&id) {
-        return Ok(Some(m.clone()));
-    }
-    let Some(raw) = messages.get(body_key(id))? else {
-        return Ok(None);
-    };
-    let Some(m) = StoredMessage::decode(id, Bytes::from(raw.to_vec())) else {
-        return Ok(None);
-    };
-    let m = Arc::new(m);
-    bodies.insert(id, m.clone());
-    Ok(Some(m))
+/// What the writer has yet to write, and the wake-up for publishers waiting on it.
+#[derive(Debug, Default)]
+struct Backlog {
+    /// Bytes of enqueued bodies sent and not yet written (or refused).
+    bytes: AtomicU64,
+    /// Notified when `bytes` falls under half of [`WRITE_BACKLOG`].
+    drained: tokio::sync::Notify,
 }
 
 /// sled's handles, as the store opens them.
 struct Trees {
     db: sled::Db,
     meta: sled::Tree,
-    messages: sled::Tree,
-    pages: sled::Tree,
+    /// The format the directory was written in.
+    format: u8,
 }
 
-/// Opens sled in `dir` and its trees; opening writes (sled's own recovery, the dropped pages).
-/// Pages are dropped at start (`keep_pages` false), not when the writer reopens sled in place:
-/// queues still reference them.
-fn open_trees(dir: &Path, cache_bytes: u64, keep_pages: bool) -> Result<Trees, StoreError> {
+/// Opens sled in `dir` and its trees; opening writes (sled's own recovery).
+fn open_trees(dir: &Path, cache_bytes: u64) -> Result<Trees, StoreError> {
     let sled_err = |e| StoreError::Sled(dir.to_path_buf(), e);
     let db = sled::Config::new()
         .path(dir.join("sled"))
@@ -329,33 +338,26 @@ fn open_trees(dir: &Path, cache_bytes: u64, keep_pages: bool) -> Result<Trees, S
             }
             e => sled_err(e),
         })?;
-    match db.get(VERSION_KEY).map_err(sled_err)? {
-        Some(v) if v.as_ref() != [FORMAT_VERSION] => {
+    let format = match db.get(VERSION_KEY).map_err(sled_err)? {
+        Some(v) if v.as_ref() == [FORMAT_VERSION] => FORMAT_VERSION,
+        Some(v) if v.as_ref() == [SLED_MESSAGES_FORMAT] => SLED_MESSAGES_FORMAT,
+        Some(v) => {
             return Err(StoreError::UnknownFormat(
                 dir.to_path_buf(),
                 v.first().copied().unwrap_or(0),
             ));
         }
-        Some(_) => {}
         None => {
             db.insert(VERSION_KEY, &[FORMAT_VERSION])
                 .map_err(sled_err)?;
             db.flush().map_err(sled_err)?;
+            FORMAT_VERSION
         }
-    }
+    };
     let meta = db.open_tree("meta").map_err(sled_err)?;
-    let messages = db.open_tree("messages").map_err(sled_err)?;
-    if !keep_pages {
-        // Dropped whole (node by node, not key by key): a crash can leave millions of pages.
-        db.drop_tree("pages").map_err(sled_err)?;
-    }
-    let pages = db.open_tree("pages").map_err(sled_err)?;
-    Ok(Trees {
-        db,
-        meta,
-        messages,
-        pages,
-    })
+    // Earlier builds paged into this tree; pages now live in their own files.
+    db.drop_tree("pages").map_err(sled_err)?;
+    Ok(Trees { db, meta, format })
 }
 
 /// Whether a write failed for want of room.
@@ -396,7 +398,7 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Sled(dir.to_path_buf(), sled::Error::Io(e)))?;
         let reserve = dir.join(RESERVE_FILE);
-        let (trees, full) = match open_trees(dir, cache_bytes, false) {
+        let (trees, full) = match open_trees(dir, cache_bytes) {
             Err(StoreError::Sled(_, sled::Error::Io(e)))
                 if is_full(&e) && std::fs::remove_file(&reserve).is_ok() =>
             {
@@ -407,16 +409,11 @@ impl Store {
                      holds and refusing persistent writes (publishes are nacked) until the disk \
                      has room again"
                 );
-                (open_trees(dir, cache_bytes, false)?, true)
+                (open_trees(dir, cache_bytes)?, true)
             }
             opened => (opened?, false),
         };
-        let Trees {
-            db,
-            meta,
-            messages,
-            pages,
-        } = trees;
+        let Trees { db, meta, format } = trees;
         if !full {
             keep_reserve(&reserve);
         }
@@ -429,36 +426,46 @@ impl Store {
         }
         // Queue ids, hold ids and message ids come from one counter: none may be handed out twice,
         // even when no message with a higher id is left.
-        let max_queue = meta
+        let queue_ids: Vec<u64> = meta
             .scan_prefix(b"q")
             .values()
             .filter_map(|v| v.ok())
             .filter_map(|v| QueueRecord::decode(&v))
             .map(|r| r.id)
-            .max()
-            .unwrap_or(0);
-        let max_id = last_id(&messages, b"m")
-            .max(last_id(&messages, b"d"))
-            .max(max_queue);
+            .collect();
+        let mut journal = Journal::open(&dir.join("journal")).map_err(io_err)?;
+        if format == SLED_MESSAGES_FORMAT {
+            migrate(dir, &db, &mut journal)?;
+        }
+        // Before settling: an id that only a record of a deleted queue names is not handed out
+        // again either.
+        let max_id = journal
+            .max_id()
+            .max(queue_ids.iter().copied().max().unwrap_or(0));
+        let refs = journal.settle_after_replay(&queue_ids);
+        let bodies = journal.readers();
+        let journal = Arc::new(parking_lot::Mutex::new(journal));
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(StoreStats::default());
         if full {
             stats.failed.store(1, Ordering::SeqCst);
             stats.failing.store(true, Ordering::SeqCst);
         }
-        let readers = Arc::new(RwLock::new(Some(Readers {
-            db: db.clone(),
-            pages,
-            messages: messages.clone(),
-        })));
+        let readers = Arc::new(RwLock::new(Some(Readers { db: db.clone() })));
+        let pages = pages::PageFiles::open(&dir.join("pages")).map_err(io_err)?;
+        let marks = Marks::default();
+        let backlog = Arc::new(Backlog::default());
         let writer = Writer {
-            handles: Some(Handles { db, meta, messages }),
+            handles: Some(Handles { db, meta }),
+            journal: journal.clone(),
             durability: Some(durability),
             readers: readers.clone(),
             dir: dir.to_path_buf(),
             cache_bytes,
             rx,
-            refs: HashMap::new(),
+            marks: marks.clone(),
+            backlog: backlog.clone(),
+            refs,
             stats: stats.clone(),
             failing_since: full.then(Instant::now),
             next_try: Instant::now(),
@@ -474,6 +481,11 @@ impl Store {
             dir: dir.to_path_buf(),
             readers,
             writer: tx,
+            pages,
+            marks,
+            backlog,
+            journal,
+            bodies,
             thread: parking_lot::Mutex::new(Some(thread)),
             next_id: AtomicU64::new(max_id + 1),
             topology_writes: AtomicU64::new(0),
@@ -503,8 +515,30 @@ impl Store {
         self.send(Op::Meta { key, value });
     }
 
+    /// The mark of how far `queue`'s appends are on disk, made on first use. A queue's appends
+    /// must reach [`Store::enqueue`] in sequence order for the mark to mean anything.
+    pub fn written_mark(&self, queue: u64) -> WrittenMark {
+        self.marks.lock().entry(queue).or_default().clone()
+    }
+
+    /// Whether the writer is so far behind that publishers should wait ([`Store::written_out`]).
+    pub fn backlogged(&self) -> bool {
+        self.backlog.bytes.load(Ordering::Relaxed) > WRITE_BACKLOG
+    }
+
+    /// Waits (bounded) until the writer has caught up to half its backlog limit.
+    pub async fn written_out(&self) {
+        let drained = self.backlog.drained.notified();
+        if self.backlogged() {
+            let _ = tokio::time::timeout(Duration::from_millis(50), drained).await;
+        }
+    }
+
     /// Appends a persistent message to a durable queue's index (the body is stored once).
     pub fn enqueue(&self, queue: u64, seq: u64, message: Arc<StoredMessage>) {
+        self.backlog
+            .bytes
+            .fetch_add(body_bytes(&message), Ordering::Relaxed);
         self.send(Op::Enqueue {
             queue,
             seq,
@@ -522,12 +556,8 @@ impl Store {
     }
 
     /// Records that a message was delivered, so it comes back redelivered after a crash.
-    pub fn delivered(&self, queue: u64, seq: u64, message_id: u64) {
-        self.send(Op::Delivered {
-            queue,
-            seq,
-            message_id,
-        });
+    pub fn delivered(&self, queue: u64, seq: u64) {
+        self.send(Op::Delivered { queue, seq });
     }
 
     /// Moves a dead-lettered message in one atomic batch: out of its queue (`from`, when it was
@@ -572,11 +602,6 @@ impl Store {
         self.stats.failed.load(Ordering::SeqCst)
     }
 
-    /// Whether the store writes now (it is not refusing writes after a failure).
-    fn writable(&self) -> bool {
-        !self.stats.failing.load(Ordering::Relaxed)
-    }
-
     /// Runs `done` once everything sent before it was written: `done(true)` if it is on disk and
     /// no write failed since [`Store::failures`] was `since`, `done(false)` otherwise.
     pub fn after_flush(&self, since: u64, done: Completion) {
@@ -599,7 +624,6 @@ impl Store {
             ))));
         };
         let meta = readers.db.open_tree("meta").map_err(sled_err)?;
-        let messages = &readers.messages;
         let mut out = Recovered::default();
         for item in meta.iter() {
             let (k, v) = item.map_err(sled_err)?;
@@ -615,64 +639,36 @@ impl Store {
                 out.damaged += 1;
             }
         }
-        let mut bodies: HashMap<u64, Arc<StoredMessage>> = HashMap::new();
+        let journal = self.journal.lock();
+        out.damaged += journal.damaged;
         let mut total = 0usize;
         for (record, recovered) in &mut out.queues {
-            for item in messages.scan_prefix(&index_key(record.id, 0)[..9]) {
-                let (k, v) = item.map_err(sled_err)?;
-                let (Some(seq), Some(message_id), delivered) = (
-                    k.get(9..17)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u64::from_be_bytes),
-                    v.get(0..8)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u64::from_be_bytes),
-                    v.get(8) == Some(&1),
-                ) else {
-                    out.damaged += 1;
-                    continue;
-                };
-                let stored_at = v
-                    .get(9..17)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes);
-                let delivery_count = v
-                    .get(17..21)
-                    .and_then(|b| b.try_into().ok())
-                    .map_or(0, u32::from_be_bytes);
+            for (seq, e) in journal.queue_entries(record.id) {
                 recovered.messages.push(RecoveredMessage {
                     seq,
-                    message_id,
-                    delivered,
-                    stored_at,
-                    delivery_count,
+                    message_id: e.message,
+                    delivered: e.delivered,
+                    stored_at: Some(e.stored_at),
+                    delivery_count: e.count,
                 });
                 total += 1;
             }
         }
-        for item in messages.scan_prefix(b"d") {
-            let (k, v) = item.map_err(sled_err)?;
-            let (Some(id), Some(record)) = (
-                k.get(1..9)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes),
-                DelayRecord::decode(&v),
+        for (id, hold) in journal.holds() {
+            let (Some(record), Some(message)) = (
+                DelayRecord::decode(&hold.record),
+                journal::read_message(&self.bodies, hold.message),
             ) else {
-                out.damaged += 1;
-                continue;
-            };
-            let Some(message) =
-                load_body(messages, &mut bodies, record.message_id).map_err(sled_err)?
-            else {
                 out.damaged += 1;
                 continue;
             };
             out.delayed.push(RecoveredDelay {
                 id,
                 record,
-                message,
+                message: Arc::new(message),
             });
         }
+        drop(journal);
         if out.damaged > 0 {
             warn!(damaged = out.damaged, "skipped damaged store records");
         }
@@ -689,71 +685,23 @@ impl Store {
 
     /// A stored message's body and properties, read from disk; `None` if missing or damaged.
     pub fn load_message(&self, id: u64) -> Option<Arc<StoredMessage>> {
-        let readers = self.readers.read();
-        let Some(readers) = readers.as_ref() else {
-            error!(
-                id,
-                "cannot read a stored message: the store could not be reopened"
-            );
-            return None;
-        };
-        match readers.messages.get(body_key(id)) {
-            Ok(Some(raw)) => StoredMessage::decode(id, Bytes::from(raw.to_vec())).map(Arc::new),
-            Ok(None) => None,
-            Err(e) => {
-                error!(cause = %e, id, "cannot read a stored message");
-                None
-            }
-        }
+        journal::read_message(&self.bodies, id).map(Arc::new)
     }
 
-    /// Writes a page (a queued message's copy) and returns its id; `None` if sled refused it or
-    /// the store no longer writes.
-    pub fn page_out(&self, record: &[u8]) -> Option<u64> {
-        if !self.writable() {
-            return None;
-        }
-        let id = self.next_message_id();
-        let readers = self.readers.read();
-        match readers.as_ref()?.pages.insert(id.to_be_bytes(), record) {
-            Ok(_) => Some(id),
-            Err(e) => {
-                error!(cause = %e, "cannot page a message out; keeping it in memory");
-                None
-            }
-        }
+    /// Writes a page (a queued message's exchange, routing key, properties and body) and
+    /// returns its id; `None` if it could not be written.
+    pub fn page_out(&self, parts: [&[u8]; 4]) -> Option<u64> {
+        self.pages.write(|out| codec::put_message(out, parts))
     }
 
-    /// Reads a page back and forgets it.
+    /// Reads a page back (as [`StoredMessage::decode`] reads it) and forgets it.
     pub fn page_in(&self, id: u64) -> Option<Bytes> {
-        let key = id.to_be_bytes();
-        let readers = self.readers.read();
-        let Some(pages) = readers.as_ref().map(|r| &r.pages) else {
-            error!(
-                id,
-                "cannot read a paged message: the store could not be reopened"
-            );
-            return None;
-        };
-        // A store that stopped writing cannot remove the page, but can still read it.
-        match pages.remove(key).or_else(|_| pages.get(key)) {
-            Ok(raw) => raw.map(|r| Bytes::from(r.to_vec())),
-            Err(e) => {
-                error!(cause = %e, id, "cannot read a paged message");
-                None
-            }
-        }
+        self.pages.read(id)
     }
 
     /// Forgets a page without reading it.
     pub fn drop_page(&self, id: u64) {
-        // Pages are dropped at start anyway: a store that stopped writing leaves them there.
-        if self.writable()
-            && let Some(readers) = self.readers.read().as_ref()
-            && let Err(e) = readers.pages.remove(id.to_be_bytes())
-        {
-            warn!(cause = %e, id, "cannot remove a paged message");
-        }
+        self.pages.drop_page(id);
     }
 
     /// How many topology writes (records put or removed, durable queues dropped) were sent so far.
@@ -781,12 +729,26 @@ impl Drop for Store {
 struct Handles {
     db: sled::Db,
     meta: sled::Tree,
-    messages: sled::Tree,
+}
+
+/// Takes a batch's enqueued bytes off the backlog when the batch is done (written or refused),
+/// waking publishers that wait once it is back under half its limit.
+struct WrittenOut(Arc<Backlog>, u64);
+
+impl Drop for WrittenOut {
+    fn drop(&mut self) {
+        let before = self.0.bytes.fetch_sub(self.1, Ordering::Relaxed);
+        if before > WRITE_BACKLOG / 2 && before.saturating_sub(self.1) <= WRITE_BACKLOG / 2 {
+            self.0.drained.notify_waiters();
+        }
+    }
 }
 
 struct Writer {
     /// `None` only after a reopen failed.
     handles: Option<Handles>,
+    /// The message journal.
+    journal: Arc<parking_lot::Mutex<Journal>>,
     /// sled's files, synced after each flush and before any completion runs.
     durability: Option<sync::Durability>,
     /// The store's own handles, dropped and replaced when sled is reopened.
@@ -794,6 +756,10 @@ struct Writer {
     dir: PathBuf,
     cache_bytes: u64,
     rx: mpsc::Receiver<Op>,
+    /// Moved after each batch that was made durable.
+    marks: Marks,
+    /// Taken down as enqueues are written or refused.
+    backlog: Arc<Backlog>,
     /// Index entries referencing each stored body: a body goes with its last reference.
     refs: HashMap<u64, u32>,
     stats: Arc<StoreStats>,
@@ -836,77 +802,82 @@ impl Writer {
             while let Ok(op) = self.rx.try_recv() {
                 ops.push(op);
             }
+            let taken: u64 = ops
+                .iter()
+                .map(|op| match op {
+                    Op::Enqueue { message, .. } => body_bytes(message),
+                    _ => 0,
+                })
+                .sum();
+            let _written_out = WrittenOut(self.backlog.clone(), taken);
             let (Some(h), None) = (self.handles.clone(), self.failing_since) else {
                 stop = self.refuse(ops);
                 continue;
             };
             let mut completions = Vec::new();
             let mut meta = sled::Batch::default();
-            let mut batch = sled::Batch::default();
-            // Index entries written in this batch, so an ack in the same batch cancels the write.
-            let mut fresh: HashMap<[u8; 17], u64> = HashMap::new();
-            // Delivery counts for entries first written in this batch.
-            let mut counts: HashMap<[u8; 17], u32> = HashMap::new();
-            let mut new_bodies: HashMap<u64, Arc<StoredMessage>> = HashMap::new();
+            let mut wrote_meta = false;
+            let journal = self.journal.clone();
+            let mut journal = journal.lock();
+            let mut b = Pending::default();
+            // The sequence past each queue's last append in this batch, for its mark.
+            let mut appended: HashMap<u64, u64> = HashMap::new();
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             for op in ops {
                 match op {
-                    Op::Meta { key, value } => match value {
-                        Some(v) => meta.insert(key, v),
-                        None => meta.remove(key),
-                    },
+                    Op::Meta { key, value } => {
+                        wrote_meta = true;
+                        match value {
+                            Some(v) => meta.insert(key, v),
+                            None => meta.remove(key),
+                        }
+                    }
                     Op::Enqueue {
                         queue,
                         seq,
                         message,
-                    } => self.add(queue, seq, message, &mut fresh, &mut new_bodies),
+                    } => {
+                        let past = appended.entry(queue).or_default();
+                        *past = (*past).max(seq + 1);
+                        self.add(queue, seq, message, now_ms, &mut b);
+                    }
                     Op::Remove {
                         queue,
                         seq,
                         message_id,
-                    } => self.take(
-                        (queue, seq, message_id),
-                        &mut fresh,
-                        &mut batch,
-                        &mut new_bodies,
-                    ),
+                    } => self.take((queue, seq, message_id), &mut journal, &mut b),
                     Op::Move { from, to } => {
                         // Added before the removal, so a body shared by both never drops to zero refs.
                         for (queue, seq, message) in to {
-                            self.add(queue, seq, message, &mut fresh, &mut new_bodies);
+                            self.add(queue, seq, message, now_ms, &mut b);
                         }
                         if let Some(from) = from {
-                            self.take(from, &mut fresh, &mut batch, &mut new_bodies);
+                            self.take(from, &mut journal, &mut b);
                         }
                     }
-                    Op::Delivered {
-                        queue,
-                        seq,
-                        message_id,
-                    } => {
-                        let key = index_key(queue, seq);
-                        if let Some(tagged) = fresh.get_mut(&key) {
-                            // Written with the marker below, in this same batch.
-                            *tagged = message_id | (1 << 63);
-                        } else {
-                            // Keep the stored time that follows the flag. An entry that is not
-                            // stored (its write was refused while the disk was full) stays so.
-                            if let Ok(Some(old)) = h.messages.get(key) {
-                                let mut v = old.to_vec();
-                                v.resize(v.len().max(9), 0);
-                                v[8] = 1;
-                                batch.insert(&key[..], v);
-                            }
-                        }
+                    Op::Delivered { queue, seq, .. } => {
+                        b.update(&journal, (queue, seq), |e| e.delivered = true);
+                    }
+                    Op::Count { queue, seq, count } => {
+                        b.update(&journal, (queue, seq), |e| e.count = count);
                     }
                     Op::DropQueue { queue } => {
-                        fresh.retain(|k, _| k[1..9] != queue.to_be_bytes());
-                        let prefix = index_key(queue, 0);
-                        for item in h.messages.scan_prefix(&prefix[..9]) {
-                            let Ok((k, v)) = item else { continue };
-                            batch.remove(k);
-                            if let Some(id) = v.get(0..8).and_then(|b| b.try_into().ok()) {
-                                self.release(u64::from_be_bytes(id), &mut batch, &mut new_bodies);
-                            }
+                        wrote_meta = true;
+                        self.marks.lock().remove(&queue);
+                        let fresh: Vec<u64> = b
+                            .fresh
+                            .iter()
+                            .filter(|((q, _), _)| *q == queue)
+                            .map(|(_, e)| e.message)
+                            .collect();
+                        b.fresh.retain(|(q, _), _| *q != queue);
+                        b.rewrites.retain(|(q, _), _| *q != queue);
+                        let stored = journal.drop_queue(queue);
+                        b.batch.drop_queue(queue);
+                        for id in fresh.into_iter().chain(stored) {
+                            self.release(id, &mut journal, &mut b);
                         }
                     }
                     Op::Delay {
@@ -914,64 +885,67 @@ impl Writer {
                         record,
                         message,
                     } => {
-                        let refs = self.refs.entry(message.id).or_insert(0);
-                        if *refs == 0 {
-                            new_bodies.insert(message.id, message);
-                        }
-                        *refs += 1;
-                        batch.insert(&delay_key(id)[..], record);
+                        let message_id = message.id;
+                        self.reference(message, &mut b);
+                        b.holds.insert(
+                            id,
+                            HoldState {
+                                message: message_id,
+                                record,
+                            },
+                        );
                     }
                     Op::Undelay { id, message_id } => {
-                        // A batch keeps the last write per key: this cancels a hold written in it.
-                        batch.remove(&delay_key(id)[..]);
-                        self.release(message_id, &mut batch, &mut new_bodies);
-                    }
-                    Op::Count { queue, seq, count } => {
-                        let key = index_key(queue, seq);
-                        if fresh.contains_key(&key) {
-                            counts.insert(key, count);
-                        } else if let Ok(Some(old)) = h.messages.get(key) {
-                            let mut v = old.to_vec();
-                            v.resize(v.len().max(21), 0);
-                            v[17..21].copy_from_slice(&count.to_be_bytes());
-                            batch.insert(&key[..], v);
+                        if b.holds.remove(&id).is_none() && journal.unhold(id) {
+                            b.batch.unhold(id);
                         }
+                        self.release(message_id, &mut journal, &mut b);
                     }
                     Op::Barrier { since, done } => completions.push((since, done)),
                     Op::Stop => stop = true,
                 }
             }
-            for (id, m) in new_bodies {
-                batch.insert(&body_key(id)[..], m.encode());
-            }
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            for (key, tagged) in fresh {
-                let delivered = tagged >> 63 == 1;
-                let mut v = (tagged & !(1 << 63)).to_be_bytes().to_vec();
-                v.push(u8::from(delivered));
-                v.extend_from_slice(&now_ms.to_be_bytes());
-                if let Some(count) = counts.get(&key) {
-                    v.extend_from_slice(&count.to_be_bytes());
-                }
-                batch.insert(&key[..], v);
-                self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
-            }
-            let result = h
-                .meta
-                .apply_batch(meta)
-                .and_then(|()| h.messages.apply_batch(batch))
-                .and_then(|()| h.db.flush().map(|_| ()))
-                .and_then(|()| {
+            let enqueued = u64::try_from(b.fresh.len()).unwrap_or(u64::MAX);
+            let batch = b.finish();
+            let result = (|| -> Result<(), sled::Error> {
+                if wrote_meta {
+                    h.meta.apply_batch(meta)?;
+                    h.db.flush()?;
                     // Opened and dropped with the handles: never missing while they are there.
                     let durability = self.durability.as_mut().ok_or_else(|| {
                         std::io::Error::other("the store's files are not open for syncing")
-                    });
-                    durability
-                        .and_then(|d| d.sync(&self.stats))
-                        .map_err(sled::Error::Io)
-                });
+                    })?;
+                    durability.sync(&self.stats)?;
+                }
+                if !batch.is_empty() {
+                    journal.write(batch)?;
+                    self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            })();
+            let written = result.is_ok();
+            if written {
+                self.stats.enqueued.fetch_add(enqueued, Ordering::Relaxed);
+            }
+            if written && !appended.is_empty() {
+                let moved: Vec<WrittenMark> = {
+                    let marks = self.marks.lock();
+                    appended
+                        .into_iter()
+                        .filter_map(|(queue, past)| {
+                            let mark = marks.get(&queue)?;
+                            mark.written.fetch_max(past, Ordering::Release);
+                            Some(mark.clone())
+                        })
+                        .collect()
+                };
+                // Outside the lock: a queue told here takes its own lock.
+                for mark in moved {
+                    if let Some(f) = mark.on_written.get() {
+                        f();
+                    }
+                }
+            }
             if let Err(e) = result {
                 // Said once: every later batch is refused without a word until writes resume.
                 error!(
@@ -1000,6 +974,9 @@ impl Writer {
             for (since, done) in completions {
                 done(since == failed);
             }
+            if written {
+                compact(&mut journal);
+            }
         }
     }
 
@@ -1023,51 +1000,60 @@ impl Writer {
         stop
     }
 
+    /// Counts a reference to `message`'s body, to be written with this batch if it is new.
+    fn reference(&mut self, message: Arc<StoredMessage>, b: &mut Pending) {
+        let refs = self.refs.entry(message.id).or_insert(0);
+        if *refs == 0 {
+            b.bodies.insert(message.id, message);
+        }
+        *refs += 1;
+    }
+
     fn add(
         &mut self,
         queue: u64,
         seq: u64,
         message: Arc<StoredMessage>,
-        fresh: &mut HashMap<[u8; 17], u64>,
-        new_bodies: &mut HashMap<u64, Arc<StoredMessage>>,
+        now_ms: u64,
+        b: &mut Pending,
     ) {
         let id = message.id;
-        let refs = self.refs.entry(id).or_insert(0);
-        if *refs == 0 {
-            new_bodies.insert(id, message);
-        }
-        *refs += 1;
-        fresh.insert(index_key(queue, seq), id);
+        self.reference(message, b);
+        b.fresh.insert(
+            (queue, seq),
+            EntryState {
+                message: id,
+                stored_at: now_ms,
+                delivered: false,
+                count: 0,
+            },
+        );
     }
 
     fn take(
         &mut self,
         (queue, seq, message_id): StoredRef,
-        fresh: &mut HashMap<[u8; 17], u64>,
-        batch: &mut sled::Batch,
-        new_bodies: &mut HashMap<u64, Arc<StoredMessage>>,
+        journal: &mut Journal,
+        b: &mut Pending,
     ) {
-        let key = index_key(queue, seq);
-        if fresh.remove(&key).is_some() {
+        if b.fresh.remove(&(queue, seq)).is_some() {
             self.stats.elided.fetch_add(1, Ordering::Relaxed);
         } else {
-            batch.remove(&key[..]);
+            b.rewrites.remove(&(queue, seq));
+            if journal.gone(queue, seq) {
+                b.batch.gone(queue, seq);
+            }
         }
-        self.release(message_id, batch, new_bodies);
+        self.release(message_id, journal, b);
     }
 
-    fn release(
-        &mut self,
-        id: u64,
-        batch: &mut sled::Batch,
-        new_bodies: &mut HashMap<u64, Arc<StoredMessage>>,
-    ) {
+    fn release(&mut self, id: u64, journal: &mut Journal, b: &mut Pending) {
         if let Some(refs) = self.refs.get_mut(&id) {
             *refs = refs.saturating_sub(1);
             if *refs == 0 {
                 self.refs.remove(&id);
-                if new_bodies.remove(&id).is_none() {
-                    batch.remove(&body_key(id)[..]);
+                if b.bodies.remove(&id).is_none() {
+                    journal.forget_body(id);
                 }
             }
         }
@@ -1084,7 +1070,7 @@ impl Writer {
         self.handles = None;
         self.durability = None;
         *readers = None;
-        let reopened = open_trees(&self.dir, self.cache_bytes, true).and_then(|t| {
+        let reopened = open_trees(&self.dir, self.cache_bytes).and_then(|t| {
             let durability = sync::Durability::open(&self.dir.join("sled"))
                 .map_err(|e| StoreError::Sled(self.dir.clone(), sled::Error::Io(e)))?;
             Ok((t, durability))
@@ -1100,15 +1086,18 @@ impl Writer {
         };
         *readers = Some(Readers {
             db: trees.db.clone(),
-            pages: trees.pages,
-            messages: trees.messages.clone(),
         });
         drop(readers);
         self.handles = Some(Handles {
             db: trees.db,
             meta: trees.meta,
-            messages: trees.messages,
         });
+        if let Err(e) = self.journal.lock().recover_tail() {
+            if !std::mem::replace(&mut self.warned, true) {
+                warn!(cause = %e, "cannot cut the journal back to its last whole batch yet; trying again later");
+            }
+            return;
+        }
         self.durability = Some(durability);
         self.refs.clear();
         self.rebuild_refs();
@@ -1127,24 +1116,149 @@ impl Writer {
         );
     }
 
+    /// Counts each body's references again from the journal's entries and holds.
     fn rebuild_refs(&mut self) {
-        let Some(h) = self.handles.clone() else {
-            return;
-        };
-        for item in h.messages.scan_prefix(b"i") {
-            let Ok((_, v)) = item else { continue };
-            if let Some(id) = v.get(0..8).and_then(|b| b.try_into().ok()) {
-                *self.refs.entry(u64::from_be_bytes(id)).or_insert(0) += 1;
-            }
-        }
-        for item in h.messages.scan_prefix(b"d") {
-            let Ok((_, v)) = item else { continue };
-            if let Some(r) = DelayRecord::decode(&v) {
-                *self.refs.entry(r.message_id).or_insert(0) += 1;
-            }
-        }
+        self.refs = self.journal.lock().refs();
     }
 }
+
+/// Writes the oldest segment's current records again if the journal holds too much garbage,
+/// then deletes it: one segment per batch at most, after the batch's completions.
+fn compact(journal: &mut Journal) {
+    let Some((segment, batch)) = journal.compaction() else {
+        return;
+    };
+    if let Err(e) = journal.write(batch).and_then(|()| journal.delete(segment)) {
+        warn!(cause = %e, segment, "cannot compact the journal; trying again later");
+    }
+}
+
+/// One batch's journal records as the writer gathers them: removals go straight into `batch`, in
+/// the order they come; what is new or changed is written after them, once the batch is known
+/// (an entry added and acked within it is never written).
+#[derive(Default)]
+struct Pending {
+    batch: journal::Batch,
+    fresh: HashMap<(u64, u64), EntryState>,
+    /// Entries written before whose flags change.
+    rewrites: HashMap<(u64, u64), EntryState>,
+    bodies: HashMap<u64, Arc<StoredMessage>>,
+    holds: HashMap<u64, HoldState>,
+}
+
+impl Pending {
+    /// Changes an entry's flags, whether it is new in this batch or written before; an entry that
+    /// is not stored (its write was refused while the disk was full) stays so.
+    fn update(&mut self, journal: &Journal, key: (u64, u64), change: impl FnOnce(&mut EntryState)) {
+        if let Some(e) = self.fresh.get_mut(&key) {
+            change(e);
+        } else if let Some(mut e) = self
+            .rewrites
+            .get(&key)
+            .copied()
+            .or_else(|| journal.entry(key.0, key.1))
+        {
+            change(&mut e);
+            self.rewrites.insert(key, e);
+        }
+    }
+
+    /// The batch, with what is new or changed after the removals.
+    fn finish(mut self) -> journal::Batch {
+        for ((queue, seq), e) in self.rewrites {
+            self.batch.entry(queue, seq, e);
+        }
+        for m in self.bodies.values() {
+            self.batch.body(m);
+        }
+        let mut fresh: Vec<_> = self.fresh.into_iter().collect();
+        fresh.sort_unstable_by_key(|(k, _)| *k);
+        for ((queue, seq), e) in fresh {
+            self.batch.entry(queue, seq, e);
+        }
+        for (id, hold) in self.holds {
+            self.batch.hold(id, hold);
+        }
+        self.batch
+    }
+}
+
+/// Moves the messages an earlier build kept in sled's `messages` tree into the journal, then
+/// empties the tree and marks the directory as this format. A crash halfway leaves the tree as
+/// it was, and the next start moves it again (the journal keeps the last copy of each record).
+fn migrate(dir: &Path, db: &sled::Db, journal: &mut Journal) -> Result<(), StoreError> {
+    let sled_err = |e| StoreError::Sled(dir.to_path_buf(), e);
+    let io_err = |e| StoreError::Sled(dir.to_path_buf(), sled::Error::Io(e));
+    let messages = db.open_tree("messages").map_err(sled_err)?;
+    let mut batch = journal::Batch::default();
+    let mut moved = 0usize;
+    for item in messages.iter() {
+        let (k, v) = item.map_err(sled_err)?;
+        let u64_at = |b: &[u8], at: usize| {
+            b.get(at..at + 8)
+                .and_then(|x| x.try_into().ok())
+                .map(u64::from_be_bytes)
+        };
+        match (k.first(), u64_at(&k, 1)) {
+            (Some(b'm'), Some(id)) => {
+                if let Some(m) = StoredMessage::decode(id, Bytes::from(v.to_vec())) {
+                    batch.body(&m);
+                }
+            }
+            (Some(b'i'), Some(queue)) => {
+                let (Some(seq), Some(message)) = (u64_at(&k, 9), u64_at(&v, 0)) else {
+                    continue;
+                };
+                let count = v
+                    .get(17..21)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u32::from_be_bytes);
+                batch.entry(
+                    queue,
+                    seq,
+                    EntryState {
+                        message,
+                        stored_at: u64_at(&v, 9).unwrap_or(0),
+                        delivered: v.get(8) == Some(&1),
+                        count,
+                    },
+                );
+                moved += 1;
+            }
+            (Some(b'd'), Some(id)) => {
+                if let Some(r) = DelayRecord::decode(&v) {
+                    batch.hold(
+                        id,
+                        HoldState {
+                            message: r.message_id,
+                            record: v.to_vec(),
+                        },
+                    );
+                }
+            }
+            _ => {}
+        }
+        if batch.len() >= MIGRATE_BATCH {
+            journal.write(std::mem::take(&mut batch)).map_err(io_err)?;
+        }
+    }
+    journal.write(batch).map_err(io_err)?;
+    db.drop_tree("messages").map_err(sled_err)?;
+    db.insert(VERSION_KEY, &[FORMAT_VERSION])
+        .map_err(sled_err)?;
+    db.flush().map_err(sled_err)?;
+    sync::Durability::open(&dir.join("sled"))
+        .and_then(|mut d| d.sync(&StoreStats::default()))
+        .map_err(io_err)?;
+    info!(
+        messages = moved,
+        "moved stored messages from sled to the journal"
+    );
+    Ok(())
+}
+
+/// Bytes of records per journal batch while migrating.
+const MIGRATE_BATCH: usize = 8 << 20;
 
 #[cfg(test)]
 mod tests;

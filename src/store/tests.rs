@@ -31,13 +31,23 @@ fn db(store: &Store) -> sled::Db {
     store.readers.read().as_ref().expect("open").db.clone()
 }
 
-/// Message bodies in the `messages` tree.
+/// Message bodies in the journal.
 fn stored_bodies(store: &Store) -> usize {
-    db(store)
-        .open_tree("messages")
-        .expect("tree")
-        .scan_prefix(b"m")
-        .count()
+    journal::body_count(&store.bodies)
+}
+
+/// A durable exchange whose record is big enough for sled to write it as a blob file of its own
+/// (over a quarter of its 512 KiB segment).
+fn big_exchange(store: &Store, name: &str) {
+    let record = ExchangeRecord {
+        vhost: "/".into(),
+        name: name.into(),
+        kind: "direct".into(),
+        auto_delete: false,
+        internal: false,
+        arguments: vec![0; 200 * 1024],
+    };
+    store.put_meta(ExchangeRecord::key("/", name), Some(record.encode()));
 }
 
 fn flushed(store: &Store) {
@@ -68,7 +78,7 @@ fn messages_come_back_in_order_with_delivered_markers() {
         store.enqueue(1, 1, shared.clone());
         store.enqueue(2, 0, shared.clone());
         store.enqueue(1, 2, m2.clone());
-        store.delivered(1, 2, m2.id);
+        store.delivered(1, 2);
         store.remove(1, 0, m1.id);
         flushed(&store);
         assert_eq!(
@@ -216,21 +226,33 @@ fn damaged_records_are_skipped_and_counted() {
     assert_eq!(rec.queues.len(), 1);
 }
 
+/// Pages a message with `body` and nothing else.
+fn page(store: &Store, body: &[u8]) -> Option<u64> {
+    store.page_out([b"", b"", b"", body])
+}
+
+/// The body of a page read back.
+fn paged_body(store: &Store, id: u64) -> Option<Bytes> {
+    store
+        .page_in(id)
+        .and_then(|raw| StoredMessage::decode(0, raw))
+        .map(|m| m.body)
+}
+
 #[test]
 fn pages_do_not_outlive_a_restart() {
     let dir = tempfile::tempdir().expect("dir");
     let id = {
         let store = Store::open(dir.path(), 1 << 20).expect("open");
-        let id = store.page_out(b"transient").expect("page");
+        let id = page(&store, b"transient").expect("page");
         flushed(&store);
-        assert_eq!(store.page_in(id).as_deref(), Some(&b"transient"[..]));
-        assert_eq!(store.page_in(id), None, "a page is read back once");
-        let again = store.page_out(b"left behind").expect("page");
+        assert_eq!(paged_body(&store, id).as_deref(), Some(&b"transient"[..]));
+        let again = page(&store, b"left behind").expect("page");
         flushed(&store);
         again
     };
     let store = Store::open(dir.path(), 1 << 20).expect("reopen");
-    assert_eq!(store.page_in(id), None, "pages are emptied at start");
+    assert_eq!(paged_body(&store, id), None, "pages are emptied at start");
 }
 
 fn delay_record(message_id: u64, due_ms: u64) -> DelayRecord {
@@ -387,7 +409,6 @@ fn no_completion_runs_before_the_fsync_that_covers_its_writes() {
     let (tx, rx) = std::sync::mpsc::channel();
     for round in 0..20u64 {
         let small = msg(&store, "small");
-        // Over a quarter of sled's 512 KiB segment: sled writes it as a blob file of its own.
         let big = Arc::new(StoredMessage {
             id: store.next_message_id(),
             body: Bytes::from(vec![7u8; 200 * 1024]),
@@ -397,6 +418,7 @@ fn no_completion_runs_before_the_fsync_that_covers_its_writes() {
         let syncs_before = store.stats.syncs.load(Ordering::SeqCst);
         store.enqueue(1, round * 2, small);
         store.enqueue(1, round * 2 + 1, big);
+        big_exchange(&store, &format!("big-{round}"));
         let stats = store.stats.clone();
         let tx = tx.clone();
         store.after_flush(
@@ -411,7 +433,10 @@ fn no_completion_runs_before_the_fsync_that_covers_its_writes() {
         );
         let (written, syncs, blobs) = rx.recv_timeout(Duration::from_secs(10)).expect("flush");
         assert!(written, "round {round}: the store wrote");
-        assert!(syncs >= 1, "round {round}: completion ran before an fsync");
+        assert!(
+            syncs >= 2,
+            "round {round}: completion ran before the fsyncs of sled and the journal"
+        );
         assert!(
             blobs >= 1,
             "round {round}: the new blob file was not synced"
@@ -449,7 +474,7 @@ fn written_since(store: &Store, since: u64) -> bool {
 #[test]
 fn writes_resume_by_themselves_after_a_failure_and_pages_are_kept() {
     let dir = tempfile::tempdir().expect("dir");
-    let blobs = dir.path().join("sled").join("blobs");
+    let next_segment = dir.path().join("journal").join("00000001.seg");
     let (before, never, after) = {
         let store = Store::open(dir.path(), 1 << 20).expect("open");
         store.put_meta(
@@ -459,13 +484,16 @@ fn writes_resume_by_themselves_after_a_failure_and_pages_are_kept() {
         let before = msg(&store, "before");
         store.enqueue(1, 0, before.clone());
         assert!(written_since(&store, store.failures()));
-        let page = store.page_out(b"paged").expect("page");
-        // A file where sled's blob directory goes makes the store's own sync fail, as a full
-        // disk makes sled's writes fail: the writer stops writing until it has reopened sled.
-        let _ = std::fs::remove_dir(&blobs);
-        std::fs::write(&blobs, b"in the way").expect("blocker");
+        let paged = page(&store, b"paged").expect("page");
+        // A directory where the journal's next segment goes makes the batch that needs it fail,
+        // as a full disk makes writes fail: the writer stops writing until there is room.
+        std::fs::create_dir(&next_segment).expect("blocker");
         let since = store.failures();
-        let lost = msg(&store, "refused");
+        let lost = Arc::new(StoredMessage {
+            id: store.next_message_id(),
+            body: Bytes::from(vec![7u8; 17 << 20]),
+            ..StoredMessage::clone(&msg(&store, "refused"))
+        });
         store.enqueue(1, 1, lost.clone());
         assert!(!written_since(&store, since), "a failed write is reported");
         assert!(store.stats.failing.load(Ordering::SeqCst));
@@ -473,13 +501,13 @@ fn writes_resume_by_themselves_after_a_failure_and_pages_are_kept() {
         let never = msg(&store, "never tried");
         store.enqueue(1, 2, never.clone());
         assert!(!written_since(&store, since), "refused while failing");
-        std::fs::remove_file(&blobs).expect("unblock");
+        std::fs::remove_dir(&next_segment).expect("unblock");
         eventually("writes resumed", || {
             store.stats.resumed.load(Ordering::SeqCst) == 1
         });
         assert!(!store.stats.failing.load(Ordering::SeqCst));
         assert_eq!(
-            store.page_in(page).as_deref(),
+            paged_body(&store, paged).as_deref(),
             Some(&b"paged"[..]),
             "a page written before the failure is still there"
         );
@@ -487,7 +515,7 @@ fn writes_resume_by_themselves_after_a_failure_and_pages_are_kept() {
         let after = msg(&store, "after");
         store.enqueue(1, 3, after.clone());
         // Marks an entry whose write was refused: it must not appear without its body.
-        store.delivered(1, 2, never.id);
+        store.delivered(1, 2);
         assert!(written_since(&store, since), "writes are confirmed again");
         assert!(store.stats.syncs.load(Ordering::SeqCst) >= 2);
         (before.id, never.id, after.id)
@@ -507,4 +535,81 @@ fn writes_resume_by_themselves_after_a_failure_and_pages_are_kept() {
         "what was confirmed is back, what was refused is not: {ids:?}"
     );
     assert!(store.load_message(after).is_some());
+}
+
+#[test]
+fn messages_an_earlier_build_kept_in_sled_move_to_the_journal() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (kept, acked) = {
+        // What a format 1 directory holds: the messages tree with bodies, index entries (message
+        // id, delivered flag, stored time) and a hold.
+        let db = sled::Config::new()
+            .path(dir.path().join("sled"))
+            .open()
+            .expect("sled");
+        db.insert(VERSION_KEY, &[SLED_MESSAGES_FORMAT])
+            .expect("version");
+        let meta = db.open_tree("meta").expect("meta");
+        meta.insert(QueueRecord::key("/", "q"), queue_record(1, "q").encode())
+            .expect("queue");
+        let messages = db.open_tree("messages").expect("messages");
+        let body = |id: u64, text: &str| {
+            let mut k = vec![b'm'];
+            k.extend_from_slice(&id.to_be_bytes());
+            let m = StoredMessage {
+                id,
+                exchange: Bytes::from_static(b""),
+                routing_key: Bytes::from_static(b"q"),
+                properties: Bytes::new(),
+                body: Bytes::from(text.to_string()),
+            };
+            (k, m.encode())
+        };
+        let entry = |seq: u64, id: u64, delivered: bool| {
+            let mut k = vec![b'i'];
+            k.extend_from_slice(&1u64.to_be_bytes());
+            k.extend_from_slice(&seq.to_be_bytes());
+            let mut v = id.to_be_bytes().to_vec();
+            v.push(u8::from(delivered));
+            v.extend_from_slice(&5u64.to_be_bytes());
+            (k, v)
+        };
+        for (k, v) in [body(2, "first"), body(3, "second"), body(4, "held")] {
+            messages.insert(k, v).expect("body");
+        }
+        for (k, v) in [entry(0, 2, true), entry(1, 3, false)] {
+            messages.insert(k, v).expect("entry");
+        }
+        let mut hold = vec![b'd'];
+        hold.extend_from_slice(&9u64.to_be_bytes());
+        messages
+            .insert(hold, delay_record(4, 1234).encode())
+            .expect("hold");
+        db.flush().expect("flush");
+        (2u64, 3u64)
+    };
+    for _ in 0..2 {
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let rec = store.recover().expect("recover");
+        let messages = &rec.queues[0].1.messages;
+        let seen: Vec<(u64, u64, bool)> = messages
+            .iter()
+            .map(|m| (m.seq, m.message_id, m.delivered))
+            .collect();
+        assert_eq!(seen, vec![(0, kept, true), (1, acked, false)]);
+        assert_eq!(
+            store.load_message(kept).map(|m| m.body.clone()).as_deref(),
+            Some(&b"first"[..])
+        );
+        assert_eq!(rec.delayed.len(), 1);
+        assert_eq!(&rec.delayed[0].message.body[..], b"held");
+        assert!(
+            !db(&store)
+                .tree_names()
+                .iter()
+                .any(|n| &n[..] == b"messages"),
+            "the sled tree is gone"
+        );
+        assert!(store.next_message_id() > 9, "ids are not handed out again");
+    }
 }

@@ -349,3 +349,44 @@ pub async fn assert_channel_served(ch: &Channel) {
     let got = get_soon(ch, q.name().as_str(), BasicGetOptions { no_ack: true }).await;
     assert_eq!(got.map(|m| m.delivery.data), Some(b"still served".to_vec()));
 }
+
+/// The size of [`numbered_body`]'s bodies.
+pub const NUMBERED_BODY: usize = 1024;
+
+/// Body number `i` of a numbered backlog: its number, padded to [`NUMBERED_BODY`] bytes.
+pub fn numbered_body(i: usize) -> Vec<u8> {
+    let mut b = format!("{i:08}").into_bytes();
+    b.resize(NUMBERED_BODY, b'.');
+    b
+}
+
+/// Publishes `n` numbered bodies to `queue` on a confirm channel, waiting for the confirms
+/// `in_flight` publishes at a time; each must be acked.
+pub async fn publish_numbered(
+    ch: &Channel,
+    queue: &str,
+    n: usize,
+    persistent: bool,
+    in_flight: usize,
+) {
+    let props = BasicProperties::default().with_delivery_mode(if persistent { 2 } else { 1 });
+    for start in (0..n).step_by(in_flight) {
+        let mut confirms = Vec::new();
+        for i in start..(start + in_flight).min(n) {
+            let c = ch
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &numbered_body(i),
+                    props.clone(),
+                )
+                .await
+                .expect("publish");
+            confirms.push(c);
+        }
+        for c in confirms {
+            assert!(c.await.expect("confirm").is_ack(), "publish nacked");
+        }
+    }
+}
