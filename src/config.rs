@@ -19,6 +19,24 @@ pub struct User {
     pub vhosts: Vec<String>,
 }
 
+/// A user's permissions in one vhost, as RabbitMQ's `set_permissions` takes them.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Permission {
+    /// The user.
+    pub user: String,
+    /// The vhost.
+    pub vhost: String,
+    /// Regular expression of the queues and exchanges the user may declare and delete.
+    pub configure: String,
+    /// Regular expression of the exchanges the user may publish to (and queues and exchanges
+    /// they may bind to).
+    pub write: String,
+    /// Regular expression of the queues the user may consume from, get from and purge (and the
+    /// exchanges they may bind from).
+    pub read: String,
+}
+
 fn all_vhosts() -> Vec<String> {
     vec!["*".into()]
 }
@@ -73,6 +91,8 @@ pub struct Config {
     pub loopback_users: Vec<String>,
     /// Users.
     pub users: Vec<User>,
+    /// Permissions; a user named here has exactly these, whatever their `vhosts` say.
+    pub permissions: Vec<Permission>,
     /// Vhosts.
     pub vhosts: Vec<String>,
 }
@@ -111,6 +131,7 @@ impl Default for Config {
                 vhosts: all_vhosts(),
             }],
             vhosts: vec!["/".into()],
+            permissions: Vec::new(),
         }
     }
 }
@@ -132,6 +153,16 @@ impl Config {
 
     /// Refuses settings that no client could work with.
     pub fn validate(&self) -> Result<(), String> {
+        for p in &self.permissions {
+            for pattern in [&p.configure, &p.write, &p.read] {
+                if let Err(e) = regex::Regex::new(pattern) {
+                    return Err(format!(
+                        "permissions of user '{}' in vhost '{}': invalid regular expression '{pattern}': {e}",
+                        p.user, p.vhost
+                    ));
+                }
+            }
+        }
         if self.frame_max != 0 && self.frame_max < crate::protocol::frame::FRAME_MIN_SIZE {
             return Err(format!(
                 "frame_max must be 0 or at least 4096, not {}",
@@ -250,6 +281,20 @@ mod tests {
         assert!(Config::parse("frame_max = 100").is_err());
         let c = Config::parse("heartbeat = 5\nlisten = \"127.0.0.1:1\"");
         assert_eq!(c.map(|c| (c.heartbeat, c.listen.port())), Ok((5, 1)));
+        let permission = |configure: &str| {
+            Config::parse(&format!(
+                "[[permissions]]\nuser = \"u\"\nvhost = \"/\"\nconfigure = '{configure}'\nwrite = ''\nread = '.*'"
+            ))
+        };
+        assert_eq!(
+            permission("^app\\.").map(|c| c.permissions[0].configure.clone()),
+            Ok("^app\\.".to_string())
+        );
+        let bad = permission("(").expect_err("not a regular expression");
+        assert!(
+            bad.contains("permissions of user 'u' in vhost '/': invalid regular expression '('"),
+            "{bad}"
+        );
     }
 
     #[test]

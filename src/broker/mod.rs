@@ -1,6 +1,7 @@
 //! The broker: its settings, vhosts (`vhost.rs`: exchanges, queues, bindings and routing), users,
 //! the memory gauge and pager, and what `queue.declare` and `exchange.declare` ask of a vhost.
 
+pub mod access;
 pub mod auth;
 pub mod connections;
 pub mod delayed;
@@ -28,7 +29,7 @@ use crate::queue::paging::Pager;
 use crate::store::{Store, StoreError};
 
 pub use reply_to::REPLY_TO;
-pub use vhost::VHost;
+pub use vhost::{VHost, generated_name};
 
 /// The whole broker: settings and vhosts.
 #[derive(Debug)]
@@ -192,6 +193,34 @@ impl Broker {
         }
         Ok(user)
     }
+
+    /// What `user` may do in `vhost`: the config's permissions for them there, or everything
+    /// in the vhosts their `vhosts` list names when the config gives them no permissions at
+    /// all; `None` if they may not open it.
+    pub fn permissions(&self, user: &User, vhost: &str) -> Option<access::Permissions> {
+        let mut own = self
+            .config
+            .permissions
+            .iter()
+            .filter(|p| p.user == user.name)
+            .peekable();
+        if own.peek().is_none() {
+            return user
+                .vhosts
+                .iter()
+                .any(|v| v == "*" || v == vhost)
+                .then(access::Permissions::all);
+        }
+        let p = own.find(|p| p.vhost == vhost)?;
+        match access::Permissions::new(&p.configure, &p.write, &p.read) {
+            Ok(p) => Some(p),
+            // The config was validated when it was read.
+            Err(e) => {
+                warn!(user = %user.name, vhost, cause = %e, "unusable permissions: access refused");
+                None
+            }
+        }
+    }
 }
 
 /// A declared queue's answer: its name and counts.
@@ -220,6 +249,8 @@ pub struct QueueDeclare {
     pub auto_delete: bool,
     /// Arguments.
     pub arguments: FieldTable,
+    /// The name was generated for the client (`amq.gen-...`), so its reserved prefix is fine.
+    pub server_named: bool,
 }
 
 /// What `exchange.declare` asks for.

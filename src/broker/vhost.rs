@@ -250,7 +250,7 @@ impl VHost {
         if d.passive {
             return Err(ChannelError::no_queue(&d.name, &self.name));
         }
-        if d.name.starts_with("amq.") {
+        if d.name.starts_with("amq.") && !d.server_named {
             return Err(ChannelError::new(
                 code::ACCESS_REFUSED,
                 format_args!("queue name '{}' contains reserved prefix 'amq.*'", d.name),
@@ -610,7 +610,8 @@ impl crate::queue::Router for VHost {
     }
 }
 
-fn generated_name() -> String {
+/// A fresh server-generated queue name, `amq.gen-` and 22 random characters.
+pub fn generated_name() -> String {
     use base64::Engine;
     let bytes: [u8; 16] = rand::random();
     format!(

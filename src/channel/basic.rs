@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::{Assembly, Channel, ChannelConsumer, Ctx, TxOp, Unacked, requeue_all, route};
 use crate::broker::REPLY_TO;
+use crate::broker::access::{Perm, Resource};
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code, encode};
 use crate::queue::log::SharedRecord;
 use crate::queue::memory::footprint;
@@ -190,6 +191,7 @@ impl Channel {
             }
             basic::AMQPMethod::Get(g) => {
                 let name = self.queue_name(g.queue.as_str())?;
+                ctx.permit(Perm::Read, Resource::Queue, &name)?;
                 let q = ctx.vhost.queue(&name, ctx.conn_id)?;
                 match q.get() {
                     None => ctx.send(
@@ -258,6 +260,7 @@ impl Channel {
             return self.consume_replies(ctx, c);
         }
         let name = self.queue_name(c.queue.as_str())?;
+        ctx.permit(Perm::Read, Resource::Queue, &name)?;
         let tag = self.consumer_tag(c.consumer_tag.as_str())?;
         let q = ctx.vhost.queue(&name, ctx.conn_id)?;
         let priority = consumer_priority(&c.arguments, &q)?;

@@ -2,8 +2,9 @@
 
 use amq_protocol::protocol::{AMQPClass, exchange};
 
-use super::{Channel, Ctx};
+use super::{Channel, Ctx, string_argument};
 use crate::broker::ExchangeDeclare;
+use crate::broker::access::{Perm, Resource};
 use crate::broker::exchange::{Binding, Destination};
 use crate::protocol::{AmqpError, ConnectionError};
 
@@ -20,6 +21,14 @@ impl Channel {
         };
         match m {
             exchange::AMQPMethod::Declare(d) => {
+                if !d.passive {
+                    let name = d.exchange.as_str();
+                    ctx.permit(Perm::Configure, Resource::Exchange, name)?;
+                    if let Some(ae) = string_argument(&d.arguments, "alternate-exchange") {
+                        ctx.permit(Perm::Write, Resource::Exchange, &ae)?;
+                        ctx.permit(Perm::Read, Resource::Exchange, name)?;
+                    }
+                }
                 ctx.vhost.declare_exchange(&ExchangeDeclare {
                     name: d.exchange.to_string(),
                     kind: d.kind.to_string(),
@@ -36,6 +45,7 @@ impl Channel {
                 );
             }
             exchange::AMQPMethod::Delete(d) => {
+                ctx.permit(Perm::Configure, Resource::Exchange, d.exchange.as_str())?;
                 ctx.vhost
                     .delete_exchange(d.exchange.as_str(), d.if_unused)?;
                 reply(
@@ -45,6 +55,8 @@ impl Channel {
                 );
             }
             exchange::AMQPMethod::Bind(b) => {
+                ctx.permit(Perm::Write, Resource::Exchange, b.destination.as_str())?;
+                ctx.permit(Perm::Read, Resource::Exchange, b.source.as_str())?;
                 let binding = Binding {
                     destination: Destination::Exchange(b.destination.as_str().into()),
                     routing_key: b.routing_key.to_string(),
@@ -58,6 +70,8 @@ impl Channel {
                 );
             }
             exchange::AMQPMethod::Unbind(b) => {
+                ctx.permit(Perm::Write, Resource::Exchange, b.destination.as_str())?;
+                ctx.permit(Perm::Read, Resource::Exchange, b.source.as_str())?;
                 let binding = Binding {
                     destination: Destination::Exchange(b.destination.as_str().into()),
                     routing_key: b.routing_key.to_string(),

@@ -20,8 +20,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use amq_protocol::protocol::{AMQPClass, channel, confirm as confirm_class};
+use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::BytesMut;
 
+use crate::broker::access::{Perm, Permissions, Resource};
 use crate::broker::{Broker, VHost};
 use crate::protocol::method::{Decoded, Method};
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code, encode};
@@ -43,6 +45,8 @@ pub struct Ctx {
     pub conn_id: u64,
     /// The authenticated user.
     pub user: String,
+    /// What the user may do in the vhost.
+    pub permissions: Arc<Permissions>,
     /// Outbound frames, written to the socket once per batch.
     pub out: BytesMut,
     /// Negotiated frame-max.
@@ -68,7 +72,22 @@ pub struct StoreMark {
     topology_writes: u64,
 }
 
+/// A string argument's value (`x-dead-letter-exchange`, `alternate-exchange`), if it is one.
+pub(super) fn string_argument(args: &FieldTable, key: &str) -> Option<String> {
+    match args.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
 impl Ctx {
+    /// Checks that the user has `perm` on a resource of the vhost (a 403 channel error if not).
+    pub fn permit(&self, perm: Perm, resource: Resource, name: &str) -> Result<(), ChannelError> {
+        self.permissions
+            .check(perm, resource, name, &self.vhost.name, &self.user)
+    }
+
     /// Appends a method frame.
     pub fn send(&mut self, channel: u16, class: AMQPClass) {
         encode::method(&mut self.out, channel, class);
@@ -170,6 +189,11 @@ impl Channel {
                 immediate,
             } => {
                 ctx.published = true;
+                ctx.permit(
+                    Perm::Write,
+                    Resource::Exchange,
+                    &String::from_utf8_lossy(&exchange),
+                )?;
                 self.publish(exchange, routing_key, mandatory, immediate)
             }
             Method::Ack {

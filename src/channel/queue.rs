@@ -2,10 +2,11 @@
 
 use amq_protocol::protocol::{AMQPClass, queue};
 
-use super::{Channel, Ctx};
-use crate::broker::QueueDeclare;
+use super::{Channel, Ctx, string_argument};
 use crate::broker::REPLY_TO;
+use crate::broker::access::{Perm, Resource};
 use crate::broker::exchange::{Binding, Destination};
+use crate::broker::{QueueDeclare, generated_name};
 use crate::protocol::ChannelError;
 use crate::protocol::{AmqpError, ConnectionError, code};
 
@@ -37,9 +38,21 @@ impl Channel {
                     );
                     return Ok(());
                 }
+                // The server names the queue here, so that the name is checked as RabbitMQ
+                // checks it (`amq.gen-...`).
+                let server_named = name.is_empty() && !d.passive;
+                let name = if server_named { generated_name() } else { name };
+                if !d.passive {
+                    ctx.permit(Perm::Configure, Resource::Queue, &name)?;
+                    if let Some(dlx) = string_argument(&d.arguments, "x-dead-letter-exchange") {
+                        ctx.permit(Perm::Write, Resource::Exchange, &dlx)?;
+                        ctx.permit(Perm::Read, Resource::Queue, &name)?;
+                    }
+                }
                 let declared = ctx.vhost.declare_queue(
                     &QueueDeclare {
                         name,
+                        server_named,
                         passive: d.passive,
                         durable: d.durable,
                         exclusive: d.exclusive,
@@ -61,6 +74,8 @@ impl Channel {
             }
             queue::AMQPMethod::Bind(b) => {
                 let name = self.queue_name(b.queue.as_str())?;
+                ctx.permit(Perm::Write, Resource::Queue, &name)?;
+                ctx.permit(Perm::Read, Resource::Exchange, b.exchange.as_str())?;
                 let binding = Binding {
                     destination: Destination::Queue(ctx.vhost.queue(&name, ctx.conn_id)?),
                     routing_key: self
@@ -72,6 +87,8 @@ impl Channel {
             }
             queue::AMQPMethod::Unbind(b) => {
                 let name = self.queue_name(b.queue.as_str())?;
+                ctx.permit(Perm::Write, Resource::Queue, &name)?;
+                ctx.permit(Perm::Read, Resource::Exchange, b.exchange.as_str())?;
                 // Unbinding an absent queue is already done, as RabbitMQ sees it.
                 match ctx.vhost.queue(&name, ctx.conn_id) {
                     Ok(q) => {
@@ -90,6 +107,7 @@ impl Channel {
             }
             queue::AMQPMethod::Purge(p) => {
                 let name = self.queue_name(p.queue.as_str())?;
+                ctx.permit(Perm::Read, Resource::Queue, &name)?;
                 let message_count = ctx.vhost.queue(&name, ctx.conn_id)?.purge();
                 reply(
                     ctx,
@@ -99,6 +117,7 @@ impl Channel {
             }
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(d.queue.as_str())?;
+                ctx.permit(Perm::Configure, Resource::Queue, &name)?;
                 let message_count =
                     ctx.vhost
                         .delete_queue(&name, ctx.conn_id, d.if_unused, d.if_empty)?;

@@ -67,6 +67,7 @@ impl Harness {
             tx,
             cancel_notify: true,
             throttle: None,
+            permissions: Arc::new(crate::broker::access::Permissions::all()),
             published: false,
             topology: None,
             broker,

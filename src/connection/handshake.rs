@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{info, warn};
 
+use crate::broker::access::Permissions;
 use crate::broker::{Broker, LoginError, VHost, auth};
 use crate::protocol::frame::{FRAME_MIN_SIZE, Frame, PROTOCOL_HEADER, parse_frame};
 use crate::protocol::method::{Method, decode};
@@ -21,6 +22,7 @@ const PROTOCOL_HEADER_0_9: &[u8; 8] = b"AMQP\x01\x01\x00\x09";
 /// What the handshake settled.
 pub(super) struct Negotiated {
     pub user: String,
+    pub permissions: Arc<Permissions>,
     pub client_properties: FieldTable,
     pub vhost: Arc<VHost>,
     pub frame_max: u32,
@@ -304,7 +306,7 @@ pub(super) async fn run(
         )
         .await;
     };
-    if !user.vhosts.iter().any(|v| v == "*" || v == vhost_name) {
+    let Some(permissions) = broker.permissions(&user, vhost_name) else {
         return refuse(
             stream,
             ConnectionError::new(
@@ -317,7 +319,7 @@ pub(super) async fn run(
             .on(10, 40),
         )
         .await;
-    }
+    };
     write(
         stream,
         AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
@@ -325,6 +327,7 @@ pub(super) async fn run(
     .await?;
     Ok(Some(Negotiated {
         user: user.name,
+        permissions: Arc::new(permissions),
         client_properties,
         vhost,
         frame_max,

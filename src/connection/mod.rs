@@ -148,6 +148,7 @@ pub async fn serve(
             vhost: negotiated.vhost,
             conn_id,
             user: negotiated.user,
+            permissions: negotiated.permissions,
             out: BytesMut::with_capacity(READ_CHUNK),
             frame_max: negotiated.frame_max,
             tx,
