@@ -124,6 +124,34 @@ async fn each_operation_checks_the_permission_rabbitmq_checks() {
     >;
     let cases: Vec<(&str, Op, (u16, String))> = vec![
         (
+            "a reserved name is refused for that first",
+            Box::new(|ch| {
+                Box::pin(async move {
+                    ch.queue_declare("amq.x".into(), DECLARE, FieldTable::default())
+                        .await
+                        .map(drop)
+                })
+            }),
+            (
+                403,
+                "ACCESS_REFUSED - queue name 'amq.x' contains reserved prefix 'amq.*'".into(),
+            ),
+        ),
+        (
+            "a system exchange's deletion is refused for that first",
+            Box::new(|ch| {
+                Box::pin(async move {
+                    ch.exchange_delete("amq.direct".into(), Default::default())
+                        .await
+                })
+            }),
+            (
+                403,
+                "ACCESS_REFUSED - deletion of system exchange 'amq.direct' in vhost '/' not allowed"
+                    .into(),
+            ),
+        ),
+        (
             "declare outside configure",
             Box::new(|ch| {
                 Box::pin(async move {

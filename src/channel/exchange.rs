@@ -21,7 +21,8 @@ impl Channel {
         };
         match m {
             exchange::AMQPMethod::Declare(d) => {
-                if !d.passive {
+                // The default exchange is refused for that first, as RabbitMQ does.
+                if !d.passive && !d.exchange.as_str().is_empty() {
                     let name = d.exchange.as_str();
                     ctx.permit(Perm::Configure, Resource::Exchange, name)?;
                     if let Some(ae) = string_argument(&d.arguments, "alternate-exchange") {
@@ -45,7 +46,11 @@ impl Channel {
                 );
             }
             exchange::AMQPMethod::Delete(d) => {
-                ctx.permit(Perm::Configure, Resource::Exchange, d.exchange.as_str())?;
+                // System exchanges are refused for that first, as RabbitMQ does.
+                let name = d.exchange.as_str();
+                if !name.is_empty() && !name.starts_with("amq.") {
+                    ctx.permit(Perm::Configure, Resource::Exchange, name)?;
+                }
                 ctx.vhost
                     .delete_exchange(d.exchange.as_str(), d.if_unused)?;
                 reply(

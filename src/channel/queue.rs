@@ -42,7 +42,9 @@ impl Channel {
                 // checks it (`amq.gen-...`).
                 let server_named = name.is_empty() && !d.passive;
                 let name = if server_named { generated_name() } else { name };
-                if !d.passive {
+                // A reserved name is refused for that first, as RabbitMQ does.
+                let reserved = name.starts_with("amq.") && !server_named;
+                if !d.passive && !reserved {
                     ctx.permit(Perm::Configure, Resource::Queue, &name)?;
                     if let Some(dlx) = string_argument(&d.arguments, "x-dead-letter-exchange") {
                         ctx.permit(Perm::Write, Resource::Exchange, &dlx)?;
