@@ -37,6 +37,22 @@ pub struct Permission {
     pub read: String,
 }
 
+/// A user's topic permissions on one topic exchange, as RabbitMQ's `set_topic_permissions`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicPermission {
+    /// The user.
+    pub user: String,
+    /// The vhost.
+    pub vhost: String,
+    /// The topic exchange.
+    pub exchange: String,
+    /// Regular expression of the routing keys the user may publish with.
+    pub write: String,
+    /// Regular expression of the binding keys the user may bind queues and exchanges with.
+    pub read: String,
+}
+
 fn all_vhosts() -> Vec<String> {
     vec!["*".into()]
 }
@@ -93,6 +109,8 @@ pub struct Config {
     pub users: Vec<User>,
     /// Permissions; a user named here has exactly these, whatever their `vhosts` say.
     pub permissions: Vec<Permission>,
+    /// Topic permissions.
+    pub topic_permissions: Vec<TopicPermission>,
     /// Vhosts.
     pub vhosts: Vec<String>,
 }
@@ -132,6 +150,7 @@ impl Default for Config {
             }],
             vhosts: vec!["/".into()],
             permissions: Vec::new(),
+            topic_permissions: Vec::new(),
         }
     }
 }
@@ -153,12 +172,23 @@ impl Config {
 
     /// Refuses settings that no client could work with.
     pub fn validate(&self) -> Result<(), String> {
-        for p in &self.permissions {
-            for pattern in [&p.configure, &p.write, &p.read] {
-                if let Err(e) = regex::Regex::new(pattern) {
+        let topic = self
+            .topic_permissions
+            .iter()
+            .map(|t| (&t.user, &t.vhost, [&t.write, &t.read, &t.read]));
+        let resource = self
+            .permissions
+            .iter()
+            .map(|p| (&p.user, &p.vhost, [&p.configure, &p.write, &p.read]));
+        for (user, vhost, patterns) in resource.chain(topic) {
+            for pattern in patterns {
+                // As it will be used: with the user's and the vhost's names in place.
+                let expanded = pattern
+                    .replace("{username}", user)
+                    .replace("{vhost}", vhost);
+                if let Err(e) = regex::Regex::new(&expanded) {
                     return Err(format!(
-                        "permissions of user '{}' in vhost '{}': invalid regular expression '{pattern}': {e}",
-                        p.user, p.vhost
+                        "permissions of user '{user}' in vhost '{vhost}': invalid regular expression '{pattern}': {e}"
                     ));
                 }
             }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestBroker, confirm_channel, connect, next_error, refusal};
+use common::{TestBroker, confirm_channel, connect, next_error, publish, refusal};
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ExchangeBindOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -12,7 +12,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, ExchangeKind};
-use warren::config::{Permission, User};
+use warren::config::{Permission, TopicPermission, User};
 
 /// Starts Warren with user `app` (password `secret`) allowed to configure `^app\.`, write to
 /// `^app\.|^amq\.default$` and read `^app\.|^amq\.direct$`, and user `nobody` with permissions
@@ -34,6 +34,13 @@ async fn broker() -> TestBroker {
             write: "^app\\.|^amq\\.default$".into(),
             read: "^app\\.|^amq\\.direct$".into(),
         });
+        c.topic_permissions.push(TopicPermission {
+            user: "app".into(),
+            vhost: "/".into(),
+            exchange: "app.topic".into(),
+            write: "^app\\.".into(),
+            read: "^{username}\\.".into(),
+        });
         c.permissions.push(Permission {
             user: "nobody".into(),
             vhost: "other".into(),
@@ -43,6 +50,26 @@ async fn broker() -> TestBroker {
         });
     })
     .await
+}
+
+/// Publishes on `ch` and returns the refusal that closes it.
+async fn publish_refusal(
+    conn: &lapin::Connection,
+    ch: &lapin::Channel,
+    exchange: &str,
+    key: &str,
+) -> (u16, String) {
+    let mut events = Box::pin(conn.events_listener());
+    ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        b"m",
+        BasicProperties::default(),
+    )
+    .await
+    .expect("sent");
+    refusal(&next_error(&mut events).await)
 }
 
 fn refused(kind: &str, name: &str) -> (u16, String) {
@@ -86,17 +113,7 @@ async fn each_operation_checks_the_permission_rabbitmq_checks() {
     )
     .await
     .expect("bind");
-    let confirm = ch
-        .basic_publish(
-            "".into(),
-            "app.q".into(),
-            BasicPublishOptions::default(),
-            b"m",
-            BasicProperties::default(),
-        )
-        .await
-        .expect("publish");
-    assert!(confirm.await.expect("confirm").is_ack());
+    publish(&ch, "", "app.q", "m").await;
     let got = ch
         .basic_get("app.q".into(), BasicGetOptions { no_ack: true })
         .await
@@ -291,19 +308,9 @@ async fn each_operation_checks_the_permission_rabbitmq_checks() {
     }
 
     // A publish is refused asynchronously, closing the channel.
-    let mut events = Box::pin(conn.events_listener());
     let ch = confirm_channel(&conn).await;
-    ch.basic_publish(
-        "amq.fanout".into(),
-        "".into(),
-        BasicPublishOptions::default(),
-        b"m",
-        BasicProperties::default(),
-    )
-    .await
-    .expect("sent");
     assert_eq!(
-        refusal(&next_error(&mut events).await),
+        publish_refusal(&conn, &ch, "amq.fanout", "").await,
         refused("exchange", "amq.fanout")
     );
     // The connection still serves the user where they are allowed.
@@ -324,6 +331,62 @@ async fn each_operation_checks_the_permission_rabbitmq_checks() {
         (
             530,
             "NOT_ALLOWED - access to vhost '/' refused for user 'nobody'".to_string()
+        )
+    );
+}
+
+#[tokio::test]
+async fn topic_permissions_check_routing_and_binding_keys() {
+    let broker = broker().await;
+    let conn = connect(&format!("amqp://app:secret@{}/%2f", broker.addr)).await;
+    let ch = confirm_channel(&conn).await;
+    ch.exchange_declare(
+        "app.topic".into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    ch.queue_declare(
+        "app.tq".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let bind = |ch: lapin::Channel, key: &'static str| async move {
+        ch.queue_bind(
+            "app.tq".into(),
+            "app.topic".into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    };
+    // {username} in the read pattern stands for the user's name.
+    bind(ch.clone(), "app.#").await.expect("read ^app\\.");
+    let err = bind(confirm_channel(&conn).await, "other.#")
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        refusal(&err),
+        (
+            403,
+            "ACCESS_REFUSED - access to topic 'other.#' in exchange 'app.topic' in vhost '/' \
+             refused for user 'app'"
+                .to_string()
+        )
+    );
+    publish(&ch, "app.topic", "app.x", "m").await;
+    assert_eq!(
+        publish_refusal(&conn, &ch, "app.topic", "other.x").await,
+        (
+            403,
+            "ACCESS_REFUSED - access to topic 'other.x' in exchange 'app.topic' in vhost '/' \
+             refused for user 'app'"
+                .to_string()
         )
     );
 }

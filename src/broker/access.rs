@@ -61,6 +61,8 @@ pub struct Permissions {
     configure: Pattern,
     write: Pattern,
     read: Pattern,
+    /// Topic permissions, by exchange: write and read patterns on routing and binding keys.
+    topics: Vec<(String, Pattern, Pattern)>,
 }
 
 impl Permissions {
@@ -70,7 +72,59 @@ impl Permissions {
             configure: Pattern::All,
             write: Pattern::All,
             read: Pattern::All,
+            topics: Vec::new(),
         }
+    }
+
+    /// Adds topic permissions on `exchange`: `write` for the routing keys published to it, `read`
+    /// for the binding keys bound from it. `{username}` and `{vhost}` in a pattern stand for the
+    /// user's name and the vhost's, as in RabbitMQ.
+    pub fn with_topic(
+        mut self,
+        exchange: &str,
+        write: &str,
+        read: &str,
+        user: &str,
+        vhost: &str,
+    ) -> Result<Self, String> {
+        let expand = |p: &str| p.replace("{username}", user).replace("{vhost}", vhost);
+        self.topics.push((
+            exchange.to_string(),
+            Pattern::new(&expand(write))?,
+            Pattern::new(&expand(read))?,
+        ));
+        Ok(self)
+    }
+
+    /// Whether any topic permission is set (most users have none: nothing to look up).
+    pub fn has_topics(&self) -> bool {
+        !self.topics.is_empty()
+    }
+
+    /// Checks a topic permission: `Write` of a routing key published to the topic exchange
+    /// `exchange`, `Read` of a key bound from it. An exchange without topic permissions allows
+    /// every key.
+    pub fn check_topic(
+        &self,
+        perm: Perm,
+        exchange: &str,
+        key: &str,
+        vhost: &str,
+        user: &str,
+    ) -> Result<(), ChannelError> {
+        let Some((_, write, read)) = self.topics.iter().find(|(x, ..)| x == exchange) else {
+            return Ok(());
+        };
+        let pattern = if perm == Perm::Read { read } else { write };
+        if pattern.matches(key) {
+            return Ok(());
+        }
+        Err(ChannelError::new(
+            code::ACCESS_REFUSED,
+            format_args!(
+                "access to topic '{key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'"
+            ),
+        ))
     }
 
     /// The permissions these three patterns grant; an error names a pattern that is not a
@@ -80,6 +134,7 @@ impl Permissions {
             configure: Pattern::new(configure)?,
             write: Pattern::new(write)?,
             read: Pattern::new(read)?,
+            topics: Vec::new(),
         })
     }
 

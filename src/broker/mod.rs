@@ -204,15 +204,24 @@ impl Broker {
             .iter()
             .filter(|p| p.user == user.name)
             .peekable();
-        if own.peek().is_none() {
-            return user
-                .vhosts
-                .iter()
-                .any(|v| v == "*" || v == vhost)
-                .then(access::Permissions::all);
-        }
-        let p = own.find(|p| p.vhost == vhost)?;
-        match access::Permissions::new(&p.configure, &p.write, &p.read) {
+        let base = if own.peek().is_none() {
+            if !user.vhosts.iter().any(|v| v == "*" || v == vhost) {
+                return None;
+            }
+            Ok(access::Permissions::all())
+        } else {
+            let p = own.find(|p| p.vhost == vhost)?;
+            access::Permissions::new(&p.configure, &p.write, &p.read)
+        };
+        let topics = self
+            .config
+            .topic_permissions
+            .iter()
+            .filter(|t| t.user == user.name && t.vhost == vhost);
+        let with_topics = topics.fold(base, |p, t| {
+            p.and_then(|p| p.with_topic(&t.exchange, &t.write, &t.read, &user.name, vhost))
+        });
+        match with_topics {
             Ok(p) => Some(p),
             // The config was validated when it was read.
             Err(e) => {

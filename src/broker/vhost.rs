@@ -464,6 +464,15 @@ impl VHost {
         Ok(())
     }
 
+    /// Whether `name` is a topic exchange (topic permissions apply to it).
+    pub fn is_topic(&self, name: &str) -> bool {
+        self.topology
+            .read()
+            .exchanges
+            .get(name)
+            .is_some_and(|x| x.kind == ExchangeKind::Topic)
+    }
+
     /// Checks that `name` can be published to: it exists and is not internal.
     pub fn check_publish(&self, name: &str) -> Result<(), ChannelError> {
         if name.is_empty() {

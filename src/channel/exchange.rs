@@ -62,6 +62,7 @@ impl Channel {
             exchange::AMQPMethod::Bind(b) => {
                 ctx.permit(Perm::Write, Resource::Exchange, b.destination.as_str())?;
                 ctx.permit(Perm::Read, Resource::Exchange, b.source.as_str())?;
+                ctx.permit_topic(Perm::Read, b.source.as_str(), b.routing_key.as_str())?;
                 let binding = Binding {
                     destination: Destination::Exchange(b.destination.as_str().into()),
                     routing_key: b.routing_key.to_string(),
@@ -77,6 +78,7 @@ impl Channel {
             exchange::AMQPMethod::Unbind(b) => {
                 ctx.permit(Perm::Write, Resource::Exchange, b.destination.as_str())?;
                 ctx.permit(Perm::Read, Resource::Exchange, b.source.as_str())?;
+                ctx.permit_topic(Perm::Read, b.source.as_str(), b.routing_key.as_str())?;
                 let binding = Binding {
                     destination: Destination::Exchange(b.destination.as_str().into()),
                     routing_key: b.routing_key.to_string(),

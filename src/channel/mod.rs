@@ -88,6 +88,16 @@ impl Ctx {
             .check(perm, resource, name, &self.vhost.name, &self.user)
     }
 
+    /// Checks a topic permission on a key published to or bound from `exchange`, if the user
+    /// has topic permissions and `exchange` is a topic exchange.
+    pub fn permit_topic(&self, perm: Perm, exchange: &str, key: &str) -> Result<(), ChannelError> {
+        if !self.permissions.has_topics() || !self.vhost.is_topic(exchange) {
+            return Ok(());
+        }
+        self.permissions
+            .check_topic(perm, exchange, key, &self.vhost.name, &self.user)
+    }
+
     /// Appends a method frame.
     pub fn send(&mut self, channel: u16, class: AMQPClass) {
         encode::method(&mut self.out, channel, class);
@@ -303,6 +313,11 @@ fn route(
 ) -> Result<(), AmqpError> {
     let exchange = std::str::from_utf8(&msg.exchange).unwrap_or("\u{fffd}");
     ctx.vhost.check_publish(exchange)?;
+    ctx.permit_topic(
+        Perm::Write,
+        exchange,
+        &String::from_utf8_lossy(&msg.routing_key),
+    )?;
     queues.clear();
     ctx.vhost.route(exchange, msg, shared, queues)?;
     Ok(())

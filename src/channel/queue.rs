@@ -78,6 +78,8 @@ impl Channel {
                 let name = self.queue_name(b.queue.as_str())?;
                 ctx.permit(Perm::Write, Resource::Queue, &name)?;
                 ctx.permit(Perm::Read, Resource::Exchange, b.exchange.as_str())?;
+                // The key as the client sent it, as RabbitMQ checks it.
+                ctx.permit_topic(Perm::Read, b.exchange.as_str(), b.routing_key.as_str())?;
                 let binding = Binding {
                     destination: Destination::Queue(ctx.vhost.queue(&name, ctx.conn_id)?),
                     routing_key: self
@@ -91,6 +93,7 @@ impl Channel {
                 let name = self.queue_name(b.queue.as_str())?;
                 ctx.permit(Perm::Write, Resource::Queue, &name)?;
                 ctx.permit(Perm::Read, Resource::Exchange, b.exchange.as_str())?;
+                ctx.permit_topic(Perm::Read, b.exchange.as_str(), b.routing_key.as_str())?;
                 // Unbinding an absent queue is already done, as RabbitMQ sees it.
                 match ctx.vhost.queue(&name, ctx.conn_id) {
                     Ok(q) => {
