@@ -138,14 +138,22 @@ impl Permissions {
         })
     }
 
+    /// Whether `perm` is granted on every resource (`.*`): nothing to check.
+    pub fn grants_all(&self, perm: Perm) -> bool {
+        matches!(self.pattern(perm), Pattern::All)
+    }
+
     /// Whether `perm` is granted on a resource named `name`.
     pub fn allows(&self, perm: Perm, name: &str) -> bool {
-        let pattern = match perm {
+        self.pattern(perm).matches(name)
+    }
+
+    fn pattern(&self, perm: Perm) -> &Pattern {
+        match perm {
             Perm::Configure => &self.configure,
             Perm::Write => &self.write,
             Perm::Read => &self.read,
-        };
-        pattern.matches(name)
+        }
     }
 
     /// Checks `perm` on a resource, refusing as RabbitMQ does: a 403 channel error. The default
