@@ -190,27 +190,25 @@ impl Batch {
 
     /// A message body.
     pub fn body(&mut self, m: &StoredMessage) {
-        let start = self.begin(BODY);
-        self.buf.extend_from_slice(&m.id.to_be_bytes());
-        let len_at = self.buf.len();
-        self.buf.extend_from_slice(&[0; 4]);
-        put_message(
-            &mut self.buf,
-            [&m.exchange, &m.routing_key, &m.properties, &m.body],
-        );
-        let len = u32::try_from(self.buf.len() - len_at - 4).unwrap_or(u32::MAX);
-        self.buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
-        let size = self.size_since(start);
-        self.placed.push((start, size, Placed::Body { id: m.id }));
+        self.body_with(m.id, |buf| {
+            put_message(buf, [&m.exchange, &m.routing_key, &m.properties, &m.body]);
+        });
     }
 
     /// A body copied as it was stored.
     fn raw_body(&mut self, id: u64, raw: &[u8]) {
+        self.body_with(id, |buf| buf.extend_from_slice(raw));
+    }
+
+    /// A body record whose bytes `fill` writes; its length is filled in after.
+    fn body_with(&mut self, id: u64, fill: impl FnOnce(&mut Vec<u8>)) {
         let start = self.begin(BODY);
         self.buf.extend_from_slice(&id.to_be_bytes());
-        let len = u32::try_from(raw.len()).unwrap_or(u32::MAX);
-        self.buf.extend_from_slice(&len.to_be_bytes());
-        self.buf.extend_from_slice(raw);
+        let len_at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        fill(&mut self.buf);
+        let len = u32::try_from(self.buf.len() - len_at - 4).unwrap_or(u32::MAX);
+        self.buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
         let size = self.size_since(start);
         self.placed.push((start, size, Placed::Body { id }));
     }
