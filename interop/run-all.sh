@@ -31,8 +31,12 @@ fi
 
 state=$(mktemp -d "${TMPDIR:-/tmp}/warren-interop.XXXXXX")
 data_dir=$(mktemp -d "${TMPDIR:-/tmp}/warren-interop-data.XXXXXX")
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+management_port=$(free_port)
 url="amqp://guest:guest@127.0.0.1:$port/%2f"
+# Suites that drive the management HTTP API find it here.
+export WARREN_MANAGEMENT_URL="http://127.0.0.1:$management_port"
 log=$state/warren.log
 
 # launch.sh starts Warren in the background and records its pid; a watcher (its parent) writes
@@ -43,7 +47,7 @@ cat >"$state/launch.sh" <<EOF
 set -u
 config=()
 [[ -s "$state/suite.toml" ]] && config=(--config "$state/suite.toml")
-"$bin" serve "\${config[@]}" --listen "127.0.0.1:$port" --data-dir "$data_dir" >>"$log" 2>&1 </dev/null &
+"$bin" serve "\${config[@]}" --listen "127.0.0.1:$port" --management-listen "127.0.0.1:$management_port" --data-dir "$data_dir" >>"$log" 2>&1 </dev/null &
 pid=\$!
 echo \$pid >"$state/pid"
 wait \$pid

@@ -17,6 +17,28 @@ pub struct User {
     /// Vhosts this user may open (`["*"]` for all).
     #[serde(default = "all_vhosts")]
     pub vhosts: Vec<String>,
+    /// Tags, as RabbitMQ's: `administrator`, `monitoring`, `policymaker`, `management`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// The management HTTP API.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Management {
+    /// Address to serve the API on (RabbitMQ's `management.tcp.port`).
+    pub listen: SocketAddr,
+    /// Whether to serve it at all.
+    pub enabled: bool,
+}
+
+impl Default for Management {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 15672)),
+            enabled: true,
+        }
+    }
 }
 
 /// A user's permissions in one vhost, as RabbitMQ's `set_permissions` takes them.
@@ -113,6 +135,10 @@ pub struct Config {
     pub topic_permissions: Vec<TopicPermission>,
     /// Vhosts.
     pub vhosts: Vec<String>,
+    /// The management HTTP API.
+    pub management: Management,
+    /// A definitions file (RabbitMQ's format) to import at every start.
+    pub load_definitions: Option<PathBuf>,
 }
 
 /// The store's page cache at most, in bytes.
@@ -147,8 +173,11 @@ impl Default for Config {
                 name: "guest".into(),
                 password_hash: GUEST_HASH.into(),
                 vhosts: all_vhosts(),
+                tags: vec!["administrator".into()],
             }],
             vhosts: vec!["/".into()],
+            management: Management::default(),
+            load_definitions: None,
             permissions: Vec::new(),
             topic_permissions: Vec::new(),
         }
@@ -181,17 +210,8 @@ impl Config {
             .iter()
             .map(|p| (&p.user, &p.vhost, [&p.configure, &p.write, &p.read]));
         for (user, vhost, patterns) in resource.chain(topic) {
-            for pattern in patterns {
-                // As it will be used: with the user's and the vhost's names in place.
-                let expanded = pattern
-                    .replace("{username}", user)
-                    .replace("{vhost}", vhost);
-                if let Err(e) = regex::Regex::new(&expanded) {
-                    return Err(format!(
-                        "permissions of user '{user}' in vhost '{vhost}': invalid regular expression '{pattern}': {e}"
-                    ));
-                }
-            }
+            crate::broker::admin::check_patterns(user, vhost, &patterns.map(String::as_str))
+                .map_err(|e| format!("permissions of user '{user}' in vhost '{vhost}': {e}"))?;
         }
         if self.frame_max != 0 && self.frame_max < crate::protocol::frame::FRAME_MIN_SIZE {
             return Err(format!(

@@ -8,6 +8,7 @@
 //! - [`queue`]: one queue's messages and consumers.
 //! - [`store`]: durable storage.
 //! - [`protocol`]: frames, methods, content and reply codes (pure, no I/O).
+//! - [`management`]: the RabbitMQ-compatible management HTTP API.
 //! - [`config`]: settings from the TOML file and the command line.
 //! - [`log`]: log output that client-supplied text cannot forge.
 
@@ -18,6 +19,7 @@ pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod log;
+pub mod management;
 pub mod protocol;
 pub mod queue;
 pub mod server;

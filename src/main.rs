@@ -20,7 +20,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start the broker (guest/guest on 0.0.0.0:5672, data under ./data unless told otherwise).
+    /// Start the broker (guest/guest on 0.0.0.0:5672, the management API on 0.0.0.0:15672, data
+    /// under ./data unless told otherwise).
     ///
     /// Settings come from the config file (see config/warren.toml for every setting and its
     /// default); the flags below override it. Stop with Ctrl-C or SIGTERM: clients are told
@@ -32,6 +33,9 @@ enum Command {
         /// Address to accept AMQP connections on [default: 0.0.0.0:5672].
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
+        /// Address to serve the management HTTP API on [default: 0.0.0.0:15672].
+        #[arg(long, value_name = "ADDR")]
+        management_listen: Option<SocketAddr>,
         /// Directory for the store's files [default: ./data].
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Serve {
             config,
             listen,
+            management_listen,
             data_dir,
             log_level,
         } => {
@@ -75,6 +80,9 @@ fn main() -> ExitCode {
             };
             if let Some(l) = listen {
                 settings.listen = l;
+            }
+            if let Some(m) = management_listen {
+                settings.management.listen = m;
             }
             if let Some(d) = data_dir {
                 settings.data_dir = d;
@@ -115,6 +123,20 @@ fn serve(settings: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let management = if settings.management.enabled {
+            match tokio::net::TcpListener::bind(settings.management.listen).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!(
+                        "warren: cannot serve the management API on {}: {e} (set management.listen or --management-listen)",
+                        settings.management.listen
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            None
+        };
         let mut server = match warren::Server::start(settings) {
             Ok(s) => s,
             Err(e) => {
@@ -122,7 +144,18 @@ fn serve(settings: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Err(e) = server.load_definitions().await {
+            eprintln!("warren: {e}");
+            server.stop().await;
+            return ExitCode::FAILURE;
+        }
         if let Err(e) = server.serve_amqp(listener) {
+            eprintln!("warren: {e}");
+            return ExitCode::FAILURE;
+        }
+        if let Some(l) = management
+            && let Err(e) = server.serve_management(l)
+        {
             eprintln!("warren: {e}");
             return ExitCode::FAILURE;
         }

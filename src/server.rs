@@ -96,6 +96,7 @@ impl Server {
     /// Serves AMQP on `listener` until [`Server::stop`].
     pub fn serve_amqp(&mut self, listener: TcpListener) -> io::Result<()> {
         let addr = listener.local_addr()?;
+        self.broker.add_listener("amqp", addr);
         info!(
             listen = %addr,
             version = env!("CARGO_PKG_VERSION"),
@@ -104,6 +105,30 @@ impl Server {
             "warren started"
         );
         self.listeners.spawn(serve_amqp(
+            listener,
+            Arc::clone(&self.broker),
+            self.shutdown_signal(),
+        ));
+        Ok(())
+    }
+
+    /// Imports the definitions file the settings name (`load_definitions`), if any: what it
+    /// names is created or updated, nothing else changes.
+    pub async fn load_definitions(&self) -> io::Result<()> {
+        let Some(path) = self.broker.config.load_definitions.clone() else {
+            return Ok(());
+        };
+        crate::management::definitions::load(&self.broker, &path)
+            .await
+            .map_err(io::Error::other)?;
+        info!(file = %path.display(), "definitions loaded");
+        Ok(())
+    }
+
+    /// Serves the management HTTP API on `listener` until [`Server::stop`].
+    pub fn serve_management(&mut self, listener: TcpListener) -> io::Result<()> {
+        self.broker.add_listener("http", listener.local_addr()?);
+        self.listeners.spawn(crate::management::serve(
             listener,
             Arc::clone(&self.broker),
             self.shutdown_signal(),

@@ -219,6 +219,7 @@ async fn confirmed_messages_survive_kill_9_across_rounds() {
 fn refused_start(dir: &Path) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--management-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir)
         .stdout(Stdio::null())

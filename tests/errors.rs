@@ -572,6 +572,7 @@ async fn a_loopback_user_may_log_in_from_loopback() {
             name: "local".into(),
             password_hash: warren::broker::auth::hash_password("secret"),
             vhosts: vec!["/".into()],
+            tags: Vec::new(),
         });
         c.loopback_users = vec!["guest".into(), "local".into()];
     })

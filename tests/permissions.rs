@@ -25,6 +25,7 @@ async fn broker() -> TestBroker {
                 name: name.into(),
                 password_hash: warren::broker::auth::hash_password("secret"),
                 vhosts: vec!["*".into()],
+                tags: Vec::new(),
             });
         }
         c.permissions.push(Permission {

@@ -9,16 +9,67 @@ use crate::protocol::table::{self, ShortS};
 /// RabbitMQ's salt is always four bytes, whatever the hashing algorithm.
 const SALT_LEN: usize = 4;
 
-/// Hashes `password` in RabbitMQ's `rabbit_password_hashing_sha256` format: base64(salt ++ sha256(salt ++ password)).
-pub fn hash_password(password: &str) -> String {
-    hash_with_salt(rand::random::<[u8; SALT_LEN]>(), password)
+/// How a password hash was made, under RabbitMQ's names for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum HashingAlgorithm {
+    /// base64(salt ++ sha256(salt ++ password)), RabbitMQ's default.
+    #[default]
+    #[serde(rename = "rabbit_password_hashing_sha256")]
+    Sha256,
+    /// base64(salt ++ sha512(salt ++ password)).
+    #[serde(rename = "rabbit_password_hashing_sha512")]
+    Sha512,
 }
 
-fn hash_with_salt(salt: [u8; SALT_LEN], password: &str) -> String {
-    let digest = Sha256::new()
-        .chain_update(salt)
-        .chain_update(password.as_bytes())
-        .finalize();
+impl HashingAlgorithm {
+    /// RabbitMQ's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sha256 => "rabbit_password_hashing_sha256",
+            Self::Sha512 => "rabbit_password_hashing_sha512",
+        }
+    }
+
+    /// The algorithm by RabbitMQ's name for it.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Sha256, Self::Sha512]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
+
+    /// The algorithm that made `hash`, told by its length (SHA-256 unless it is SHA-512's).
+    pub fn of_hash(hash: &str) -> Self {
+        match STANDARD.decode(hash.trim()) {
+            Ok(d) if d.len() == SALT_LEN + 64 => Self::Sha512,
+            _ => Self::Sha256,
+        }
+    }
+
+    /// Hashes `password` with a fresh salt.
+    pub fn hash(self, password: &str) -> String {
+        hash_with_salt(self, rand::random::<[u8; SALT_LEN]>(), password)
+    }
+}
+
+/// Hashes `password` in RabbitMQ's `rabbit_password_hashing_sha256` format: base64(salt ++ sha256(salt ++ password)).
+pub fn hash_password(password: &str) -> String {
+    HashingAlgorithm::Sha256.hash(password)
+}
+
+fn hash_with_salt(algorithm: HashingAlgorithm, salt: [u8; SALT_LEN], password: &str) -> String {
+    let pw = password.as_bytes();
+    let digest = match algorithm {
+        HashingAlgorithm::Sha256 => Sha256::new()
+            .chain_update(salt)
+            .chain_update(pw)
+            .finalize()
+            .to_vec(),
+        HashingAlgorithm::Sha512 => Sha512::new()
+            .chain_update(salt)
+            .chain_update(pw)
+            .finalize()
+            .to_vec(),
+    };
     let mut stored = Vec::with_capacity(SALT_LEN + digest.len());
     stored.extend_from_slice(&salt);
     stored.extend_from_slice(&digest);
@@ -124,7 +175,7 @@ mod tests {
     #[test]
     fn known_salt_produces_rabbitmq_layout() {
         let salt = [0xDE, 0xAD, 0xBE, 0xEF];
-        let h = hash_with_salt(salt, "guest");
+        let h = hash_with_salt(HashingAlgorithm::Sha256, salt, "guest");
         assert_eq!(h.len(), 48);
         let raw = STANDARD.decode(&h).expect("hash is base64");
         assert_eq!(raw.len(), 36);
@@ -151,6 +202,10 @@ mod tests {
         let h = STANDARD.encode(stored);
         assert!(verify_password(&h, "pw"));
         assert!(!verify_password(&h, "px"));
+        assert_eq!(hash_with_salt(HashingAlgorithm::Sha512, salt, "pw"), h);
+        assert_eq!(HashingAlgorithm::of_hash(&h), HashingAlgorithm::Sha512);
+        let fresh = HashingAlgorithm::Sha512.hash("pw");
+        assert!(verify_password(&fresh, "pw"));
     }
 
     #[test]
@@ -166,7 +221,7 @@ mod tests {
             assert!(!verify_password(bad, ""), "{bad}");
             assert!(!verify_password(bad, "guest"), "{bad}");
         }
-        let h = hash_with_salt([9, 9, 9, 9], "x");
+        let h = hash_with_salt(HashingAlgorithm::Sha256, [9, 9, 9, 9], "x");
         let truncated = STANDARD.encode(&STANDARD.decode(&h).expect("hash is base64")[..35]);
         assert!(!verify_password(&truncated, "x"));
     }

@@ -45,6 +45,8 @@ pub type ControlReceiver = mpsc::Receiver<Control>;
 pub struct Identity {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The broker's address it connected to, where the transport has one.
+    pub local: Option<SocketAddr>,
     /// The user it logged in as.
     pub user: String,
     /// The vhost it opened.
@@ -93,6 +95,14 @@ impl Registered {
         }
     }
 
+    /// The name RabbitMQ gives a connection: "peer -> local".
+    pub fn display_name(&self) -> String {
+        match self.identity.local {
+            Some(local) => format!("{} -> {}", self.identity.peer, local),
+            None => self.identity.peer.to_string(),
+        }
+    }
+
     /// Queues a control message; false if the connection is gone or has too many waiting.
     pub fn control(&self, msg: Control) -> bool {
         self.control.try_send(msg).is_ok()
@@ -135,6 +145,11 @@ impl Connections {
     /// One live connection.
     pub fn get(&self, id: u64) -> Option<Arc<Registered>> {
         self.live.lock().get(&id).cloned()
+    }
+
+    /// How many live connections `which` picks.
+    pub fn count(&self, which: impl Fn(&Registered) -> bool) -> usize {
+        self.live.lock().values().filter(|c| which(c)).count()
     }
 
     /// How many connections are live.

@@ -2,6 +2,7 @@
 //! the memory gauge and pager, and what `queue.declare` and `exchange.declare` ask of a vhost.
 
 pub mod access;
+pub mod admin;
 pub mod auth;
 pub mod connections;
 pub mod delayed;
@@ -9,6 +10,8 @@ pub mod disk;
 mod equivalence;
 pub mod exchange;
 pub mod headers;
+pub mod manage;
+pub mod policy;
 mod reply_to;
 mod targets;
 pub mod topic;
@@ -22,21 +25,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use amq_protocol::types::FieldTable;
 use tracing::{info, warn};
 
-use crate::config::{Config, User};
+use crate::config::Config;
 use crate::queue::log::Pages;
 use crate::queue::memory::MemoryGauge;
 use crate::queue::paging::Pager;
 use crate::store::{Store, StoreError};
 
 pub use reply_to::REPLY_TO;
-pub use vhost::{VHost, generated_name};
+pub use vhost::{BindingView, ExchangeView, VHost, generated_name};
 
 /// The whole broker: settings and vhosts.
 #[derive(Debug)]
 pub struct Broker {
     /// Its settings.
     pub config: Config,
-    vhosts: HashMap<String, Arc<VHost>>,
+    vhosts: parking_lot::RwLock<HashMap<String, Arc<VHost>>>,
+    /// Users, vhost settings, permissions and limits.
+    registry: parking_lot::RwLock<admin::Registry>,
+    /// Compiled permissions by (vhost, user), emptied on every change.
+    compiled: parking_lot::Mutex<HashMap<(String, String), Arc<access::Permissions>>>,
     next_connection: AtomicU64,
     /// Direct reply-to names and the channels whose reply consumers they reach.
     replies: parking_lot::Mutex<HashMap<String, (crate::queue::EventSender, u16)>>,
@@ -52,6 +59,8 @@ pub struct Broker {
     pub connections: connections::Connections,
     /// The store it was opened on, closed by [`Broker::close`].
     store: Option<Arc<Store>>,
+    /// Where it listens, by protocol (`amqp`, `http`).
+    listeners: parking_lot::Mutex<Vec<(&'static str, SocketAddr)>>,
 }
 
 /// Why a login failed.
@@ -66,7 +75,10 @@ pub enum LoginError {
 impl Broker {
     /// A broker kept in memory, with the vhosts and users the settings name.
     pub fn new(config: Config) -> Arc<Self> {
-        Self::build(config, None)
+        let registry = admin::Registry::from_config(&config);
+        let broker = Self::build(config, None);
+        broker.install(registry);
+        broker
     }
 
     fn build(config: Config, store: Option<&Arc<Store>>) -> Arc<Self> {
@@ -80,17 +92,11 @@ impl Broker {
             alarms.clone(),
         ));
         let pager = store.map(|s| Pager::new(Pages::new(s.clone()), memory.clone()));
-        let vhosts = config
-            .vhosts
-            .iter()
-            .map(|v| {
-                let vhost = VHost::new(v, store.cloned(), pager.clone(), delayed.clone());
-                (v.clone(), vhost)
-            })
-            .collect();
         Arc::new(Self {
             config,
-            vhosts,
+            vhosts: parking_lot::RwLock::new(HashMap::new()),
+            registry: parking_lot::RwLock::new(admin::Registry::default()),
+            compiled: parking_lot::Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
             replies: parking_lot::Mutex::new(HashMap::new()),
             delayed,
@@ -99,7 +105,24 @@ impl Broker {
             alarms,
             connections: connections::Connections::default(),
             store: store.cloned(),
+            listeners: parking_lot::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Makes the registry's vhosts, with their limits.
+    fn install(&self, registry: admin::Registry) {
+        let mut vhosts = self.vhosts.write();
+        for v in registry.vhosts.values() {
+            let vhost = VHost::new(
+                &v.name,
+                self.store.clone(),
+                self.pager.clone(),
+                self.delayed.clone(),
+            );
+            vhost.set_max_queues(v.limits.get(admin::MAX_QUEUES).copied().unwrap_or(-1));
+            vhosts.insert(v.name.clone(), vhost);
+        }
+        *self.registry.write() = registry;
     }
 
     /// Opens the store under the configured data directory and brings back its durable entities
@@ -109,10 +132,17 @@ impl Broker {
         let started = std::time::Instant::now();
         let broker = Self::build(config, Some(store));
         let mut recovered = store.recover()?;
+        let (registry, damaged_admin, seed) =
+            admin::Registry::restore(&broker.config, &recovered.admin);
+        recovered.damaged += damaged_admin;
+        for (key, value) in seed {
+            store.put_meta(key, value);
+        }
+        broker.install(registry);
         let queues = recovered.queues.len();
         let messages: usize = recovered.queues.iter().map(|(_, q)| q.messages.len()).sum();
         let damaged = recovered.damaged;
-        for vhost in broker.vhosts.values() {
+        for vhost in broker.vhosts() {
             vhost.restore(&mut recovered, store);
             vhost.attach_queues();
         }
@@ -154,6 +184,16 @@ impl Broker {
         })
     }
 
+    /// Records a listener, for the API's overview and health checks.
+    pub fn add_listener(&self, protocol: &'static str, addr: SocketAddr) {
+        self.listeners.lock().push((protocol, addr));
+    }
+
+    /// Where the broker listens, by protocol.
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.listeners.lock().clone()
+    }
+
     /// The memory budget of queued messages, if the broker has a store to page to.
     pub fn pager(&self) -> Option<&Arc<Pager>> {
         self.pager.as_ref()
@@ -171,22 +211,30 @@ impl Broker {
 
     /// Looks up a vhost.
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
-        self.vhosts.get(name).cloned()
+        self.vhosts.read().get(name).cloned()
     }
 
-    /// All vhosts.
-    pub fn vhosts(&self) -> impl Iterator<Item = &Arc<VHost>> {
-        self.vhosts.values()
+    /// All vhosts, in name order.
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        let mut all: Vec<_> = self.vhosts.read().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 
     /// Checks a user's password and where they connect from.
-    pub fn login(&self, name: &str, password: &str, peer: SocketAddr) -> Result<&User, LoginError> {
+    pub fn login(
+        &self,
+        name: &str,
+        password: &str,
+        peer: SocketAddr,
+    ) -> Result<admin::UserRecord, LoginError> {
         let user = self
-            .config
+            .registry
+            .read()
             .users
-            .iter()
-            .find(|u| u.name == name)
+            .get(name)
             .filter(|u| auth::verify_password(&u.password_hash, password))
+            .cloned()
             .ok_or(LoginError::Refused)?;
         if self.config.loopback_users.iter().any(|u| u == name) && !peer.ip().is_loopback() {
             return Err(LoginError::NotLoopback);
@@ -194,41 +242,25 @@ impl Broker {
         Ok(user)
     }
 
-    /// What `user` may do in `vhost`: the config's permissions for them there, or everything
-    /// in the vhosts their `vhosts` list names when the config gives them no permissions at
-    /// all; `None` if they may not open it.
-    pub fn permissions(&self, user: &User, vhost: &str) -> Option<access::Permissions> {
-        let mut own = self
-            .config
-            .permissions
-            .iter()
-            .filter(|p| p.user == user.name)
-            .peekable();
-        let base = if own.peek().is_none() {
-            if !user.vhosts.iter().any(|v| v == "*" || v == vhost) {
+    /// What `user` may do in `vhost` now; `None` if they may not open it.
+    pub fn permissions(&self, user: &str, vhost: &str) -> Option<Arc<access::Permissions>> {
+        let key = (vhost.to_owned(), user.to_owned());
+        if let Some(p) = self.compiled.lock().get(&key) {
+            return Some(p.clone());
+        }
+        // Changes empty the cache under the registry's write lock, so what is compiled under its
+        // read lock is current when it goes in.
+        let registry = self.registry.read();
+        let compiled = match registry.compile(user, vhost)? {
+            Ok(p) => Arc::new(p),
+            // Patterns are checked when they are set.
+            Err(e) => {
+                warn!(user, vhost, cause = %e, "unusable permissions: access refused");
                 return None;
             }
-            Ok(access::Permissions::all())
-        } else {
-            let p = own.find(|p| p.vhost == vhost)?;
-            access::Permissions::new(&p.configure, &p.write, &p.read)
         };
-        let topics = self
-            .config
-            .topic_permissions
-            .iter()
-            .filter(|t| t.user == user.name && t.vhost == vhost);
-        let with_topics = topics.fold(base, |p, t| {
-            p.and_then(|p| p.with_topic(&t.exchange, &t.write, &t.read, &user.name, vhost))
-        });
-        match with_topics {
-            Ok(p) => Some(p),
-            // The config was validated when it was read.
-            Err(e) => {
-                warn!(user = %user.name, vhost, cause = %e, "unusable permissions: access refused");
-                None
-            }
-        }
+        self.compiled.lock().insert(key, compiled.clone());
+        Some(compiled)
     }
 }
 

@@ -5,6 +5,7 @@ mod durable;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use amq_protocol::types::FieldTable;
 use parking_lot::RwLock;
@@ -30,6 +31,38 @@ struct Topology {
     pager: Option<Arc<Pager>>,
 }
 
+/// An exchange as listings show it.
+#[derive(Debug, Clone)]
+pub struct ExchangeView {
+    /// Name.
+    pub name: Arc<str>,
+    /// Type name, as declared.
+    pub kind: &'static str,
+    /// Survives restarts.
+    pub durable: bool,
+    /// Deleted when its last binding goes.
+    pub auto_delete: bool,
+    /// Not publishable by clients.
+    pub internal: bool,
+    /// Arguments.
+    pub arguments: FieldTable,
+}
+
+/// A binding as listings show it.
+#[derive(Debug, Clone)]
+pub struct BindingView {
+    /// The exchange it is from.
+    pub source: Arc<str>,
+    /// The queue or exchange it leads to.
+    pub destination: Arc<str>,
+    /// Whether it leads to a queue.
+    pub to_queue: bool,
+    /// Routing key.
+    pub routing_key: String,
+    /// Arguments.
+    pub arguments: FieldTable,
+}
+
 /// A virtual host: its own exchanges, queues and bindings.
 #[derive(Debug)]
 pub struct VHost {
@@ -38,6 +71,8 @@ pub struct VHost {
     topology: RwLock<Topology>,
     /// Where its delayed exchanges hold messages (shared by the broker's vhosts).
     delayed: Arc<delayed::Delayed>,
+    /// Its `max-queues` limit (negative: none).
+    max_queues: AtomicI64,
 }
 
 impl VHost {
@@ -70,6 +105,7 @@ impl VHost {
             name: name.into(),
             topology: RwLock::new(topology),
             delayed,
+            max_queues: AtomicI64::new(-1),
         })
     }
 
@@ -271,6 +307,13 @@ impl VHost {
                 auto_delete: d.auto_delete,
             },
         )?;
+        let max = self.max_queues.load(Ordering::Relaxed);
+        if usize::try_from(max).is_ok_and(|max| t.queues.len() >= max) {
+            return Err(ChannelError::precondition(format_args!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
+                self.name
+            )));
+        }
         let q = Queue::with_args(
             name.clone(),
             self.name.clone(),
@@ -594,6 +637,74 @@ impl VHost {
             self.delayed.hold(&self.name, msg, shared, holds, out);
         }
         Ok(())
+    }
+
+    /// Deletes everything in the vhost, from the store too: its queues with their messages,
+    /// and its exchanges with their bindings.
+    pub fn delete_all(&self) {
+        let mut t = self.topology.write();
+        let queues: Vec<Arc<Queue>> = t.queues.values().cloned().collect();
+        for q in queues {
+            Self::remove_queue(&mut t, &q);
+        }
+        let exchanges: Vec<String> = t.exchanges.keys().cloned().collect();
+        for name in exchanges {
+            t.remove_exchange(&name);
+        }
+    }
+
+    /// Its queues, in name order.
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        let mut all: Vec<_> = self.topology.read().queues.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Its exchanges, in name order.
+    pub fn exchanges(&self) -> Vec<ExchangeView> {
+        let mut all: Vec<_> = self
+            .topology
+            .read()
+            .exchanges
+            .values()
+            .map(|x| ExchangeView {
+                name: x.name.clone(),
+                kind: x.type_name(),
+                durable: x.durable,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: x.arguments.clone(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Its bindings between exchanges and destinations (not the default exchange's).
+    pub fn bindings(&self) -> Vec<BindingView> {
+        let t = self.topology.read();
+        let mut all = Vec::new();
+        for x in t.exchanges.values() {
+            for b in x.bindings() {
+                let (destination, to_queue) = match &b.destination {
+                    Destination::Queue(q) => (q.name.clone(), true),
+                    Destination::Exchange(e) => (e.clone(), false),
+                };
+                all.push(BindingView {
+                    source: x.name.clone(),
+                    destination,
+                    to_queue,
+                    routing_key: b.routing_key.clone(),
+                    arguments: b.arguments.clone(),
+                });
+            }
+        }
+        all
+    }
+
+    /// Sets its `max-queues` limit (negative: none).
+    pub fn set_max_queues(&self, max: i64) {
+        self.max_queues.store(max, Ordering::Relaxed);
     }
 
     /// Number of queues (for tests and logs).

@@ -306,7 +306,7 @@ pub(super) async fn run(
         )
         .await;
     };
-    let Some(permissions) = broker.permissions(&user, vhost_name) else {
+    let Some(permissions) = broker.permissions(&user.name, vhost_name) else {
         return refuse(
             stream,
             ConnectionError::new(
@@ -320,6 +320,13 @@ pub(super) async fn run(
         )
         .await;
     };
+    if let Err(text) = broker.check_connection_limits(&user.name, vhost_name) {
+        return refuse(
+            stream,
+            ConnectionError::new(code::NOT_ALLOWED, text).on(10, 40),
+        )
+        .await;
+    }
     write(
         stream,
         AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
@@ -327,7 +334,7 @@ pub(super) async fn run(
     .await?;
     Ok(Some(Negotiated {
         user: user.name,
-        permissions: Arc::new(permissions),
+        permissions,
         client_properties,
         vhost,
         frame_max,

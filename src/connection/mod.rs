@@ -99,7 +99,8 @@ pub async fn serve_tcp(
 ) {
     // Frames are batched by the loop; Nagle would only hold the last one of a batch back.
     let _ = stream.set_nodelay(true);
-    serve(stream, peer, broker, shutdown).await;
+    let local = stream.local_addr().ok();
+    serve(stream, peer, local, broker, shutdown).await;
 }
 
 /// Serves one client over any transport until it closes, the peer fails, or the broker shuts
@@ -107,6 +108,7 @@ pub async fn serve_tcp(
 pub async fn serve(
     mut stream: impl AsyncRead + AsyncWrite + Unpin + Send,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -135,6 +137,7 @@ pub async fn serve(
         conn_id,
         Identity {
             peer,
+            local,
             user: user.clone(),
             vhost: vhost_name.clone(),
             client_properties: negotiated.client_properties,
@@ -422,7 +425,10 @@ impl Connection {
                 ),
             ));
         }
-        Ok(())
+        self.ctx
+            .broker
+            .check_channel_limit(&self.ctx.user)
+            .map_err(|text| ConnectionError::new(code::NOT_ALLOWED, text))
     }
 
     fn channel_method(

@@ -258,6 +258,17 @@ pub struct QueueOptions {
     pub pager: Option<Arc<Pager>>,
 }
 
+/// A queue's counts at one moment, as listings show them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Ready messages.
+    pub ready: u64,
+    /// Their body bytes.
+    pub ready_bytes: u64,
+    /// Consumers.
+    pub consumers: u32,
+}
+
 /// A queue.
 #[derive(Debug)]
 pub struct Queue {
@@ -704,6 +715,16 @@ impl Queue {
     /// Number of ready messages.
     pub fn message_count(&self) -> u32 {
         u32::try_from(self.state.lock().ready.len()).unwrap_or(u32::MAX)
+    }
+
+    /// What listings show of it now: ready messages, their body bytes, and consumers.
+    pub fn stats(&self) -> QueueStats {
+        let st = self.state.lock();
+        QueueStats {
+            ready: st.ready.len() as u64,
+            ready_bytes: st.ready_bytes,
+            consumers: u32::try_from(st.consumers.len()).unwrap_or(u32::MAX),
+        }
     }
 
     /// Drops every ready message and returns how many there were.

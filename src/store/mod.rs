@@ -235,6 +235,8 @@ pub struct Recovered {
     pub bindings: Vec<BindingRecord>,
     /// Messages durable delayed exchanges hold, in the order they were held.
     pub delayed: Vec<RecoveredDelay>,
+    /// Users, vhost settings, permissions and limits (key and value, for the broker to read).
+    pub admin: Vec<(Vec<u8>, Vec<u8>)>,
     /// Records that could not be decoded and were skipped.
     pub damaged: usize,
 }
@@ -613,6 +615,19 @@ impl Store {
         }
     }
 
+    /// Waits until everything sent before the call is on disk; false if a write failed since
+    /// [`Store::failures`] was `since`.
+    pub async fn flushed(&self, since: u64) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.after_flush(
+            since,
+            Box::new(move |ok| {
+                let _ = tx.send(ok);
+            }),
+        );
+        rx.await.unwrap_or(false)
+    }
+
     /// Reads everything back, in order.
     pub fn recover(&self) -> Result<Recovered, StoreError> {
         let started = Instant::now();
@@ -633,6 +648,10 @@ impl Store {
                     QueueRecord::decode(&v).map(|r| out.queues.push((r, RecoveredQueue::default())))
                 }
                 Some(b'b') => BindingRecord::decode(&v).map(|r| out.bindings.push(r)),
+                Some(&crate::broker::admin::KEY_PREFIX) => {
+                    out.admin.push((k.to_vec(), v.to_vec()));
+                    Some(())
+                }
                 _ => None,
             };
             if ok.is_none() {

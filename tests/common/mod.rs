@@ -31,6 +31,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub struct TestBroker {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its management HTTP API listens.
+    pub http: SocketAddr,
     /// The broker itself, for tests that look inside it.
     pub broker: Arc<Broker>,
     stop: Option<oneshot::Sender<()>>,
@@ -57,9 +59,16 @@ impl TestBroker {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let http = http_listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let mut server = warren::Server::start(config).expect("the broker opens");
         server.serve_amqp(listener).expect("serve AMQP");
+        server
+            .serve_management(http_listener)
+            .expect("serve the management API");
         let broker = Arc::clone(server.broker());
         let task = tokio::spawn(async move {
             let _ = stopped.await;
@@ -68,6 +77,7 @@ impl TestBroker {
         });
         Self {
             addr,
+            http,
             broker,
             stop: Some(stop),
             task: Some(task),

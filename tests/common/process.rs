@@ -37,6 +37,9 @@ pub fn serve_args(dir: &Path, port: u16) -> Vec<OsString> {
         "serve".into(),
         "--listen".into(),
         format!("127.0.0.1:{port}").into(),
+        // Tests run side by side: each API takes a port of its own.
+        "--management-listen".into(),
+        "127.0.0.1:0".into(),
         "--log-level".into(),
         "warn".into(),
         "--data-dir".into(),

@@ -1,0 +1,436 @@
+//! The node and its clients: `/api/overview`, `/api/nodes`, `/api/extensions`,
+//! `/api/cluster-name`, health checks, `/api/aliveness-test` and `/api/connections`.
+
+use std::sync::OnceLock;
+use std::time::UNIX_EPOCH;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::convert::table_to_json;
+use super::list::{ListQuery, respond};
+use super::{Api, ApiError, ApiResult, Caller, Role, json_ok, no_content};
+use crate::broker::connections::Registered;
+use crate::protocol::code;
+use crate::queue::alarms::Alarm;
+
+/// The RabbitMQ version Warren's API answers as. Clients branch on it to pick endpoints and
+/// fields; 3.10.8 is the version whose API this one reproduces, so every branch they take for
+/// it leads somewhere that exists here.
+pub const RABBITMQ_VERSION: &str = "3.10.8";
+
+/// The routes of this module.
+pub(super) fn routes() -> Router<Api> {
+    Router::new()
+        .route("/overview", get(overview))
+        .route("/cluster-name", get(cluster_name))
+        .route("/nodes", get(nodes))
+        .route("/nodes/{node}", get(node))
+        .route("/extensions", get(extensions))
+        .route("/aliveness-test/{vhost}", get(aliveness))
+        .route("/health/checks/alarms", get(alarms))
+        .route("/health/checks/local-alarms", get(alarms))
+        .route("/health/checks/port-listener/{port}", get(port_listener))
+        .route(
+            "/health/checks/protocol-listener/{protocol}",
+            get(protocol_listener),
+        )
+        .route("/health/checks/virtual-hosts", get(ok))
+        .route("/health/checks/node-is-quorum-critical", get(single_node))
+        .route(
+            "/health/checks/node-is-mirror-sync-critical",
+            get(single_node),
+        )
+        .route("/connections", get(list_connections))
+        .route(
+            "/connections/{name}",
+            get(get_connection).delete(close_connection),
+        )
+        .route("/connections/{name}/channels", get(no_channels))
+        .route("/vhosts/{vhost}/connections", get(vhost_connections))
+        .route("/channels", get(no_channels))
+        .route("/vhosts/{vhost}/channels", get(no_channels))
+        .route("/consumers", get(no_channels))
+        .route("/consumers/{vhost}", get(no_channels))
+}
+
+/// This node's name, as RabbitMQ's `rabbit@host`.
+pub(crate) fn node_name() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("warren@{host}")
+    })
+}
+
+fn exchange_types() -> Value {
+    let t = |name: &str, what: &str| json!({"name": name, "description": format!("AMQP {what} exchange, as per the AMQP specification"), "enabled": true});
+    json!([
+        t("direct", "direct"),
+        t("fanout", "fanout"),
+        t("headers", "headers"),
+        t("topic", "topic"),
+        {"name": "x-delayed-message", "description": "Delayed Message Exchange", "enabled": true}
+    ])
+}
+
+fn listeners_json(api: &Api) -> Value {
+    Value::Array(
+        api.broker
+            .listeners()
+            .into_iter()
+            .map(|(protocol, addr)| {
+                json!({
+                    "node": node_name(),
+                    "protocol": protocol,
+                    "ip_address": addr.ip().to_string(),
+                    "port": addr.port(),
+                    "socket_opts": {},
+                })
+            })
+            .collect(),
+    )
+}
+
+async fn overview(State(api): State<Api>, caller: Caller) -> ApiResult {
+    let vhosts: Vec<_> = api
+        .broker
+        .vhosts()
+        .into_iter()
+        .filter(|v| caller.sees(&api.broker, &v.name))
+        .collect();
+    let (mut queues, mut exchanges, mut ready, mut consumers) = (0u64, 0u64, 0u64, 0u64);
+    for v in &vhosts {
+        for q in v.queues() {
+            let s = q.stats();
+            queues += 1;
+            ready += s.ready;
+            consumers += u64::from(s.consumers);
+        }
+        exchanges += v.exchanges().len() as u64 + 1;
+    }
+    let connections: Vec<_> = api
+        .broker
+        .connections
+        .list()
+        .into_iter()
+        .filter(|c| caller.sees(&api.broker, &c.identity.vhost))
+        .collect();
+    let channels: u64 = connections.iter().map(|c| u64::from(c.channels())).sum();
+    let rate = json!({"rate": 0.0});
+    Ok(json_ok(json!({
+        "management_version": RABBITMQ_VERSION,
+        "rates_mode": "basic",
+        "exchange_types": exchange_types(),
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "product_name": "Warren",
+        "rabbitmq_version": RABBITMQ_VERSION,
+        "cluster_name": node_name(),
+        "erlang_version": "none (Warren is written in Rust)",
+        "erlang_full_version": "none (Warren is written in Rust)",
+        "disable_stats": false,
+        "enable_queue_totals": false,
+        "message_stats": {},
+        "queue_totals": {
+            "messages": ready,
+            "messages_details": rate,
+            "messages_ready": ready,
+            "messages_ready_details": rate,
+            "messages_unacknowledged": 0,
+            "messages_unacknowledged_details": rate,
+        },
+        "object_totals": {
+            "channels": channels,
+            "connections": connections.len(),
+            "consumers": consumers,
+            "exchanges": exchanges,
+            "queues": queues,
+        },
+        "statistics_db_event_queue": 0,
+        "node": node_name(),
+        "listeners": listeners_json(&api),
+        "contexts": [],
+    })))
+}
+
+async fn cluster_name(_caller: Caller) -> ApiResult {
+    Ok(json_ok(json!({ "name": node_name() })))
+}
+
+/// Resident memory of this process, from `/proc/self/statm`.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn node_json(api: &Api) -> Value {
+    let raised = api.broker.alarms.raised();
+    let started = started_at();
+    json!({
+        "name": node_name(),
+        "type": "disc",
+        "running": true,
+        "being_drained": false,
+        "mem_used": resident_bytes(),
+        "mem_limit": api.broker.config.memory_budget_bytes(),
+        "mem_alarm": raised.has(Alarm::Memory),
+        "disk_free_limit": api.broker.alarms.disk_free_limit(),
+        "disk_free_alarm": raised.has(Alarm::Disk),
+        "processors": std::thread::available_parallelism().map_or(1, usize::from),
+        "os_pid": std::process::id().to_string(),
+        "uptime": started.elapsed().as_millis() as u64,
+        "partitions": [],
+        "applications": [],
+        "enabled_plugins": ["rabbitmq_management"],
+    })
+}
+
+fn started_at() -> std::time::Instant {
+    static STARTED: OnceLock<std::time::Instant> = OnceLock::new();
+    *STARTED.get_or_init(std::time::Instant::now)
+}
+
+async fn nodes(State(api): State<Api>, caller: Caller) -> ApiResult {
+    caller.require(Role::Monitoring)?;
+    Ok(json_ok(json!([node_json(&api)])))
+}
+
+async fn node(State(api): State<Api>, caller: Caller, Path(node): Path<String>) -> ApiResult {
+    caller.require(Role::Monitoring)?;
+    if node != node_name() {
+        return Err(ApiError::NotFound);
+    }
+    Ok(json_ok(node_json(&api)))
+}
+
+async fn extensions(_caller: Caller) -> ApiResult {
+    Ok(json_ok(json!([])))
+}
+
+async fn aliveness(State(api): State<Api>, caller: Caller, Path(vhost): Path<String>) -> ApiResult {
+    caller.vhost(&api.broker, &vhost)?;
+    Ok(json_ok(json!({"status": "ok"})))
+}
+
+fn failed(body: Value) -> axum::response::Response {
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+}
+
+async fn alarms(State(api): State<Api>, caller: Caller) -> ApiResult {
+    caller.require(Role::Monitoring)?;
+    let raised = api.broker.alarms.raised();
+    let mut resources = Vec::new();
+    if raised.has(Alarm::Memory) {
+        resources.push(json!({"node": node_name(), "resource": "memory"}));
+    }
+    if raised.has(Alarm::Disk) {
+        resources.push(json!({"node": node_name(), "resource": "disk"}));
+    }
+    if resources.is_empty() {
+        return Ok(json_ok(json!({"status": "ok"})));
+    }
+    Ok(failed(json!({
+        "status": "failed",
+        "reason": "There are alarms in effect in the cluster",
+        "alarms": resources,
+    })))
+}
+
+async fn port_listener(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(port): Path<String>,
+) -> ApiResult {
+    caller.require(Role::Monitoring)?;
+    let port: u16 = port.parse().map_err(|_| ApiError::bad("Invalid port"))?;
+    let mut ports: Vec<u16> = api
+        .broker
+        .listeners()
+        .iter()
+        .map(|(_, a)| a.port())
+        .collect();
+    ports.sort_unstable();
+    if ports.contains(&port) {
+        return Ok(json_ok(json!({"status": "ok", "port": port})));
+    }
+    Ok(failed(json!({
+        "status": "failed",
+        "reason": "No active listener",
+        "missing": port,
+        "ports": ports,
+    })))
+}
+
+async fn protocol_listener(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(protocol): Path<String>,
+) -> ApiResult {
+    caller.require(Role::Monitoring)?;
+    let wanted = match protocol.as_str() {
+        "amqp0-9-1" | "amqp091" | "amqp0.9.1" => "amqp",
+        other => other,
+    };
+    let protocols: Vec<&str> = api.broker.listeners().iter().map(|(p, _)| *p).collect();
+    if protocols.contains(&wanted) {
+        return Ok(json_ok(json!({"status": "ok", "protocol": wanted})));
+    }
+    Ok(failed(json!({
+        "status": "failed",
+        "reason": "No active listener",
+        "missing": protocol,
+        "protocols": protocols,
+    })))
+}
+
+async fn ok(caller: Caller) -> ApiResult {
+    caller.require(Role::Monitoring)?;
+    Ok(json_ok(json!({"status": "ok"})))
+}
+
+async fn single_node(caller: Caller) -> ApiResult {
+    caller.require(Role::Monitoring)?;
+    Ok(json_ok(
+        json!({"status": "ok", "reason": "single node cluster"}),
+    ))
+}
+
+/// A connection as the API shows it.
+fn connection_json(api: &Api, c: &Registered) -> Value {
+    let id = &c.identity;
+    let connected_at = c
+        .connected_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let config = &api.broker.config;
+    let rate = json!({"rate": 0.0});
+    json!({
+        "name": c.display_name(),
+        "user_provided_name": c.name(),
+        "node": node_name(),
+        "type": "network",
+        "protocol": "AMQP 0-9-1",
+        "state": "running",
+        "user": id.user,
+        "user_who_performed_action": id.user,
+        "vhost": *id.vhost,
+        "peer_host": id.peer.ip().to_canonical().to_string(),
+        "peer_port": id.peer.port(),
+        "host": id.local.map(|l| l.ip().to_canonical().to_string()),
+        "port": id.local.map(|l| l.port()),
+        "channels": c.channels(),
+        "channel_max": config.channel_max,
+        "frame_max": config.frame_max,
+        "timeout": config.heartbeat,
+        "auth_mechanism": "PLAIN",
+        "ssl": false,
+        "ssl_protocol": null,
+        "ssl_cipher": null,
+        "ssl_hash": null,
+        "ssl_key_exchange": null,
+        "peer_cert_issuer": null,
+        "peer_cert_subject": null,
+        "peer_cert_validity": null,
+        "client_properties": table_to_json(&id.client_properties),
+        "connected_at": connected_at,
+        "recv_oct": 0,
+        "recv_oct_details": rate,
+        "send_oct": 0,
+        "send_oct_details": rate,
+    })
+}
+
+/// The live connections the caller may see: a monitor's or administrator's all, anyone else's
+/// their own.
+fn visible_connections(api: &Api, caller: &Caller) -> Vec<std::sync::Arc<Registered>> {
+    api.broker
+        .connections
+        .list()
+        .into_iter()
+        .filter(|c| caller.role >= Role::Monitoring || c.identity.user == caller.user.name)
+        .collect()
+}
+
+async fn list_connections(
+    State(api): State<Api>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    let all = visible_connections(&api, &caller)
+        .iter()
+        .map(|c| connection_json(&api, c))
+        .collect();
+    respond(all, &q)
+}
+
+async fn vhost_connections(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    caller.vhost(&api.broker, &vhost)?;
+    let all = visible_connections(&api, &caller)
+        .iter()
+        .filter(|c| *c.identity.vhost == *vhost)
+        .map(|c| connection_json(&api, c))
+        .collect();
+    respond(all, &q)
+}
+
+fn find_connection(
+    api: &Api,
+    caller: &Caller,
+    name: &str,
+) -> Result<std::sync::Arc<Registered>, ApiError> {
+    visible_connections(api, caller)
+        .into_iter()
+        .find(|c| c.display_name() == name)
+        .ok_or(ApiError::NotFound)
+}
+
+async fn get_connection(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let c = find_connection(&api, &caller, &name)?;
+    Ok(json_ok(connection_json(&api, &c)))
+}
+
+async fn close_connection(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let c = find_connection(&api, &caller, &name)?;
+    if caller.role < Role::Administrator && c.identity.user != caller.user.name {
+        caller.require(Role::Administrator)?;
+    }
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("Closed via management plugin");
+    api.broker.close_connection(
+        c.id,
+        code::CONNECTION_FORCED,
+        &format!("CONNECTION_FORCED - {reason}"),
+    );
+    Ok(no_content())
+}
+
+/// Channels and consumers are not listed yet: the connection registry does not keep them.
+async fn no_channels(_caller: Caller) -> ApiResult {
+    Ok(json_ok(json!([])))
+}
