@@ -450,30 +450,7 @@ async fn a_rabbitmq_export_imports_unchanged_and_round_trips() {
     drop(conn);
 }
 
-/// A raw request to the API as guest: (status, body).
-async fn raw(b: &TestBroker, method: &str, path: &str, body: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(b.http)
-        .await
-        .expect("connect");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
+use common::http::request as raw;
 
 #[tokio::test]
 async fn a_bad_definitions_file_changes_nothing() {
@@ -568,25 +545,11 @@ async fn policies_and_parameters_are_stored_and_listed() {
 
 #[tokio::test]
 async fn users_and_vhosts_made_at_runtime_survive_kill_9() {
-    use common::process::{free_port, serve_args, start_command};
+    use common::process::{free_port, start_with_http};
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
     let http = free_port();
-    let start = || {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_warren"));
-        let args: Vec<std::ffi::OsString> = serve_args(dir.path(), port)
-            .into_iter()
-            .map(|a| {
-                if a == "127.0.0.1:0" {
-                    format!("127.0.0.1:{http}").into()
-                } else {
-                    a
-                }
-            })
-            .collect();
-        command.args(args);
-        start_command(command, port)
-    };
+    let start = || start_with_http(dir.path(), port, http);
     let broker = start().await;
     let api: Api = Client::new(format!("http://127.0.0.1:{http}/api"), "guest", "guest");
     api.create_vhost(&VirtualHostParams {
@@ -616,4 +579,78 @@ async fn users_and_vhosts_made_at_runtime_survive_kill_9() {
     try_connect(&uri)
         .await
         .expect("the user, the vhost and the permission are back after kill -9");
+}
+
+/// As RabbitMQ 3.10 (checked with pika against it): clearing a user's permissions closes
+/// nothing; a channel keeps what it already used, anything else and any new channel see the
+/// change, and a new grant is seen at once.
+#[tokio::test]
+async fn permission_changes_reach_live_connections_as_in_rabbitmq() {
+    let b = TestBroker::start().await;
+    let api = api(&b);
+    add_user(&api, "pc", "p", "").await;
+    grant(&api, "pc", "/", ".*", ".*", ".*").await;
+    let conn = try_connect(&uri(&b, "pc", "p", "/"))
+        .await
+        .expect("connect");
+    let a = conn.create_channel().await.expect("channel");
+    a.confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let declare = |ch: &lapin::Channel, name: &str| {
+        let ch = ch.clone();
+        let name = name.to_owned();
+        async move {
+            ch.queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        }
+    };
+    declare(&a, "pcq").await.expect("declare");
+    let publish = |ch: &lapin::Channel| {
+        let ch = ch.clone();
+        async move {
+            ch.basic_publish(
+                "".into(),
+                "pcq".into(),
+                BasicPublishOptions::default(),
+                b"x",
+                BasicProperties::default(),
+            )
+            .await?
+            .await
+        }
+    };
+    publish(&a).await.expect("publish");
+    api.clear_permissions("/", "pc", false)
+        .await
+        .expect("clear");
+    declare(&a, "pcq")
+        .await
+        .expect("a resource this channel used stays allowed");
+    publish(&a)
+        .await
+        .expect("so does the exchange it published to");
+    let (code, text) = failure(declare(&a, "pcq2").await);
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            403,
+            "ACCESS_REFUSED - access to queue 'pcq2' in vhost '/' refused for user 'pc'"
+        )
+    );
+    let b2 = conn
+        .create_channel()
+        .await
+        .expect("the connection stays open");
+    let (code, _) = failure(declare(&b2, "pcq").await);
+    assert_eq!(code, 403, "a new channel sees the change");
+    grant(&api, "pc", "/", ".*", ".*", ".*").await;
+    let d = conn.create_channel().await.expect("channel");
+    declare(&d, "pcq3")
+        .await
+        .expect("a new grant is seen at once");
 }

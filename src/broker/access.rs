@@ -31,6 +31,7 @@ pub enum Resource {
 #[derive(Debug, Clone)]
 enum Pattern {
     All,
+    Nothing,
     Matching(Regex),
 }
 
@@ -47,9 +48,15 @@ impl Pattern {
         }
     }
 
+    /// Matches nothing.
+    fn none() -> Self {
+        Self::Nothing
+    }
+
     fn matches(&self, name: &str) -> bool {
         match self {
             Self::All => true,
+            Self::Nothing => false,
             Self::Matching(r) => r.is_match(name),
         }
     }
@@ -66,6 +73,16 @@ pub struct Permissions {
 }
 
 impl Permissions {
+    /// Nothing: what a user whose permissions were cleared may still do on a live connection.
+    pub fn none() -> Self {
+        Self {
+            configure: Pattern::none(),
+            write: Pattern::none(),
+            read: Pattern::none(),
+            topics: Vec::new(),
+        }
+    }
+
     /// Everything (`.*` for all three).
     pub fn all() -> Self {
         Self {

@@ -160,6 +160,8 @@ pub struct Exchange {
     pub delayed: bool,
     /// Declared arguments.
     pub arguments: FieldTable,
+    /// The alternate exchange a policy names, used where the arguments name none.
+    pub policy_alternate: Option<String>,
     bindings: Vec<Binding>,
     places: Vec<Place>,
     /// Positions in `bindings`, by identity hash; equality is `Binding`'s own `PartialEq`, so
@@ -190,6 +192,7 @@ impl Exchange {
             internal,
             delayed: false,
             arguments,
+            policy_alternate: None,
             bindings: Vec::new(),
             places: Vec::new(),
             identity: HashTable::new(),
@@ -216,13 +219,16 @@ impl Exchange {
         }
     }
 
-    /// The `alternate-exchange` argument, if any.
+    /// The alternate exchange: the `alternate-exchange` argument, else its policy's.
     pub fn alternate_exchange(&self) -> Option<&str> {
-        match self.arguments.inner().get("alternate-exchange")? {
-            amq_protocol::types::AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
-            amq_protocol::types::AMQPValue::ShortString(s) => Some(s.as_str()),
+        let argument = match self.arguments.inner().get("alternate-exchange") {
+            Some(amq_protocol::types::AMQPValue::LongString(s)) => {
+                std::str::from_utf8(s.as_bytes()).ok()
+            }
+            Some(amq_protocol::types::AMQPValue::ShortString(s)) => Some(s.as_str()),
             _ => None,
-        }
+        };
+        argument.or(self.policy_alternate.as_deref())
     }
 
     /// All bindings from this exchange.

@@ -2,6 +2,8 @@
 //! definitions do: each change is applied, written to the store and synced before it is
 //! reported done, and its effects on live connections follow RabbitMQ's.
 
+use std::sync::atomic::Ordering;
+
 use tracing::info;
 
 use super::admin::{
@@ -9,6 +11,7 @@ use super::admin::{
     ParameterRecord, PermissionRecord, PolicyRecord, Record, Registry, TopicPermissionRecord,
     UserRecord, VHostRecord,
 };
+use super::policy::PolicySet;
 use super::{Broker, VHost};
 use crate::protocol::code;
 
@@ -40,6 +43,7 @@ impl Broker {
             let mut registry = self.registry.write();
             let (out, changes) = f(&mut registry)?;
             self.compiled.lock().clear();
+            self.permissions_epoch.fetch_add(1, Ordering::Release);
             if let Some(store) = &self.store {
                 for (key, value) in changes {
                     store.put_meta(key, value);
@@ -306,21 +310,27 @@ impl Broker {
             Ok(((), changes))
         })
         .await?;
-        let mut vhosts = self.vhosts.write();
-        for name in new_vhosts {
-            vhosts.entry(name.clone()).or_insert_with(|| {
-                VHost::new(
-                    &name,
-                    self.store.clone(),
-                    self.pager.clone(),
-                    self.delayed.clone(),
-                )
-            });
+        {
+            let mut vhosts = self.vhosts.write();
+            for name in new_vhosts {
+                vhosts.entry(name.clone()).or_insert_with(|| {
+                    VHost::new(
+                        &name,
+                        self.store.clone(),
+                        self.pager.clone(),
+                        self.delayed.clone(),
+                    )
+                });
+            }
+        }
+        for v in self.vhosts() {
+            self.refresh_policies(&v.name);
         }
         Ok(())
     }
 
-    /// Creates or replaces a policy, or an operator policy; true if it was created.
+    /// Creates or replaces a policy, or an operator policy, and puts it in force; true if it
+    /// was created.
     pub async fn put_policy(&self, p: PolicyRecord, operator: bool) -> Result<bool, ManageError> {
         let vhost = p.vhost.clone();
         let record = if operator {
@@ -328,7 +338,25 @@ impl Broker {
         } else {
             Record::Policy(p)
         };
-        self.put_record(record, Some(&vhost)).await
+        let created = self.put_record(record, Some(&vhost)).await?;
+        self.refresh_policies(&vhost);
+        Ok(created)
+    }
+
+    /// Puts a vhost's policies, as the registry has them now, in force on its queues and
+    /// exchanges.
+    pub fn refresh_policies(&self, vhost: &str) {
+        let Some(v) = self.vhost(vhost) else {
+            return;
+        };
+        let set = {
+            let r = self.registry.read();
+            PolicySet::new(
+                r.policies.values().filter(|p| p.vhost == vhost),
+                r.operator_policies.values().filter(|p| p.vhost == vhost),
+            )
+        };
+        v.set_policies(set);
     }
 
     /// Deletes a policy, or an operator policy.
@@ -346,7 +374,9 @@ impl Broker {
                 r.policies.remove(&key).map(Record::Policy)
             }
         })
-        .await
+        .await?;
+        self.refresh_policies(vhost);
+        Ok(())
     }
 
     /// Creates or replaces a runtime parameter; true if it was created.

@@ -44,6 +44,8 @@ pub struct Broker {
     registry: parking_lot::RwLock<admin::Registry>,
     /// Compiled permissions by (vhost, user), emptied on every change.
     compiled: parking_lot::Mutex<HashMap<(String, String), Arc<access::Permissions>>>,
+    /// Moves on every change to the registry, so connections know to look at theirs again.
+    permissions_epoch: AtomicU64,
     next_connection: AtomicU64,
     /// Direct reply-to names and the channels whose reply consumers they reach.
     replies: parking_lot::Mutex<HashMap<String, (crate::queue::EventSender, u16)>>,
@@ -61,6 +63,8 @@ pub struct Broker {
     store: Option<Arc<Store>>,
     /// Where it listens, by protocol (`amqp`, `http`).
     listeners: parking_lot::Mutex<Vec<(&'static str, SocketAddr)>>,
+    /// When it was made, for its uptime.
+    pub started: std::time::Instant,
 }
 
 /// Why a login failed.
@@ -97,6 +101,7 @@ impl Broker {
             vhosts: parking_lot::RwLock::new(HashMap::new()),
             registry: parking_lot::RwLock::new(admin::Registry::default()),
             compiled: parking_lot::Mutex::new(HashMap::new()),
+            permissions_epoch: AtomicU64::new(0),
             next_connection: AtomicU64::new(1),
             replies: parking_lot::Mutex::new(HashMap::new()),
             delayed,
@@ -106,6 +111,7 @@ impl Broker {
             connections: connections::Connections::default(),
             store: store.cloned(),
             listeners: parking_lot::Mutex::new(Vec::new()),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -145,6 +151,7 @@ impl Broker {
         for vhost in broker.vhosts() {
             vhost.restore(&mut recovered, store);
             vhost.attach_queues();
+            broker.refresh_policies(&vhost.name);
         }
         if recovered.damaged > damaged {
             warn!(
@@ -240,6 +247,11 @@ impl Broker {
             return Err(LoginError::NotLoopback);
         }
         Ok(user)
+    }
+
+    /// A number that moves whenever permissions may have changed.
+    pub fn permissions_epoch(&self) -> u64 {
+        self.permissions_epoch.load(Ordering::Acquire)
     }
 
     /// What `user` may do in `vhost` now; `None` if they may not open it.

@@ -11,6 +11,7 @@ use amq_protocol::types::FieldTable;
 use parking_lot::RwLock;
 
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use super::policy::{self, PolicySet, Target};
 use super::{ExchangeDeclare, QueueDeclare, QueueDeclared, delayed, equivalence, headers};
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code};
 use crate::queue::args::{Declared, QueueArgs};
@@ -73,6 +74,8 @@ pub struct VHost {
     delayed: Arc<delayed::Delayed>,
     /// Its `max-queues` limit (negative: none).
     max_queues: AtomicI64,
+    /// Its policies and operator policies.
+    policies: RwLock<Arc<PolicySet>>,
 }
 
 impl VHost {
@@ -106,6 +109,7 @@ impl VHost {
             topology: RwLock::new(topology),
             delayed,
             max_queues: AtomicI64::new(-1),
+            policies: RwLock::new(Arc::default()),
         })
     }
 
@@ -170,7 +174,9 @@ impl VHost {
             d.internal,
             d.arguments.clone(),
         );
-        let x = if delayed { x.into_delayed() } else { x };
+        let mut x = if delayed { x.into_delayed() } else { x };
+        x.policy_alternate =
+            policy::alternate_exchange(&self.policies.read().applied(&d.name, Target::Exchange));
         t.persist_exchange(&x);
         t.exchanges.insert(d.name.clone(), x);
         Ok(())
@@ -329,6 +335,10 @@ impl VHost {
             args,
         );
         q.attach(self.router());
+        let policies = self.policies.read().clone();
+        if !policies.is_empty() {
+            Self::apply_to_queue(&policies, &q);
+        }
         t.persist_queue(&q);
         t.queues.insert(name.to_string(), q);
         Ok(QueueDeclared {
@@ -700,6 +710,27 @@ impl VHost {
             }
         }
         all
+    }
+
+    /// Puts a new set of policies in force on every queue and exchange.
+    pub fn set_policies(&self, set: Arc<PolicySet>) {
+        *self.policies.write() = set.clone();
+        let mut t = self.topology.write();
+        for x in t.exchanges.values_mut() {
+            x.policy_alternate =
+                policy::alternate_exchange(&set.applied(&x.name, Target::Exchange));
+        }
+        let queues: Vec<Arc<Queue>> = t.queues.values().cloned().collect();
+        drop(t);
+        for q in &queues {
+            Self::apply_to_queue(&set, q);
+        }
+    }
+
+    fn apply_to_queue(set: &PolicySet, q: &Arc<Queue>) {
+        let applied = set.applied(&q.name, Target::Queue(q.args.queue_type));
+        let args = policy::effective(&q.args, &q.options.arguments, &applied);
+        q.apply_policy(args, applied);
     }
 
     /// Sets its `max-queues` limit (negative: none).

@@ -191,7 +191,7 @@ impl Channel {
             }
             basic::AMQPMethod::Get(g) => {
                 let name = self.queue_name(g.queue.as_str())?;
-                ctx.permit(Perm::Read, Resource::Queue, &name)?;
+                self.permit(ctx, Perm::Read, Resource::Queue, &name)?;
                 let q = ctx.vhost.queue(&name, ctx.conn_id)?;
                 match q.get() {
                     None => ctx.send(
@@ -260,7 +260,7 @@ impl Channel {
             return self.consume_replies(ctx, c);
         }
         let name = self.queue_name(c.queue.as_str())?;
-        ctx.permit(Perm::Read, Resource::Queue, &name)?;
+        self.permit(ctx, Perm::Read, Resource::Queue, &name)?;
         let tag = self.consumer_tag(c.consumer_tag.as_str())?;
         let q = ctx.vhost.queue(&name, ctx.conn_id)?;
         let priority = consumer_priority(&c.arguments, &q)?;

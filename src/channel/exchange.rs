@@ -14,9 +14,10 @@ impl Channel {
         ctx: &mut Ctx,
         m: exchange::AMQPMethod,
     ) -> Result<(), AmqpError> {
+        let id = self.id;
         let reply = |ctx: &mut Ctx, nowait: bool, ok: exchange::AMQPMethod| {
             if !nowait {
-                ctx.send(self.id, AMQPClass::Exchange(ok));
+                ctx.send(id, AMQPClass::Exchange(ok));
             }
         };
         match m {
@@ -24,10 +25,10 @@ impl Channel {
                 // The default exchange is refused for that first, as RabbitMQ does.
                 if !d.passive && !d.exchange.as_str().is_empty() {
                     let name = d.exchange.as_str();
-                    ctx.permit(Perm::Configure, Resource::Exchange, name)?;
+                    self.permit(ctx, Perm::Configure, Resource::Exchange, name)?;
                     if let Some(ae) = string_argument(&d.arguments, "alternate-exchange") {
-                        ctx.permit(Perm::Write, Resource::Exchange, &ae)?;
-                        ctx.permit(Perm::Read, Resource::Exchange, name)?;
+                        self.permit(ctx, Perm::Write, Resource::Exchange, &ae)?;
+                        self.permit(ctx, Perm::Read, Resource::Exchange, name)?;
                     }
                 }
                 ctx.vhost.declare_exchange(&ExchangeDeclare {
@@ -49,7 +50,7 @@ impl Channel {
                 // System exchanges are refused for that first, as RabbitMQ does.
                 let name = d.exchange.as_str();
                 if !name.is_empty() && !name.starts_with("amq.") {
-                    ctx.permit(Perm::Configure, Resource::Exchange, name)?;
+                    self.permit(ctx, Perm::Configure, Resource::Exchange, name)?;
                 }
                 ctx.vhost
                     .delete_exchange(d.exchange.as_str(), d.if_unused)?;
@@ -60,8 +61,8 @@ impl Channel {
                 );
             }
             exchange::AMQPMethod::Bind(b) => {
-                ctx.permit(Perm::Write, Resource::Exchange, b.destination.as_str())?;
-                ctx.permit(Perm::Read, Resource::Exchange, b.source.as_str())?;
+                self.permit(ctx, Perm::Write, Resource::Exchange, b.destination.as_str())?;
+                self.permit(ctx, Perm::Read, Resource::Exchange, b.source.as_str())?;
                 ctx.permit_topic(Perm::Read, b.source.as_str(), b.routing_key.as_str())?;
                 let binding = Binding {
                     destination: Destination::Exchange(b.destination.as_str().into()),
@@ -76,8 +77,8 @@ impl Channel {
                 );
             }
             exchange::AMQPMethod::Unbind(b) => {
-                ctx.permit(Perm::Write, Resource::Exchange, b.destination.as_str())?;
-                ctx.permit(Perm::Read, Resource::Exchange, b.source.as_str())?;
+                self.permit(ctx, Perm::Write, Resource::Exchange, b.destination.as_str())?;
+                self.permit(ctx, Perm::Read, Resource::Exchange, b.source.as_str())?;
                 ctx.permit_topic(Perm::Read, b.source.as_str(), b.routing_key.as_str())?;
                 let binding = Binding {
                     destination: Destination::Exchange(b.destination.as_str().into()),

@@ -45,8 +45,10 @@ pub struct Ctx {
     pub conn_id: u64,
     /// The authenticated user.
     pub user: String,
-    /// What the user may do in the vhost.
+    /// What the user may do in the vhost, as of `permissions_epoch`.
     pub permissions: Arc<Permissions>,
+    /// The broker's permissions epoch `permissions` was read at.
+    pub permissions_epoch: u64,
     /// Outbound frames, written to the socket once per batch.
     pub out: BytesMut,
     /// Negotiated frame-max.
@@ -72,6 +74,9 @@ pub struct StoreMark {
     topology_writes: u64,
 }
 
+/// How many allowed resources a channel remembers (RabbitMQ keeps 12).
+const PERMISSION_CACHE: usize = 12;
+
 /// A string argument's value (`x-dead-letter-exchange`, `alternate-exchange`), if it is one.
 pub(super) fn string_argument(args: &FieldTable, key: &str) -> Option<String> {
     match args.inner().get(key)? {
@@ -82,6 +87,19 @@ pub(super) fn string_argument(args: &FieldTable, key: &str) -> Option<String> {
 }
 
 impl Ctx {
+    /// Takes up permission changes made since the connection last looked: one atomic load
+    /// when there are none. Cleared permissions leave a live connection allowed nothing.
+    pub fn refresh_permissions(&mut self) {
+        let now = self.broker.permissions_epoch();
+        if now != self.permissions_epoch {
+            self.permissions_epoch = now;
+            self.permissions = self
+                .broker
+                .permissions(&self.user, &self.vhost.name)
+                .unwrap_or_else(|| Arc::new(Permissions::none()));
+        }
+    }
+
     /// Checks that the user has `perm` on a resource of the vhost (a 403 channel error if not).
     pub fn permit(&self, perm: Perm, resource: Resource, name: &str) -> Result<(), ChannelError> {
         self.permissions
@@ -127,6 +145,9 @@ struct ChannelConsumer {
 pub struct Channel {
     /// Channel number.
     pub id: u16,
+    /// Resources this channel was allowed, most recent last: they stay allowed whatever the
+    /// permissions become, as RabbitMQ's channels keep what they checked.
+    checked: Vec<(Perm, Resource, Box<str>)>,
     assembly: Assembly,
     next_delivery_tag: u64,
     unacked: VecDeque<Unacked>,
@@ -159,6 +180,7 @@ impl Channel {
     pub fn new(id: u16, memory: Arc<MemoryGauge>) -> Self {
         Self {
             id,
+            checked: Vec::new(),
             assembly: Assembly::Idle,
             next_delivery_tag: 1,
             unacked: VecDeque::new(),
@@ -190,6 +212,49 @@ impl Channel {
             .map_err(|e| e.on(class_id, method_id))
     }
 
+    /// Checks a permission as RabbitMQ's channels do: a resource this channel was allowed
+    /// stays allowed; anything else is checked against the permissions in force now.
+    pub(super) fn permit(
+        &mut self,
+        ctx: &mut Ctx,
+        perm: Perm,
+        resource: Resource,
+        name: &str,
+    ) -> Result<(), ChannelError> {
+        let seen =
+            |(p, r, n): &(Perm, Resource, Box<str>)| *p == perm && *r == resource && **n == *name;
+        if self.checked.iter().any(seen) {
+            return Ok(());
+        }
+        ctx.refresh_permissions();
+        ctx.permit(perm, resource, name)?;
+        self.remember(perm, resource, name);
+        Ok(())
+    }
+
+    /// Remembers that this channel was allowed to publish to `exchange`.
+    fn remember_write(&mut self, exchange: &[u8]) {
+        let seen = |(p, r, n): &(Perm, Resource, Box<str>)| {
+            *p == Perm::Write && *r == Resource::Exchange && n.as_bytes() == exchange
+        };
+        if self.checked.last().is_some_and(seen) || self.checked.iter().any(seen) {
+            return;
+        }
+        self.remember(
+            Perm::Write,
+            Resource::Exchange,
+            &String::from_utf8_lossy(exchange),
+        );
+    }
+
+    /// Adds an allowed resource, forgetting the oldest past [`PERMISSION_CACHE`].
+    fn remember(&mut self, perm: Perm, resource: Resource, name: &str) {
+        if self.checked.len() == PERMISSION_CACHE {
+            self.checked.remove(0);
+        }
+        self.checked.push((perm, resource, name.into()));
+    }
+
     fn dispatch(&mut self, ctx: &mut Ctx, method: Method) -> Result<(), AmqpError> {
         match method {
             Method::Publish {
@@ -199,9 +264,14 @@ impl Channel {
                 immediate,
             } => {
                 ctx.published = true;
-                // The hot path: most users may write anywhere, and then nothing is looked at.
-                if !ctx.permissions.grants_all(Perm::Write) {
-                    ctx.permit(
+                ctx.refresh_permissions();
+                // The hot path: most users may write anywhere, and then only the exchange is
+                // remembered (a compare with the last one), to stay allowed if that changes.
+                if ctx.permissions.grants_all(Perm::Write) {
+                    self.remember_write(&exchange);
+                } else {
+                    self.permit(
+                        ctx,
                         Perm::Write,
                         Resource::Exchange,
                         &String::from_utf8_lossy(&exchange),

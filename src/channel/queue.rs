@@ -12,9 +12,10 @@ use crate::protocol::{AmqpError, ConnectionError, code};
 
 impl Channel {
     pub(super) fn queue(&mut self, ctx: &mut Ctx, m: queue::AMQPMethod) -> Result<(), AmqpError> {
+        let id = self.id;
         let reply = |ctx: &mut Ctx, nowait: bool, ok: queue::AMQPMethod| {
             if !nowait {
-                ctx.send(self.id, AMQPClass::Queue(ok));
+                ctx.send(id, AMQPClass::Queue(ok));
             }
         };
         match m {
@@ -45,10 +46,10 @@ impl Channel {
                 // A reserved name is refused for that first, as RabbitMQ does.
                 let reserved = name.starts_with("amq.") && !server_named;
                 if !d.passive && !reserved {
-                    ctx.permit(Perm::Configure, Resource::Queue, &name)?;
+                    self.permit(ctx, Perm::Configure, Resource::Queue, &name)?;
                     if let Some(dlx) = string_argument(&d.arguments, "x-dead-letter-exchange") {
-                        ctx.permit(Perm::Write, Resource::Exchange, &dlx)?;
-                        ctx.permit(Perm::Read, Resource::Queue, &name)?;
+                        self.permit(ctx, Perm::Write, Resource::Exchange, &dlx)?;
+                        self.permit(ctx, Perm::Read, Resource::Queue, &name)?;
                     }
                 }
                 let declared = ctx.vhost.declare_queue(
@@ -76,8 +77,8 @@ impl Channel {
             }
             queue::AMQPMethod::Bind(b) => {
                 let name = self.queue_name(b.queue.as_str())?;
-                ctx.permit(Perm::Write, Resource::Queue, &name)?;
-                ctx.permit(Perm::Read, Resource::Exchange, b.exchange.as_str())?;
+                self.permit(ctx, Perm::Write, Resource::Queue, &name)?;
+                self.permit(ctx, Perm::Read, Resource::Exchange, b.exchange.as_str())?;
                 // The key as the client sent it, as RabbitMQ checks it.
                 ctx.permit_topic(Perm::Read, b.exchange.as_str(), b.routing_key.as_str())?;
                 let binding = Binding {
@@ -91,8 +92,8 @@ impl Channel {
             }
             queue::AMQPMethod::Unbind(b) => {
                 let name = self.queue_name(b.queue.as_str())?;
-                ctx.permit(Perm::Write, Resource::Queue, &name)?;
-                ctx.permit(Perm::Read, Resource::Exchange, b.exchange.as_str())?;
+                self.permit(ctx, Perm::Write, Resource::Queue, &name)?;
+                self.permit(ctx, Perm::Read, Resource::Exchange, b.exchange.as_str())?;
                 ctx.permit_topic(Perm::Read, b.exchange.as_str(), b.routing_key.as_str())?;
                 // Unbinding an absent queue is already done, as RabbitMQ sees it.
                 match ctx.vhost.queue(&name, ctx.conn_id) {
@@ -112,7 +113,7 @@ impl Channel {
             }
             queue::AMQPMethod::Purge(p) => {
                 let name = self.queue_name(p.queue.as_str())?;
-                ctx.permit(Perm::Read, Resource::Queue, &name)?;
+                self.permit(ctx, Perm::Read, Resource::Queue, &name)?;
                 let message_count = ctx.vhost.queue(&name, ctx.conn_id)?.purge();
                 reply(
                     ctx,
@@ -122,7 +123,7 @@ impl Channel {
             }
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(d.queue.as_str())?;
-                ctx.permit(Perm::Configure, Resource::Queue, &name)?;
+                self.permit(ctx, Perm::Configure, Resource::Queue, &name)?;
                 let message_count =
                     ctx.vhost
                         .delete_queue(&name, ctx.conn_id, d.if_unused, d.if_empty)?;

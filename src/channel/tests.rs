@@ -68,6 +68,7 @@ impl Harness {
             cancel_notify: true,
             throttle: None,
             permissions: Arc::new(crate::broker::access::Permissions::all()),
+            permissions_epoch: 0,
             published: false,
             topology: None,
             broker,

@@ -152,6 +152,8 @@ pub async fn serve(
             conn_id,
             user: negotiated.user,
             permissions: negotiated.permissions,
+            // Epochs start at 0, so a change made since the handshake is taken up at once.
+            permissions_epoch: 0,
             out: BytesMut::with_capacity(READ_CHUNK),
             frame_max: negotiated.frame_max,
             tx,

@@ -34,8 +34,7 @@ enum NameFilter {
 }
 
 impl NameFilter {
-    fn keeps(&self, item: &Value) -> bool {
-        let name = item.get("name").and_then(Value::as_str).unwrap_or("");
+    fn keeps(&self, name: &str) -> bool {
         match self {
             Self::All => true,
             Self::Substring(s) => name.to_lowercase().contains(s),
@@ -44,60 +43,108 @@ impl NameFilter {
     }
 }
 
-/// Answers a listing: `items` (in their default order) sorted, filtered, paged and cut to
-/// the asked columns.
-pub(crate) fn respond(mut items: Vec<Value>, q: &ListQuery) -> ApiResult {
-    let paging = q
-        .page
-        .as_deref()
-        .map(|page| {
-            let invalid = || ApiError::bad("Pagination parameters are invalid");
-            let page: u64 = page.parse().map_err(|_| invalid())?;
-            let size: u64 = match q.page_size.as_deref() {
-                Some(s) => s.parse().map_err(|_| invalid())?,
-                None => DEFAULT_PAGE_SIZE,
-            };
-            if page == 0 || size == 0 || size > MAX_PAGE_SIZE {
-                return Err(ApiError::Pagination(format!(
-                    "Invalid pagination parameters: page number {page}, page size {size}"
-                )));
-            }
-            let filter = match (q.name.as_deref(), truthy(q.use_regex.as_deref())) {
-                (None | Some(""), _) => NameFilter::All,
-                (Some(n), true) => NameFilter::Regex(regex::Regex::new(n).map_err(|_| invalid())?),
-                (Some(n), false) => NameFilter::Substring(n.to_lowercase()),
-            };
-            Ok((page, size, filter))
-        })
-        .transpose()?;
+/// A page asked for, with the name filter that comes with it.
+struct Paging {
+    page: u64,
+    size: u64,
+    filter: NameFilter,
+}
+
+/// The paging a query asks for, if any, checked as RabbitMQ checks it.
+fn paging(q: &ListQuery) -> Result<Option<Paging>, ApiError> {
+    let Some(page) = q.page.as_deref() else {
+        return Ok(None);
+    };
+    let invalid = || ApiError::bad("Pagination parameters are invalid");
+    let page: u64 = page.parse().map_err(|_| invalid())?;
+    let size: u64 = match q.page_size.as_deref() {
+        Some(s) => s.parse().map_err(|_| invalid())?,
+        None => DEFAULT_PAGE_SIZE,
+    };
+    if page == 0 || size == 0 || size > MAX_PAGE_SIZE {
+        return Err(ApiError::Pagination(format!(
+            "Invalid pagination parameters: page number {page}, page size {size}"
+        )));
+    }
+    let filter = match (q.name.as_deref(), truthy(q.use_regex.as_deref())) {
+        (None | Some(""), _) => NameFilter::All,
+        (Some(n), true) => NameFilter::Regex(regex::Regex::new(n).map_err(|_| invalid())?),
+        (Some(n), false) => NameFilter::Substring(n.to_lowercase()),
+    };
+    Ok(Some(Paging { page, size, filter }))
+}
+
+/// Answers a listing of JSON items (in their default order): sorted, filtered, paged and cut
+/// to the asked columns.
+pub(crate) fn respond(items: Vec<Value>, q: &ListQuery) -> ApiResult {
+    respond_with(items, value_name, |v| v, q)
+}
+
+fn value_name(v: &Value) -> &str {
+    v.get("name").and_then(Value::as_str).unwrap_or("")
+}
+
+/// Answers a listing of `items` (in their default order) as [`respond`] does, making the JSON of
+/// an item (`json`) only for those shown unless a sort needs them all: one page of a long
+/// listing costs its page.
+pub(crate) fn respond_with<T>(
+    mut items: Vec<T>,
+    name: impl Fn(&T) -> &str,
+    json: impl Fn(T) -> Value,
+    q: &ListQuery,
+) -> ApiResult {
+    let paging = paging(q)?;
     if let Some(sort) = q.sort.as_deref().filter(|s| !s.is_empty()) {
         let path: Vec<&str> = sort.split('.').collect();
-        items.sort_by(|a, b| compare(lookup(a, &path), lookup(b, &path)));
+        let mut values: Vec<Value> = items.into_iter().map(json).collect();
+        values.sort_by(|a, b| compare(lookup(a, &path), lookup(b, &path)));
+        if truthy(q.sort_reverse.as_deref()) {
+            values.reverse();
+        }
+        return finish(values, paging, value_name, |v| v, q);
     }
     if truthy(q.sort_reverse.as_deref()) {
         items.reverse();
     }
+    finish(items, paging, name, json, q)
+}
+
+fn finish<T>(
+    items: Vec<T>,
+    paging: Option<Paging>,
+    name: impl Fn(&T) -> &str,
+    json: impl Fn(T) -> Value,
+    q: &ListQuery,
+) -> ApiResult {
     let columns: Option<Vec<Vec<&str>>> = q
         .columns
         .as_deref()
         .filter(|c| !c.is_empty())
         .map(|c| c.split(',').map(|col| col.split('.').collect()).collect());
-    let cut = |item: Value| match &columns {
-        Some(cols) => pick(&item, cols),
-        None => item,
+    let shown = |item: T| {
+        let v = json(item);
+        match &columns {
+            Some(cols) => pick(&v, cols),
+            None => v,
+        }
     };
-    let Some((page, size, filter)) = paging else {
-        return Ok(json_ok(Value::Array(items.into_iter().map(cut).collect())));
+    let Some(Paging { page, size, filter }) = paging else {
+        return Ok(json_ok(Value::Array(
+            items.into_iter().map(shown).collect(),
+        )));
     };
     let total = items.len();
-    let kept: Vec<Value> = items.into_iter().filter(|i| filter.keeps(i)).collect();
+    let kept: Vec<T> = items
+        .into_iter()
+        .filter(|i| filter.keeps(name(i)))
+        .collect();
     let filtered = kept.len();
     let start = usize::try_from((page - 1) * size).unwrap_or(usize::MAX);
     let page_items: Vec<Value> = kept
         .into_iter()
         .skip(start)
         .take(usize::try_from(size).unwrap_or(usize::MAX))
-        .map(cut)
+        .map(shown)
         .collect();
     Ok(json_ok(json!({
         "filtered_count": filtered,

@@ -175,7 +175,6 @@ fn resident_bytes() -> u64 {
 
 fn node_json(api: &Api) -> Value {
     let raised = api.broker.alarms.raised();
-    let started = started_at();
     json!({
         "name": node_name(),
         "type": "disc",
@@ -188,16 +187,11 @@ fn node_json(api: &Api) -> Value {
         "disk_free_alarm": raised.has(Alarm::Disk),
         "processors": std::thread::available_parallelism().map_or(1, usize::from),
         "os_pid": std::process::id().to_string(),
-        "uptime": started.elapsed().as_millis() as u64,
+        "uptime": api.broker.started.elapsed().as_millis() as u64,
         "partitions": [],
         "applications": [],
         "enabled_plugins": ["rabbitmq_management"],
     })
-}
-
-fn started_at() -> std::time::Instant {
-    static STARTED: OnceLock<std::time::Instant> = OnceLock::new();
-    *STARTED.get_or_init(std::time::Instant::now)
 }
 
 async fn nodes(State(api): State<Api>, caller: Caller) -> ApiResult {

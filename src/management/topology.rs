@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::convert::{json_to_table, table_to_json};
-use super::list::{ListQuery, respond};
+use super::list::{ListQuery, respond, respond_with};
 use super::overview::node_name;
 use super::{
     Api, ApiError, ApiResult, Caller, body_object, created_or_updated, json_ok, no_content,
@@ -115,6 +115,7 @@ fn listed_vhosts(
 /// A queue as listings show it.
 fn queue_json(q: &Queue) -> Value {
     let s = q.stats();
+    let applied = q.applied();
     let kind = match q.args.queue_type {
         QueueType::Classic => "classic",
         QueueType::Quorum => "quorum",
@@ -135,9 +136,9 @@ fn queue_json(q: &Queue) -> Value {
         "consumer_utilisation": if s.consumers > 0 { 1.0 } else { 0.0 },
         "exclusive_consumer_tag": null,
         "single_active_consumer_tag": null,
-        "policy": null,
-        "operator_policy": null,
-        "effective_policy_definition": {},
+        "policy": applied.policy,
+        "operator_policy": applied.operator_policy,
+        "effective_policy_definition": applied.definition,
         "messages": s.ready,
         "messages_details": rate,
         "messages_ready": s.ready,
@@ -171,9 +172,9 @@ async fn list_vhost_queues(
 fn queues_of(api: &Api, caller: &Caller, vhost: Option<&str>, q: &ListQuery) -> ApiResult {
     let mut all = Vec::new();
     for v in listed_vhosts(api, caller, vhost)? {
-        all.extend(v.queues().iter().map(|q| queue_json(q)));
+        all.extend(v.queues());
     }
-    respond(all, q)
+    respond_with(all, |q| &q.name, |q| queue_json(&q), q)
 }
 
 /// A queue the caller may see, or 404.

@@ -186,7 +186,7 @@ impl Queue {
             // An expired message is never delivered.
             if st.ready.front().is_some_and(|e| clock.expired(e.expires)) {
                 if let Some(e) = st.pop_front() {
-                    self.discard(e.message, Reason::Expired, dead);
+                    self.discard(st, e.message, Reason::Expired, dead);
                 }
                 continue;
             }
@@ -307,7 +307,7 @@ impl Queue {
         if st.next_consumer >= st.consumers.len() {
             st.next_consumer = 0;
         }
-        if st.consumers.is_empty() && self.args.expires.is_some() {
+        if st.consumers.is_empty() && st.args.expires.is_some() {
             st.last_used = expiry::now_us();
             self.arm(&mut st);
         }

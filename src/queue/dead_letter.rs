@@ -77,8 +77,15 @@ impl Queue {
         targets: &mut Vec<Arc<Queue>>,
         dead: &mut Vec<DeadLetter>,
     ) {
-        let (Some(dlx), Some(router)) = (self.args.dead_letter_exchange.as_deref(), self.router())
-        else {
+        // A policy may change them at any time: read them once, as they are now.
+        let (dlx, dlrk) = {
+            let st = self.state.lock();
+            (
+                st.args.dead_letter_exchange.clone(),
+                st.args.dead_letter_routing_key.clone(),
+            )
+        };
+        let (Some(dlx), Some(router)) = (dlx.as_deref(), self.router()) else {
             self.settle(&m);
             return;
         };
@@ -86,7 +93,7 @@ impl Queue {
             reason,
             queue: &self.name,
             dlx,
-            routing_key: self.args.dead_letter_routing_key.as_deref(),
+            routing_key: dlrk.as_deref(),
             time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

@@ -173,7 +173,7 @@ impl Queue {
 
     /// When an unused queue expires (`x-expires`); never while it has consumers.
     fn idle_deadline(&self, st: &State) -> Option<u64> {
-        let ms = self.args.expires?;
+        let ms = st.args.expires?;
         st.consumers.is_empty().then(|| after(st.last_used, ms))
     }
 
@@ -220,8 +220,9 @@ impl Queue {
 
     /// Records a use of the queue for `x-expires` (a declare, or a `basic.get`).
     pub fn touch(&self) {
-        if self.args.expires.is_some() {
-            self.state.lock().last_used = now_us();
+        let mut st = self.state.lock();
+        if st.args.expires.is_some() {
+            st.last_used = now_us();
         }
     }
 }

@@ -9,8 +9,8 @@ impl Queue {
     pub(super) fn would_overflow(&self, st: &State, msg: &Message) -> bool {
         let len = u64::try_from(st.ready.len()).unwrap_or(u64::MAX);
         let bytes = u64::try_from(msg.body.len()).unwrap_or(u64::MAX);
-        self.args.max_length.is_some_and(|m| len + 1 > m)
-            || self
+        st.args.max_length.is_some_and(|m| len + 1 > m)
+            || st
                 .args
                 .max_length_bytes
                 .is_some_and(|m| st.ready_bytes.saturating_add(bytes) > m)
@@ -19,10 +19,7 @@ impl Queue {
     /// Whether the ready messages are past a length limit (RabbitMQ's `over_max_length`).
     pub(super) fn over_limit(&self, st: &State) -> bool {
         let len = u64::try_from(st.ready.len()).unwrap_or(u64::MAX);
-        self.args.max_length.is_some_and(|m| len > m)
-            || self
-                .args
-                .max_length_bytes
-                .is_some_and(|m| st.ready_bytes > m)
+        st.args.max_length.is_some_and(|m| len > m)
+            || st.args.max_length_bytes.is_some_and(|m| st.ready_bytes > m)
     }
 }

@@ -135,6 +135,8 @@ pub trait Router: Send + Sync + std::fmt::Debug {
 
 #[derive(Debug, Default)]
 struct State {
+    /// The arguments in force: the declared ones with the vhost's policies applied.
+    args: QueueArgs,
     ready: VecDeque<Slot>,
     /// Messages just appended to the log, held in memory until the append is on disk.
     unwritten: VecDeque<Unwritten>,
@@ -289,6 +291,8 @@ pub struct Queue {
     router: OnceLock<Weak<dyn Router>>,
     /// Wakes its timer task, started by the first TTL or `x-expires` it has to keep.
     timer: OnceLock<Arc<Notify>>,
+    /// The policies in force, for listings.
+    applied: parking_lot::Mutex<crate::broker::policy::Applied>,
 }
 
 impl Drop for Queue {
@@ -329,6 +333,7 @@ impl Queue {
             name,
             vhost,
             state: Mutex::new(State {
+                args: args.clone(),
                 charge: Charge::new(options.pager.clone()),
                 ..State::default()
             }),
@@ -338,6 +343,7 @@ impl Queue {
             caught_up: tokio::sync::Notify::new(),
             router: OnceLock::new(),
             timer: OnceLock::new(),
+            applied: parking_lot::Mutex::new(crate::broker::policy::Applied::default()),
         });
         if let Some(log) = &queue.options.log {
             // Not only on the next publish: a publisher blocked by the memory alarm may be
@@ -366,8 +372,8 @@ impl Queue {
         let timed = {
             let mut st = self.state.lock();
             st.last_used = expiry::now_us();
-            self.args.message_ttl.is_some()
-                || self.args.expires.is_some()
+            st.args.message_ttl.is_some()
+                || st.args.expires.is_some()
                 || st.ready.iter().any(|e| e.expires != NEVER)
         };
         if timed {
@@ -410,10 +416,10 @@ impl Queue {
             .map_or(0, |max| msg.info.priority.min(max))
     }
 
-    /// A message's TTL here: the queue's and the message's, whichever is shorter.
-    fn ttl_of(&self, msg: &Message) -> Option<u64> {
+    /// A message's TTL under `args`: the queue's and the message's, whichever is shorter.
+    fn ttl_of(args: &QueueArgs, msg: &Message) -> Option<u64> {
         let own = msg.expiration().and_then(expiry::ttl_ms);
-        match (self.args.message_ttl, own) {
+        match (args.message_ttl, own) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -427,12 +433,13 @@ impl Queue {
         how: Enqueue,
         dead: &mut Vec<DeadLetter>,
     ) -> Published {
-        let ttl = self.ttl_of(&msg);
+        let mut st = self.state.lock();
+        let ttl = Self::ttl_of(&st.args, &msg);
         if ttl.is_some() {
+            // Only spawns the timer task the first time; the task takes the lock later.
             self.ensure_timer();
         }
         let now = ttl.map(|_| expiry::now_us());
-        let mut st = self.state.lock();
         if st.deleted {
             drop(st);
             if let Enqueue::Reserved {
@@ -444,7 +451,9 @@ impl Queue {
             }
             return Published::Accepted { persisted: false };
         }
-        if self.args.overflow != Overflow::DropHead && self.would_overflow(&st, &msg) {
+        if st.args.overflow != Overflow::DropHead && self.would_overflow(&st, &msg) {
+            let to_dlx = st.args.overflow == Overflow::RejectPublishDlx
+                && st.args.dead_letter_exchange.is_some();
             drop(st);
             let (seq, record) = match how {
                 Enqueue::Reserved { seq, record } => (seq, record),
@@ -456,9 +465,7 @@ impl Queue {
                 redelivered: false,
                 record,
             };
-            if self.args.overflow == Overflow::RejectPublishDlx
-                && self.args.dead_letter_exchange.is_some()
-            {
+            if to_dlx {
                 dead.push(DeadLetter {
                     queue: self.clone(),
                     message,
@@ -546,26 +553,27 @@ impl Queue {
 
     /// Drops messages from the head: those past a `drop-head` length limit, then expired ones.
     fn trim(self: &Arc<Self>, st: &mut State, clock: &mut Clock, dead: &mut Vec<DeadLetter>) {
-        if self.args.overflow == Overflow::DropHead {
+        if st.args.overflow == Overflow::DropHead {
             while self.over_limit(st) {
                 let Some(e) = st.pop_front() else { break };
-                self.discard(e.message, Reason::Maxlen, dead);
+                self.discard(st, e.message, Reason::Maxlen, dead);
             }
         }
         while st.ready.front().is_some_and(|e| clock.expired(e.expires)) {
             let Some(e) = st.pop_front() else { break };
-            self.discard(e.message, Reason::Expired, dead);
+            self.discard(st, e.message, Reason::Expired, dead);
         }
     }
 
     /// A message leaves the queue unconsumed: dead-lettered if there is somewhere to send it.
     fn discard(
         self: &Arc<Self>,
+        st: &State,
         message: QueuedMessage,
         reason: Reason,
         dead: &mut Vec<DeadLetter>,
     ) {
-        if self.args.dead_letter_exchange.is_some() {
+        if st.args.dead_letter_exchange.is_some() {
             dead.push(DeadLetter {
                 queue: self.clone(),
                 message,
@@ -588,8 +596,7 @@ impl Queue {
         for (m, stored_at, count) in messages {
             st.next_seq = st.next_seq.max(m.seq + 1);
             let waited = stored_at.map_or(0, |t| now_ms.saturating_sub(t));
-            let expires = self
-                .ttl_of(&m.msg)
+            let expires = Self::ttl_of(&st.args, &m.msg)
                 .map_or(NEVER, |ttl| expiry::after(now, ttl.saturating_sub(waited)));
             let priority = self.priority_of(&m.msg);
             st.push_back(
@@ -621,7 +628,11 @@ impl Queue {
     /// Settles messages a client rejected without requeue: dead-lettered if the queue has a
     /// dead-letter exchange (and still exists), else forgotten.
     pub fn reject(self: &Arc<Self>, messages: impl IntoIterator<Item = Entry>) {
-        if self.args.dead_letter_exchange.is_none() || self.is_deleted() {
+        let dead_letters = {
+            let st = self.state.lock();
+            st.args.dead_letter_exchange.is_some() && !st.deleted
+        };
+        if !dead_letters {
             for m in messages {
                 self.settle(&m);
             }
@@ -672,8 +683,8 @@ impl Queue {
                     if let Some((log, seq, _)) = self.logged(&m.message) {
                         log.returned(seq, *n);
                     }
-                    if self.args.delivery_limit.is_some_and(|l| u64::from(*n) > l) {
-                        self.discard(m.message, Reason::DeliveryLimit, &mut dead);
+                    if st.args.delivery_limit.is_some_and(|l| u64::from(*n) > l) {
+                        self.discard(&st, m.message, Reason::DeliveryLimit, &mut dead);
                         continue;
                     }
                 }
@@ -694,7 +705,7 @@ impl Queue {
         let mut dead = Vec::new();
         let got = {
             let mut st = self.state.lock();
-            if self.args.expires.is_some() {
+            if st.args.expires.is_some() {
                 st.last_used = expiry::now_us();
             }
             let mut clock = Clock::lazy();
@@ -725,6 +736,37 @@ impl Queue {
             ready_bytes: st.ready_bytes,
             consumers: u32::try_from(st.consumers.len()).unwrap_or(u32::MAX),
         }
+    }
+
+    /// The policies in force on it.
+    pub fn applied(&self) -> crate::broker::policy::Applied {
+        self.applied.lock().clone()
+    }
+
+    /// Puts policies in force: `args` are its arguments with them applied. A lower length
+    /// limit drops (or dead-letters) the head at once, as RabbitMQ does; a new TTL applies to
+    /// messages queued from now on.
+    pub fn apply_policy(
+        self: &Arc<Self>,
+        args: QueueArgs,
+        applied: crate::broker::policy::Applied,
+    ) {
+        *self.applied.lock() = applied;
+        let mut dead = Vec::new();
+        {
+            let mut st = self.state.lock();
+            if st.args == args {
+                return;
+            }
+            let timed = args.message_ttl.is_some() || args.expires.is_some();
+            st.args = args;
+            if timed {
+                self.ensure_timer();
+            }
+            self.trim(&mut st, &mut Clock::lazy(), &mut dead);
+            self.arm(&mut st);
+        }
+        dead_letter::process(dead);
     }
 
     /// Drops every ready message and returns how many there were.

@@ -7,6 +7,7 @@
 pub mod blocking;
 pub mod client;
 pub mod heap;
+pub mod http;
 pub mod process;
 pub mod raw;
 

@@ -47,6 +47,20 @@ pub fn serve_args(dir: &Path, port: u16) -> Vec<OsString> {
     ]
 }
 
+/// Starts the binary like [`start`], with its management API on `http`.
+pub async fn start_with_http(dir: &Path, port: u16, http: u16) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
+    let args = serve_args(dir, port).into_iter().map(|a| {
+        if a == "127.0.0.1:0" {
+            format!("127.0.0.1:{http}").into()
+        } else {
+            a
+        }
+    });
+    command.args(args);
+    start_command(command, port).await
+}
+
 /// Starts the binary like [`start`], with its log (standard output) kept for [`Process::log`].
 pub async fn start_logged(dir: &Path, port: u16) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));

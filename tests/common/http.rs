@@ -1,0 +1,38 @@
+//! One plain HTTP/1.1 request to the management API as guest, for status codes and bodies the
+//! client crate does not show.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::TestBroker;
+
+/// Sends `method path` with a JSON `body` as guest; returns the status and the body.
+pub async fn request(b: &TestBroker, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(b.http)
+        .await
+        .expect("connect");
+    // "guest:guest" in base64.
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A GET as guest, its body parsed as JSON.
+pub async fn get_json(b: &TestBroker, path: &str) -> serde_json::Value {
+    let (status, body) = request(b, "GET", path, "").await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
