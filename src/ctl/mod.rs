@@ -49,7 +49,7 @@ Exit codes:
 #[derive(Debug, Args)]
 #[command(after_long_help = EXAMPLES, subcommand_value_name = "COMMAND")]
 pub struct CtlArgs {
-    /// The management API's URL [default: $WARREN_URL, else management.listen of --config,
+    /// The management API's URL [default: management.listen of --config, else $WARREN_URL,
     /// else http://127.0.0.1:15672]
     #[arg(long, global = true, value_name = "URL", conflicts_with = "config")]
     url: Option<String>,
