@@ -10,6 +10,7 @@
 //! - [`protocol`]: frames, methods, content and reply codes (pure, no I/O).
 //! - [`management`]: the RabbitMQ-compatible management HTTP API.
 //! - [`config`]: settings from the TOML file and the command line.
+//! - [`ctl`]: `warren ctl`, rabbitmqctl's commands for operators, through the management API.
 //! - [`log`]: log output that client-supplied text cannot forge.
 
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod ctl;
 pub mod log;
 pub mod management;
 pub mod protocol;

@@ -43,6 +43,9 @@ enum Command {
         #[arg(long, value_name = "LEVEL")]
         log_level: Option<String>,
     },
+    /// Administer a running broker through its management API, with rabbitmqctl's commands
+    /// (list_queues, add_user, set_permissions, export_definitions, status, ...).
+    Ctl(warren::ctl::CtlArgs),
     /// Print the RabbitMQ-style salted SHA-256 hash of a password, for a user in the config file.
     HashPassword {
         /// The password to hash.
@@ -53,6 +56,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Ctl(args) => warren::ctl::run(&args),
         Command::HashPassword { password } => {
             let hash = warren::broker::auth::hash_password(&password);
             #[allow(clippy::print_stdout)]
