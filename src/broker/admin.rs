@@ -246,7 +246,13 @@ impl Registry {
         let mut out: Vec<Record> = config
             .vhosts
             .iter()
-            .map(|v| Record::VHost(VHostRecord::named(v)))
+            .map(|v| {
+                let mut record = VHostRecord::named(v);
+                if v == "/" {
+                    "Default virtual host".clone_into(&mut record.description);
+                }
+                Record::VHost(record)
+            })
             .collect();
         for u in &config.users {
             out.push(Record::User(UserRecord {

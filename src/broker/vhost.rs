@@ -98,10 +98,14 @@ impl VHost {
             ("amq.topic", ExchangeKind::Topic),
             ("amq.headers", ExchangeKind::Headers),
             ("amq.match", ExchangeKind::Headers),
+            ("amq.rabbitmq.trace", ExchangeKind::Topic),
         ] {
+            // RabbitMQ's firehose exchange is there for tools that list it; nothing publishes
+            // to it, and clients may not.
+            let internal = n == "amq.rabbitmq.trace";
             topology.exchanges.insert(
                 n.into(),
-                Exchange::new(n, kind, true, false, false, FieldTable::default()),
+                Exchange::new(n, kind, true, false, internal, FieldTable::default()),
             );
         }
         Arc::new(Self {

@@ -113,8 +113,9 @@ fn topology(v: &VHost, with_vhost: bool) -> (Vec<Value>, Vec<Value>, Vec<Value>)
     (queues, exchanges, bindings)
 }
 
-/// Operator policies and vhost limits, as RabbitMQ exports them: runtime parameters.
-fn parameters_of(broker: &Broker, vhost: Option<&str>) -> Vec<Value> {
+/// Runtime parameters, with operator policies and vhost limits among them as RabbitMQ keeps
+/// them; of one vhost, or all.
+pub(crate) fn parameters_of(broker: &Broker, vhost: Option<&str>) -> Vec<Value> {
     let r = broker.registry();
     let wanted = |v: &str| vhost.is_none_or(|w| w == v);
     let mut out: Vec<Value> = r

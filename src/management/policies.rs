@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+use super::definitions::parameters_of;
 use super::{
     Api, ApiError, ApiResult, Caller, Role, body_object, created_or_updated, json_ok, no_content,
 };
@@ -162,27 +163,22 @@ async fn delete_policy(
     Ok(no_content())
 }
 
-fn parameter_json(p: &ParameterRecord) -> Value {
-    json!({"value": p.value, "vhost": p.vhost, "component": p.component, "name": p.name})
-}
-
-/// The parameters `keep` picks, in the API's shape.
-fn parameters_where(api: &Api, keep: impl Fn(&ParameterRecord) -> bool) -> Value {
+/// The parameters `keep` picks (by component and vhost), in the API's shape: operator policies
+/// and vhost limits among them, as RabbitMQ lists them.
+fn parameters_where(api: &Api, keep: impl Fn(&str, &str) -> bool) -> Value {
+    let field = |p: &Value, k: &str| p.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     Value::Array(
-        api.broker
-            .registry()
-            .parameters
-            .values()
-            .filter(|p| keep(p))
-            .map(parameter_json)
+        parameters_of(&api.broker, None)
+            .into_iter()
+            .filter(|p| keep(&field(p, "component"), &field(p, "vhost")))
             .collect(),
     )
 }
 
 async fn parameters(State(api): State<Api>, caller: Caller) -> ApiResult {
     caller.require(Role::Policymaker)?;
-    Ok(json_ok(parameters_where(&api, |p| {
-        caller.sees(&api.broker, &p.vhost)
+    Ok(json_ok(parameters_where(&api, |_, vhost| {
+        caller.sees(&api.broker, vhost)
     })))
 }
 
@@ -192,8 +188,8 @@ async fn component_parameters(
     Path(component): Path<String>,
 ) -> ApiResult {
     caller.require(Role::Policymaker)?;
-    Ok(json_ok(parameters_where(&api, |p| {
-        p.component == component && caller.sees(&api.broker, &p.vhost)
+    Ok(json_ok(parameters_where(&api, |c, vhost| {
+        c == component && caller.sees(&api.broker, vhost)
     })))
 }
 
@@ -204,8 +200,8 @@ async fn vhost_component_parameters(
 ) -> ApiResult {
     may_manage(&api, &caller, &vhost, false)?;
     caller.vhost(&api.broker, &vhost)?;
-    Ok(json_ok(parameters_where(&api, |p| {
-        p.component == component && p.vhost == vhost
+    Ok(json_ok(parameters_where(&api, |c, v| {
+        c == component && v == vhost
     })))
 }
 
@@ -215,12 +211,11 @@ async fn get_parameter(
     Path((component, vhost, name)): Path<(String, String, String)>,
 ) -> ApiResult {
     may_manage(&api, &caller, &vhost, false)?;
-    let r = api.broker.registry();
-    let p = r
-        .parameters
-        .get(&(component, vhost, name))
+    let found = parameters_of(&api.broker, Some(&vhost))
+        .into_iter()
+        .find(|p| p["component"] == component.as_str() && p["name"] == name.as_str())
         .ok_or(ApiError::NotFound)?;
-    Ok(json_ok(parameter_json(p)))
+    Ok(json_ok(found))
 }
 
 async fn put_parameter(

@@ -315,23 +315,13 @@ async fn purge_queue(
     Ok(no_content())
 }
 
-/// What the management UI's "get messages" asks for.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GetRequest {
-    count: u32,
-    ackmode: String,
-    #[serde(default = "auto")]
-    encoding: String,
-    #[serde(default)]
-    truncate: Option<usize>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    requeue: Option<Value>,
-}
-
-fn auto() -> String {
-    "auto".into()
+/// A number field given as a number or as a string of one (rabbitmqadmin v1 sends strings).
+fn number_field(body: &Map<String, Value>, key: &str) -> Option<u64> {
+    match body.get(key)? {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
 }
 
 /// Message properties as JSON (an empty list when there are none, as RabbitMQ renders it).
@@ -444,15 +434,22 @@ async fn get_messages(
 ) -> ApiResult {
     let (v, q) = find_queue(&api, &caller, &vhost, &queue)?;
     caller.permit(&api, &v, Perm::Read, Resource::Queue, &queue)?;
-    let req: GetRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad(e.to_string()))?;
-    if !["auto", "base64"].contains(&req.encoding.as_str()) {
-        return Err(ApiError::bad(format!(
-            "Unsupported encoding {}",
-            req.encoding
-        )));
+    let body = body_object(&body)?;
+    let count = number_field(&body, "count").ok_or(ApiError::bad("[{key_missing,count}]"))?;
+    let truncate =
+        number_field(&body, "truncate").map(|t| usize::try_from(t).unwrap_or(usize::MAX));
+    let encoding = body
+        .get("encoding")
+        .and_then(Value::as_str)
+        .unwrap_or("auto");
+    let ackmode = body
+        .get("ackmode")
+        .and_then(Value::as_str)
+        .ok_or(ApiError::bad("[{key_missing,ackmode}]"))?;
+    if !["auto", "base64"].contains(&encoding) {
+        return Err(ApiError::bad(format!("Unsupported encoding {encoding}")));
     }
-    let (requeue, ack) = match req.ackmode.as_str() {
+    let (requeue, ack) = match ackmode {
         "ack_requeue_true" | "reject_requeue_true" => (true, false),
         "ack_requeue_false" => (false, true),
         "reject_requeue_false" => (false, false),
@@ -460,12 +457,12 @@ async fn get_messages(
     };
     let mut got = Vec::new();
     let mut out = Vec::new();
-    for _ in 0..req.count {
+    for _ in 0..count {
         let Some((entry, left)) = q.get() else {
             break;
         };
         let msg = &entry.msg;
-        let (payload, encoding) = payload_json(&msg.body, &req.encoding, req.truncate);
+        let (payload, encoding) = payload_json(&msg.body, encoding, truncate);
         out.push(json!({
             "payload_bytes": msg.body.len(),
             "redelivered": entry.redelivered,
@@ -512,7 +509,6 @@ fn exchange_json(vhost: &str, x: &ExchangeView) -> Value {
         "internal": x.internal,
         "arguments": table_to_json(&x.arguments),
         "user_who_performed_action": "rmq-internal",
-        "policy": null,
     })
 }
 
@@ -680,13 +676,27 @@ async fn publish(
     Ok(json_ok(json!({ "routed": routed })))
 }
 
-/// A binding's `properties_key`: its routing key, with a short hash of its arguments if any.
+/// Percent-encodes as RabbitMQ's `quote_plus`: letters, digits and `-_.` stay, a space is `+`.
+fn quote_plus(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => out.push(char::from(b)),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// A binding's `properties_key`: its routing key quoted as RabbitMQ quotes it, with a short
+/// hash of its arguments if any (`~` alone for neither).
 fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
     if arguments.inner().is_empty() {
         return if routing_key.is_empty() {
             "~".into()
         } else {
-            routing_key.to_owned()
+            quote_plus(routing_key)
         };
     }
     let encoded = cookie_factory::r#gen(
@@ -697,7 +707,8 @@ fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
     .unwrap_or_default();
     let hash = crc32fast::hash(&encoded).to_be_bytes();
     format!(
-        "{routing_key}~{}",
+        "{}~{}",
+        quote_plus(routing_key),
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash)
     )
 }
@@ -912,7 +923,12 @@ async fn add_binding(
     )?;
     durable_done(&b.vhost).await?;
     let mut response = StatusCode::CREATED.into_response();
-    let location = format!("{}/{}", b.destination, key);
+    // As RabbitMQ's: the key quoted once more for the path, `~` (the hash separator) kept.
+    let location = format!(
+        "{}/{}",
+        quote_plus(&b.destination),
+        quote_plus(&key).replace("%7E", "~")
+    );
     if let Ok(v) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, v);
     }
