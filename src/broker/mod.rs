@@ -224,7 +224,7 @@ impl Broker {
     /// All vhosts, in name order.
     pub fn vhosts(&self) -> Vec<Arc<VHost>> {
         let mut all: Vec<_> = self.vhosts.read().values().cloned().collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         all
     }
 

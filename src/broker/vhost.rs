@@ -670,7 +670,7 @@ impl VHost {
     /// Its queues, in name order.
     pub fn queues(&self) -> Vec<Arc<Queue>> {
         let mut all: Vec<_> = self.topology.read().queues.values().cloned().collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         all
     }
 
@@ -690,7 +690,7 @@ impl VHost {
                 arguments: x.arguments.clone(),
             })
             .collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         all
     }
 
