@@ -863,6 +863,14 @@ impl Between {
             .collect()
     }
 
+    /// The binding whose `properties_key` is `props`.
+    fn find(&self, props: &str) -> Result<BindingView, ApiError> {
+        self.matching()
+            .into_iter()
+            .find(|x| properties_key(&x.routing_key, &x.arguments) == props)
+            .ok_or(ApiError::NotFound)
+    }
+
     fn destination(&self) -> Result<Destination, ChannelError> {
         if self.to_queue {
             self.vhost
@@ -941,11 +949,7 @@ async fn get_binding(
     Path((vhost, source, kind, destination, props)): Path<(String, String, String, String, String)>,
 ) -> ApiResult {
     let b = between(&api, &caller, (vhost, source, kind, destination))?;
-    let found = b
-        .matching()
-        .into_iter()
-        .find(|x| properties_key(&x.routing_key, &x.arguments) == props)
-        .ok_or(ApiError::NotFound)?;
+    let found = b.find(&props)?;
     Ok(json_ok(binding_json(&b.vhost.name, &found)))
 }
 
@@ -955,11 +959,7 @@ async fn delete_binding(
     Path((vhost, source, kind, destination, props)): Path<(String, String, String, String, String)>,
 ) -> ApiResult {
     let b = between(&api, &caller, (vhost, source, kind, destination))?;
-    let found = b
-        .matching()
-        .into_iter()
-        .find(|x| properties_key(&x.routing_key, &x.arguments) == props)
-        .ok_or(ApiError::NotFound)?;
+    let found = b.find(&props)?;
     caller.permit(&api, &b.vhost, Perm::Write, b.resource(), &b.destination)?;
     caller.permit(&api, &b.vhost, Perm::Read, Resource::Exchange, &b.source)?;
     b.vhost.unbind(
