@@ -30,6 +30,9 @@ pub struct Management {
     pub listen: SocketAddr,
     /// Whether to serve it at all.
     pub enabled: bool,
+    /// How often statistics are sampled for rates and charts, in ms (RabbitMQ's
+    /// `collect_statistics_interval`).
+    pub collect_statistics_interval: u64,
 }
 
 impl Default for Management {
@@ -37,6 +40,7 @@ impl Default for Management {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 15672)),
             enabled: true,
+            collect_statistics_interval: 5000,
         }
     }
 }

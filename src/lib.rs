@@ -12,6 +12,7 @@
 //! - [`config`]: settings from the TOML file and the command line.
 //! - [`ctl`]: `warren ctl`, rabbitmqctl's commands for operators, through the management API.
 //! - [`log`]: log output that client-supplied text cannot forge.
+//! - [`stats`]: counters kept where the work happens, and the samples taken of them.
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod management;
 pub mod protocol;
 pub mod queue;
 pub mod server;
+pub mod stats;
 pub mod store;
 
 pub use config::Config;

@@ -128,6 +128,12 @@ impl Server {
     /// Serves the management HTTP API on `listener` until [`Server::stop`].
     pub fn serve_management(&mut self, listener: TcpListener) -> io::Result<()> {
         self.broker.add_listener("http", listener.local_addr()?);
+        let interval = self.broker.config.management.collect_statistics_interval;
+        self.listeners.spawn(crate::broker::sampling::run(
+            Arc::clone(&self.broker),
+            std::time::Duration::from_millis(interval.max(100)),
+            self.shutdown_signal(),
+        ));
         self.listeners.spawn(crate::management::serve(
             listener,
             Arc::clone(&self.broker),

@@ -11,6 +11,7 @@ use super::headers::headers_match;
 use super::targets::Targets;
 use super::topic::TopicTrie;
 use crate::queue::Queue;
+use crate::stats::Tracked;
 
 /// The type name of an `x-delayed-message` exchange (see `delayed.rs`), which it reports
 /// whatever kind it routes as.
@@ -162,6 +163,8 @@ pub struct Exchange {
     pub arguments: FieldTable,
     /// The alternate exchange a policy names, used where the arguments name none.
     pub policy_alternate: Option<String>,
+    /// Messages published in and routed out, and their samples.
+    pub stats: Arc<Tracked>,
     bindings: Vec<Binding>,
     places: Vec<Place>,
     /// Positions in `bindings`, by identity hash; equality is `Binding`'s own `PartialEq`, so
@@ -193,6 +196,7 @@ impl Exchange {
             delayed: false,
             arguments,
             policy_alternate: None,
+            stats: Arc::default(),
             bindings: Vec::new(),
             places: Vec::new(),
             identity: HashTable::new(),

@@ -13,6 +13,7 @@ pub mod headers;
 pub mod manage;
 pub mod policy;
 mod reply_to;
+pub mod sampling;
 mod targets;
 pub mod topic;
 mod vhost;
@@ -65,6 +66,8 @@ pub struct Broker {
     listeners: parking_lot::Mutex<Vec<(&'static str, SocketAddr)>>,
     /// When it was made, for its uptime.
     pub started: std::time::Instant,
+    /// Its recent samples: every vhost's summed.
+    pub history: crate::stats::History,
 }
 
 /// Why a login failed.
@@ -112,6 +115,7 @@ impl Broker {
             store: store.cloned(),
             listeners: parking_lot::Mutex::new(Vec::new()),
             started: std::time::Instant::now(),
+            history: crate::stats::History::default(),
         })
     }
 

@@ -18,6 +18,7 @@ use crate::queue::args::{Declared, QueueArgs};
 use crate::queue::log::SharedRecord;
 use crate::queue::paging::Pager;
 use crate::queue::{Queue, QueueOptions};
+use crate::stats::{Counters, History, Tally, Tracked};
 use crate::store::Store;
 
 #[derive(Debug, Default)]
@@ -30,6 +31,8 @@ struct Topology {
     store: Option<Arc<Store>>,
     /// The broker's memory budget for queued messages (none for a broker kept in memory).
     pager: Option<Arc<Pager>>,
+    /// The default exchange's counters (it has no [`Exchange`]).
+    default_stats: Arc<Tracked>,
 }
 
 /// An exchange as listings show it.
@@ -47,6 +50,8 @@ pub struct ExchangeView {
     pub internal: bool,
     /// Arguments.
     pub arguments: FieldTable,
+    /// Its counters and samples.
+    pub stats: Arc<Tracked>,
 }
 
 /// A binding as listings show it.
@@ -76,6 +81,10 @@ pub struct VHost {
     max_queues: AtomicI64,
     /// Its policies and operator policies.
     policies: RwLock<Arc<PolicySet>>,
+    /// What its closed channels and connections counted.
+    pub retired: Counters,
+    /// Its recent samples: what its channels did, and its queues' levels.
+    pub history: History,
 }
 
 impl VHost {
@@ -114,6 +123,8 @@ impl VHost {
             delayed,
             max_queues: AtomicI64::new(-1),
             policies: RwLock::new(Arc::default()),
+            retired: Counters::default(),
+            history: History::default(),
         })
     }
 
@@ -559,8 +570,22 @@ impl VHost {
         msg: &Message,
         shared: &SharedRecord,
         out: &mut Vec<Arc<Queue>>,
+        tally: &mut Tally,
     ) -> Result<(), ChannelError> {
-        self.route_with(exchange, msg, Some(shared), out)
+        self.route_with(exchange, msg, Some(shared), out, Some(tally))
+    }
+
+    /// Every exchange's counters and samples, the default exchange's first.
+    pub fn exchange_stats(&self) -> Vec<Arc<Tracked>> {
+        let t = self.topology.read();
+        std::iter::once(t.default_stats.clone())
+            .chain(t.exchanges.values().map(|x| x.stats.clone()))
+            .collect()
+    }
+
+    /// The default exchange's counters and samples.
+    pub fn default_exchange_stats(&self) -> Arc<Tracked> {
+        self.topology.read().default_stats.clone()
     }
 
     /// Routes a held message whose delay has passed: no delayed exchange holds it again.
@@ -570,7 +595,7 @@ impl VHost {
         msg: &Message,
         out: &mut Vec<Arc<Queue>>,
     ) -> Result<(), ChannelError> {
-        self.route_with(exchange, msg, None, out)
+        self.route_with(exchange, msg, None, out, None)
     }
 
     /// Routes `msg`; a delayed exchange on the way holds it only when `delay` gives the record
@@ -581,12 +606,17 @@ impl VHost {
         msg: &Message,
         delay: Option<&SharedRecord>,
         out: &mut Vec<Arc<Queue>>,
+        tally: Option<&mut Tally>,
     ) -> Result<(), ChannelError> {
         let t = self.topology.read();
         let rk = msg.routing_key_str();
         if exchange.is_empty() {
-            if let Some(q) = t.queues.get(rk) {
+            let q = t.queues.get(rk);
+            if let Some(q) = q {
                 out.push(q.clone());
+            }
+            if let Some(tally) = tally {
+                tally.count(&t.default_stats, q.is_some());
             }
             return Ok(());
         }
@@ -645,6 +675,9 @@ impl VHost {
             routed.dedup_by(|a, b| Arc::ptr_eq(a, b));
             out.append(&mut routed);
         }
+        if let Some(tally) = tally {
+            tally.count(&x.stats, out.len() > start || !holds.is_empty());
+        }
         if let Some(shared) = delay
             && !holds.is_empty()
         {
@@ -688,6 +721,7 @@ impl VHost {
                 auto_delete: x.auto_delete,
                 internal: x.internal,
                 arguments: x.arguments.clone(),
+                stats: x.stats.clone(),
             })
             .collect();
         all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
@@ -757,7 +791,8 @@ impl crate::queue::Router for VHost {
         shared: &SharedRecord,
         out: &mut Vec<Arc<Queue>>,
     ) -> bool {
-        VHost::route(self, exchange, msg, shared, out).is_ok()
+        self.route_with(exchange, msg, Some(shared), out, None)
+            .is_ok()
     }
 
     fn expire(&self, queue: &Arc<Queue>) {

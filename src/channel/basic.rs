@@ -12,6 +12,8 @@ use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code, e
 use crate::queue::log::SharedRecord;
 use crate::queue::memory::footprint;
 use crate::queue::{Consumer, Credit, InFlight, NO_ACK_WINDOW, Published, Queue, args};
+use crate::stats::Stat;
+use std::sync::atomic::Ordering;
 
 /// What handing a message to its queues came to.
 #[derive(Debug, Default, Clone, Copy)]
@@ -70,7 +72,7 @@ impl Channel {
         }
         let mut queues = std::mem::take(&mut self.route_buf);
         let shared = SharedRecord::default();
-        let routed = route(ctx, &msg, &shared, &mut queues);
+        let routed = route(ctx, &msg, &shared, &mut queues, &mut self.tally);
         if routed.is_ok() {
             self.hand_over(ctx, &msg, &shared, mandatory, &mut queues);
         }
@@ -89,6 +91,15 @@ impl Channel {
         mandatory: bool,
         queues: &mut Vec<Arc<Queue>>,
     ) -> Handed {
+        self.stats.counters.add(Stat::Publish, 1);
+        if queues.is_empty() {
+            let unroutable = if mandatory {
+                Stat::ReturnUnroutable
+            } else {
+                Stat::DropUnroutable
+            };
+            self.stats.counters.add(unroutable, 1);
+        }
         if queues.is_empty() && mandatory {
             encode::basic_return(
                 &mut ctx.out,
@@ -138,9 +149,15 @@ impl Channel {
                 u32::from(prefetch_count),
                 std::sync::atomic::Ordering::Relaxed,
             );
+            self.stats
+                .global_prefetch
+                .store(u32::from(prefetch_count), Ordering::Relaxed);
             self.kick_consumers();
         } else {
             self.prefetch_count = prefetch_count;
+            self.stats
+                .prefetch
+                .store(u32::from(prefetch_count), Ordering::Relaxed);
         }
         ctx.send(
             self.id,
@@ -194,10 +211,14 @@ impl Channel {
                 self.permit(ctx, Perm::Read, Resource::Queue, &name)?;
                 let q = ctx.vhost.queue(&name, ctx.conn_id)?;
                 match q.get() {
-                    None => ctx.send(
-                        self.id,
-                        AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
-                    ),
+                    None => {
+                        self.stats.counters.add(Stat::GetEmpty, 1);
+                        q.counters.add(Stat::GetEmpty, 1);
+                        ctx.send(
+                            self.id,
+                            AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                        );
+                    }
                     Some((message, left)) => {
                         let tag = self.next_delivery_tag;
                         self.next_delivery_tag += 1;
@@ -211,9 +232,17 @@ impl Channel {
                             counted.as_ref().unwrap_or(&message.msg),
                             ctx.frame_max,
                         );
+                        let got = if g.no_ack { Stat::GetNoAck } else { Stat::Get };
+                        self.stats.counters.add(got, 1);
+                        q.counters.add(got, 1);
+                        if message.redelivered {
+                            self.stats.counters.add(Stat::Redeliver, 1);
+                            q.counters.add(Stat::Redeliver, 1);
+                        }
                         if g.no_ack {
                             q.settle(&message.message);
                         } else {
+                            q.hold(1);
                             self.channel_credit
                                 .holding
                                 .add(&self.memory, footprint(&message.msg));
@@ -295,6 +324,7 @@ impl Channel {
             channel_credit: self.channel_credit.clone(),
             priority,
             memory: self.memory.clone(),
+            arguments: c.arguments.clone(),
         };
         if let Err(e) = q.add_consumer(consumer) {
             ctx.out.truncate(before);
@@ -413,7 +443,11 @@ impl Channel {
             counted.as_ref().unwrap_or(&message.msg),
             ctx.frame_max,
         );
+        if message.redelivered {
+            self.stats.counters.add(Stat::Redeliver, 1);
+        }
         if c.no_ack {
+            self.stats.counters.add(Stat::DeliverNoAck, 1);
             // Written, it is the socket's: the window opens again as the inbox drains.
             self.channel_credit
                 .holding
@@ -422,12 +456,17 @@ impl Channel {
                 queue.drain();
             }
         } else {
+            self.stats.counters.add(Stat::Deliver, 1);
+            queue.hold(1);
             self.unacked.push_back(Unacked {
                 tag,
                 queue,
                 message,
                 credit: Some(c.credit.clone()),
             });
+            self.stats
+                .unacked
+                .store(self.unacked.len() as u64, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -514,17 +553,27 @@ impl Channel {
                 while let Some(u) = settled.next_if(|u| Arc::ptr_eq(&u.queue, &queue)) {
                     run.push(u.message);
                 }
+                queue.release(run.len() as u64);
                 queue.reject(run);
                 queue.drain();
             }
         } else {
-            let mut last: Option<Arc<Queue>> = None;
+            self.stats.counters.add(Stat::Ack, settled.len() as u64);
+            // Counted per run of one queue's deliveries, not per message.
+            let mut run: Option<(Arc<Queue>, u64)> = None;
             for u in settled {
                 u.queue.settle(&u.message);
-                if last.as_ref().is_none_or(|l| !Arc::ptr_eq(l, &u.queue)) {
-                    u.queue.drain();
-                    last = Some(u.queue);
+                match &mut run {
+                    Some((q, n)) if Arc::ptr_eq(q, &u.queue) => *n += 1,
+                    _ => {
+                        if let Some((q, n)) = run.replace((u.queue, 1)) {
+                            q.acked(n);
+                        }
+                    }
                 }
+            }
+            if let Some((q, n)) = run {
+                q.acked(n);
             }
         }
         if self

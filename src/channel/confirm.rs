@@ -40,11 +40,14 @@ impl Ctx {
 }
 
 impl Channel {
-    /// Sends the confirms earned since the last batch, as one `multiple` ack where it can.
+    /// Ends a batch: adds its publishes to their exchanges' counts, and sends the confirms
+    /// earned since the last batch, as one `multiple` ack where it can.
     pub fn flush_confirms(&mut self, ctx: &mut Ctx) {
+        self.tally.flush();
         if !self.confirm {
             return;
         }
+        let before = self.confirmed_to;
         if let Some(&last) = self.needs_flush.back()
             && last > self.flush_requested
             && self.after_flush(ctx, last, false)
@@ -71,6 +74,15 @@ impl Channel {
             let multiple = confirmable - self.confirmed_to > 1;
             encode::confirm(&mut ctx.out, self.id, confirmable, multiple, false);
             self.confirmed_to = confirmable;
+        }
+        if self.confirmed_to > before {
+            self.stats
+                .counters
+                .add(crate::stats::Stat::Confirm, self.confirmed_to - before);
+            self.stats.unconfirmed.store(
+                self.publish_seq - self.confirmed_to,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 

@@ -162,7 +162,7 @@ impl Channel {
         if self.tx.is_some() {
             let mut queues = Vec::new();
             let shared = SharedRecord::default();
-            route(ctx, &msg, &shared, &mut queues).map_err(|e| e.on(60, 40))?;
+            route(ctx, &msg, &shared, &mut queues, &mut self.tally).map_err(|e| e.on(60, 40))?;
             if let Some(ops) = &mut self.tx {
                 ops.push(TxOp::Publish {
                     msg,

@@ -24,12 +24,15 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::BytesMut;
 
 use crate::broker::access::{Perm, Permissions, Resource};
+use crate::broker::connections::{ChannelStats, Mode};
 use crate::broker::{Broker, VHost};
 use crate::protocol::method::{Decoded, Method};
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code, encode};
 use crate::queue::log::SharedRecord;
 use crate::queue::memory::MemoryGauge;
 use crate::queue::{Credit, Entry, EventSender, Queue};
+use crate::stats::Tally;
+use std::sync::atomic::Ordering;
 
 use content::Assembly;
 use tx::TxOp;
@@ -173,11 +176,16 @@ pub struct Channel {
     reply: Option<(String, Arc<str>)>,
     /// Where the memory the channel holds (its credit's holding) is counted.
     memory: Arc<MemoryGauge>,
+    /// What it counts and the levels listings show.
+    stats: Arc<ChannelStats>,
+    /// Publishes counted for their exchange, added to it once per batch.
+    tally: Tally,
 }
 
 impl Channel {
-    /// A newly opened channel, counting what it holds against `memory`.
-    pub fn new(id: u16, memory: Arc<MemoryGauge>) -> Self {
+    /// A newly opened channel, counting what it holds against `memory` and what it does in
+    /// `stats`.
+    pub fn new(id: u16, memory: Arc<MemoryGauge>, stats: Arc<ChannelStats>) -> Self {
         Self {
             id,
             checked: Vec::new(),
@@ -199,6 +207,8 @@ impl Channel {
             route_buf: Vec::new(),
             reply: None,
             memory,
+            stats,
+            tally: Tally::default(),
         }
     }
 
@@ -208,8 +218,25 @@ impl Channel {
         if !matches!(self.assembly, Assembly::Idle) {
             return Err(self.assembly.out_of_order().into());
         }
-        self.dispatch(ctx, decoded.method)
-            .map_err(|e| e.on(class_id, method_id))
+        let r = self
+            .dispatch(ctx, decoded.method)
+            .map_err(|e| e.on(class_id, method_id));
+        self.report();
+        r
+    }
+
+    /// Brings the levels listings show up to date: a few relaxed stores to a line only this
+    /// channel writes.
+    fn report(&self) {
+        let s = &self.stats;
+        s.unacked
+            .store(self.unacked.len() as u64, Ordering::Relaxed);
+        s.consumers.store(
+            u32::try_from(self.consumers.len()).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
+        s.unconfirmed
+            .store(self.publish_seq - self.confirmed_to, Ordering::Relaxed);
     }
 
     /// Checks a permission as RabbitMQ's channels do: a resource this channel was allowed
@@ -306,6 +333,7 @@ impl Channel {
                     .into());
                 }
                 self.confirm = true;
+                self.stats.set_mode(Mode::Confirm);
                 self.note_store_failures(ctx);
                 if !s.nowait {
                     ctx.send(
@@ -371,6 +399,8 @@ impl Channel {
         }
         let unacked: Vec<Unacked> = self.unacked.drain(..).collect();
         requeue_all(unacked);
+        self.tally.flush();
+        ctx.vhost.retired.absorb(&self.stats.retire());
         // Everything counted for this channel is let go, deliveries still in the connection's
         // inbox included: they go back to their queues, which count them again.
         self.channel_credit.holding.clear(&self.memory);
@@ -383,6 +413,7 @@ fn route(
     msg: &Message,
     shared: &SharedRecord,
     queues: &mut Vec<Arc<Queue>>,
+    tally: &mut Tally,
 ) -> Result<(), AmqpError> {
     let exchange = std::str::from_utf8(&msg.exchange).unwrap_or("\u{fffd}");
     ctx.vhost.check_publish(exchange)?;
@@ -392,7 +423,7 @@ fn route(
         &String::from_utf8_lossy(&msg.routing_key),
     )?;
     queues.clear();
-    ctx.vhost.route(exchange, msg, shared, queues)?;
+    ctx.vhost.route(exchange, msg, shared, queues, tally)?;
     Ok(())
 }
 
@@ -413,6 +444,7 @@ fn requeue_all(unacked: Vec<Unacked>) {
         }
     }
     for (q, entries) in by_queue {
+        q.release(entries.len() as u64);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) if entries.len() > REQUEUE_SLICE => {
                 runtime.spawn(async move {

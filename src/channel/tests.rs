@@ -73,7 +73,7 @@ impl Harness {
             topology: None,
             broker,
         };
-        let ch = Channel::new(CH, ctx.broker.memory.clone());
+        let ch = Channel::new(CH, ctx.broker.memory.clone(), Arc::default());
         Self {
             ch,
             ctx,

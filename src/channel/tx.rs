@@ -40,6 +40,8 @@ impl Channel {
                     .into());
                 }
                 self.tx.get_or_insert_with(Vec::new);
+                self.stats
+                    .set_mode(crate::broker::connections::Mode::Transactional);
                 self.note_store_failures(ctx);
                 ctx.send(
                     self.id,

@@ -38,6 +38,7 @@ use crate::protocol::method::{Method, decode};
 use crate::protocol::{AmqpError, ConnectionError, code, encode};
 use crate::queue::alarms::Raised;
 use crate::queue::{QueueEvent, QueueEvent::Deliver};
+use crate::stats::Stat;
 use handshake::Transport;
 
 /// Past this many unwritten bytes the connection stops reading until the socket drains.
@@ -175,10 +176,13 @@ pub async fn serve(
     let mut io = Io {
         stream,
         needs_flush: false,
+        registered: conn.registered.clone(),
     };
     let result = conn.run(&mut io, rbuf, rx, control, &mut shutdown).await;
     conn.cleanup();
-    conn.ctx.broker.connections.remove(conn_id);
+    if let Some(gone) = conn.ctx.broker.connections.remove(conn_id) {
+        conn.ctx.vhost.retired.absorb(&gone.counters.totals());
+    }
     match result {
         Ok(()) => info!(%peer, user = %user, vhost = %vhost_name, conn_id, "connection closed"),
         Err(e) => {
@@ -442,9 +446,14 @@ impl Connection {
         let Some(slot) = self.channels.get_mut(&id) else {
             self.check_channel_count()?;
             if let Method::Other(AMQPClass::Channel(channel::AMQPMethod::Open(_))) = d.method {
+                let stats = self.registered.open_channel(id);
                 self.channels.insert(
                     id,
-                    ChannelSlot::Open(Box::new(Channel::new(id, self.ctx.broker.memory.clone()))),
+                    ChannelSlot::Open(Box::new(Channel::new(
+                        id,
+                        self.ctx.broker.memory.clone(),
+                        stats,
+                    ))),
                 );
                 self.registered.set_channels(self.channels.len());
                 self.ctx.send(
@@ -465,6 +474,7 @@ impl Connection {
                     ch.close(&mut self.ctx);
                     self.channels.remove(&id);
                     self.registered.set_channels(self.channels.len());
+                    self.registered.close_channel(id);
                 }
                 self.ctx.send(
                     id,
@@ -478,6 +488,7 @@ impl Connection {
             ) => {
                 self.channels.remove(&id);
                 self.registered.set_channels(self.channels.len());
+                self.registered.close_channel(id);
                 Ok(())
             }
             (ChannelSlot::Closing, _) => Ok(()),
@@ -716,6 +727,7 @@ impl Connection {
             }
         }
         self.registered.set_channels(0);
+        self.registered.close_channels();
     }
 
     fn cleanup(&mut self) {
@@ -736,6 +748,8 @@ struct Progress {
 struct Io<S> {
     stream: S,
     needs_flush: bool,
+    /// Where the socket's bytes are counted.
+    registered: Arc<Registered>,
 }
 
 impl<S: Transport> Io<S> {
@@ -756,7 +770,11 @@ impl<S: Transport> Io<S> {
         let read = match rbuf {
             Some(rbuf) => match pin!(self.stream.read_buf(rbuf)).poll(cx) {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(n)) => Some(n),
+                Poll::Ready(Ok(n)) => {
+                    self.registered.counters.add(Stat::RecvOct, n as u64);
+                    self.registered.counters.add(Stat::RecvCnt, 1);
+                    Some(n)
+                }
                 Poll::Pending => None,
             },
             None => None,
@@ -786,6 +804,8 @@ impl<S: Transport> Io<S> {
             match Pin::new(&mut self.stream).poll_write(cx, out) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
+                    self.registered.counters.add(Stat::SendOct, n as u64);
+                    self.registered.counters.add(Stat::SendCnt, 1);
                     out.advance(n);
                     progress = true;
                     self.needs_flush = true;

@@ -24,6 +24,12 @@ pub(crate) struct ListQuery {
     use_regex: Option<String>,
     page: Option<String>,
     page_size: Option<String>,
+    /// How far back message rate samples go, in seconds (with `msg_rates_incr`).
+    pub(crate) msg_rates_age: Option<u64>,
+    /// How far back queue length samples go, in seconds (with `lengths_incr`).
+    pub(crate) lengths_age: Option<u64>,
+    /// How far back data rate samples go, in seconds (with `data_rates_incr`).
+    pub(crate) data_rates_age: Option<u64>,
 }
 
 /// What a name filter keeps.

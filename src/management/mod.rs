@@ -7,11 +7,13 @@
 //! `administrator` for all of it. Nothing here runs on the AMQP hot path: listings take the
 //! topology's read locks for as long as a copy takes.
 
+mod channels;
 mod convert;
 pub mod definitions;
 mod list;
 mod overview;
 mod policies;
+mod stats;
 mod topology;
 mod users;
 
@@ -74,6 +76,7 @@ pub async fn serve(
 fn router(broker: Arc<Broker>) -> Router {
     let api = Router::new()
         .merge(overview::routes())
+        .merge(channels::routes())
         .merge(users::routes())
         .merge(topology::routes())
         .merge(policies::routes())

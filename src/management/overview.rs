@@ -13,10 +13,12 @@ use serde_json::{Value, json};
 
 use super::convert::table_to_json;
 use super::list::{ListQuery, respond};
+use super::stats::{Ages, CHANNEL_STATS, add_data_rates, add_lengths, message_stats};
 use super::{Api, ApiError, ApiResult, Caller, Role, json_ok, no_content};
 use crate::broker::connections::Registered;
 use crate::protocol::code;
 use crate::queue::alarms::Alarm;
+use crate::stats::History;
 
 /// The RabbitMQ version Warren's API answers as. Clients branch on it to pick endpoints and
 /// fields; 3.10.8 is the version whose API this one reproduces, so every branch they take for
@@ -50,12 +52,7 @@ pub(super) fn routes() -> Router<Api> {
             "/connections/{name}",
             get(get_connection).delete(close_connection),
         )
-        .route("/connections/{name}/channels", get(no_channels))
         .route("/vhosts/{vhost}/connections", get(vhost_connections))
-        .route("/channels", get(no_channels))
-        .route("/vhosts/{vhost}/channels", get(no_channels))
-        .route("/consumers", get(no_channels))
-        .route("/consumers/{vhost}", get(no_channels))
 }
 
 /// This node's name, as RabbitMQ's `rabbit@host`.
@@ -100,19 +97,22 @@ fn listeners_json(api: &Api) -> Value {
     )
 }
 
-async fn overview(State(api): State<Api>, caller: Caller) -> ApiResult {
+async fn overview(State(api): State<Api>, caller: Caller, Query(q): Query<ListQuery>) -> ApiResult {
     let vhosts: Vec<_> = api
         .broker
         .vhosts()
         .into_iter()
         .filter(|v| caller.sees(&api.broker, &v.name))
         .collect();
-    let (mut queues, mut exchanges, mut ready, mut consumers) = (0u64, 0u64, 0u64, 0u64);
+    let (mut queues, mut exchanges, mut consumers) = (0u64, 0u64, 0u64);
+    let mut levels = [0u64; 3];
     for v in &vhosts {
         for q in v.queues() {
             let s = q.stats();
             queues += 1;
-            ready += s.ready;
+            levels[0] += s.ready + s.unacked;
+            levels[1] += s.ready;
+            levels[2] += s.unacked;
             consumers += u64::from(s.consumers);
         }
         exchanges += v.exchanges().len() as u64 + 1;
@@ -125,8 +125,18 @@ async fn overview(State(api): State<Api>, caller: Caller) -> ApiResult {
         .filter(|c| caller.sees(&api.broker, &c.identity.vhost))
         .collect();
     let channels: u64 = connections.iter().map(|c| u64::from(c.channels())).sum();
-    let rate = json!({"rate": 0.0});
-    Ok(json_ok(json!({
+    // Rates across the whole broker are for those who may see every vhost.
+    let everything = caller.role >= Role::Monitoring;
+    let ages = Ages::of(&q);
+    let none = History::default();
+    let history = if everything {
+        &api.broker.history
+    } else {
+        &none
+    };
+    let mut queue_totals = json!({});
+    add_lengths(&mut queue_totals, levels, history, ages);
+    let mut json = json!({
         "management_version": RABBITMQ_VERSION,
         "rates_mode": "basic",
         "exchange_types": exchange_types(),
@@ -138,15 +148,8 @@ async fn overview(State(api): State<Api>, caller: Caller) -> ApiResult {
         "erlang_full_version": "none (Warren is written in Rust)",
         "disable_stats": false,
         "enable_queue_totals": false,
-        "message_stats": {},
-        "queue_totals": {
-            "messages": ready,
-            "messages_details": rate,
-            "messages_ready": ready,
-            "messages_ready_details": rate,
-            "messages_unacknowledged": 0,
-            "messages_unacknowledged_details": rate,
-        },
+        "message_stats": message_stats(&history.last().totals, history, CHANNEL_STATS, ages),
+        "queue_totals": queue_totals,
         "object_totals": {
             "channels": channels,
             "connections": connections.len(),
@@ -154,11 +157,35 @@ async fn overview(State(api): State<Api>, caller: Caller) -> ApiResult {
             "exchanges": exchanges,
             "queues": queues,
         },
+        "churn_rates": churn_rates(&api),
         "statistics_db_event_queue": 0,
         "node": node_name(),
         "listeners": listeners_json(&api),
         "contexts": [],
-    })))
+    });
+    if everything {
+        let mut data = json!({});
+        add_data_rates(&mut data, &history.last().totals, history, ages);
+        json["message_stats"]["recv_oct"] = data["recv_oct"].clone();
+        json["message_stats"]["recv_oct_details"] = data["recv_oct_details"].clone();
+        json["message_stats"]["send_oct"] = data["send_oct"].clone();
+        json["message_stats"]["send_oct_details"] = data["send_oct_details"].clone();
+    }
+    Ok(json_ok(json))
+}
+
+/// Connections and channels opened and closed since the start (queues are not counted yet).
+fn churn_rates(api: &Api) -> Value {
+    let [conn_created, conn_closed, ch_created, ch_closed] = api.broker.connections.churn_totals();
+    json!({
+        "connection_created": conn_created,
+        "connection_closed": conn_closed,
+        "channel_created": ch_created,
+        "channel_closed": ch_closed,
+        "queue_declared": 0,
+        "queue_created": 0,
+        "queue_deleted": 0,
+    })
 }
 
 async fn cluster_name(_caller: Caller) -> ApiResult {
@@ -300,15 +327,14 @@ async fn single_node(caller: Caller) -> ApiResult {
 }
 
 /// A connection as the API shows it.
-fn connection_json(api: &Api, c: &Registered) -> Value {
+fn connection_json(api: &Api, c: &Registered, ages: Ages) -> Value {
     let id = &c.identity;
     let connected_at = c
         .connected_at
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let config = &api.broker.config;
-    let rate = json!({"rate": 0.0});
-    json!({
+    let mut json = json!({
         "name": c.display_name(),
         "user_provided_name": c.name(),
         "node": node_name(),
@@ -337,16 +363,14 @@ fn connection_json(api: &Api, c: &Registered) -> Value {
         "peer_cert_validity": null,
         "client_properties": table_to_json(&id.client_properties),
         "connected_at": connected_at,
-        "recv_oct": 0,
-        "recv_oct_details": rate,
-        "send_oct": 0,
-        "send_oct_details": rate,
-    })
+    });
+    add_data_rates(&mut json, &c.counters.totals(), &c.history, ages);
+    json
 }
 
 /// The live connections the caller may see: a monitor's or administrator's all, anyone else's
 /// their own.
-fn visible_connections(api: &Api, caller: &Caller) -> Vec<std::sync::Arc<Registered>> {
+pub(super) fn visible_connections(api: &Api, caller: &Caller) -> Vec<std::sync::Arc<Registered>> {
     api.broker
         .connections
         .list()
@@ -360,9 +384,10 @@ async fn list_connections(
     caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
+    let ages = Ages::of(&q);
     let all = visible_connections(&api, &caller)
         .iter()
-        .map(|c| connection_json(&api, c))
+        .map(|c| connection_json(&api, c, ages))
         .collect();
     respond(all, &q)
 }
@@ -373,16 +398,27 @@ async fn vhost_connections(
     Path(vhost): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
-    caller.vhost(&api.broker, &vhost)?;
-    let all = visible_connections(&api, &caller)
+    let all = vhost_connections_of(&api, &caller, &vhost)?
         .iter()
-        .filter(|c| *c.identity.vhost == *vhost)
-        .map(|c| connection_json(&api, c))
+        .map(|c| connection_json(&api, c, Ages::of(&q)))
         .collect();
     respond(all, &q)
 }
 
-fn find_connection(
+/// The live connections to `vhost` the caller may see (404 for an unknown vhost).
+pub(super) fn vhost_connections_of(
+    api: &Api,
+    caller: &Caller,
+    vhost: &str,
+) -> Result<Vec<std::sync::Arc<Registered>>, ApiError> {
+    caller.vhost(&api.broker, vhost)?;
+    Ok(visible_connections(api, caller)
+        .into_iter()
+        .filter(|c| *c.identity.vhost == *vhost)
+        .collect())
+}
+
+pub(super) fn find_connection(
     api: &Api,
     caller: &Caller,
     name: &str,
@@ -397,9 +433,10 @@ async fn get_connection(
     State(api): State<Api>,
     caller: Caller,
     Path(name): Path<String>,
+    Query(q): Query<ListQuery>,
 ) -> ApiResult {
     let c = find_connection(&api, &caller, &name)?;
-    Ok(json_ok(connection_json(&api, &c)))
+    Ok(json_ok(connection_json(&api, &c, Ages::of(&q))))
 }
 
 async fn close_connection(
@@ -422,9 +459,4 @@ async fn close_connection(
         &format!("CONNECTION_FORCED - {reason}"),
     );
     Ok(no_content())
-}
-
-/// Channels and consumers are not listed yet: the connection registry does not keep them.
-async fn no_channels(_caller: Caller) -> ApiResult {
-    Ok(json_ok(json!([])))
 }

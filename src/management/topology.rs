@@ -15,9 +15,11 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::channels::consumers_json;
 use super::convert::{json_to_table, table_to_json};
 use super::list::{ListQuery, respond, respond_with};
 use super::overview::node_name;
+use super::stats::{Ages, EXCHANGE_STATS, QUEUE_STATS, add_lengths, add_message_stats};
 use super::{
     Api, ApiError, ApiResult, Caller, body_object, created_or_updated, json_ok, no_content,
 };
@@ -96,7 +98,7 @@ impl Caller {
 }
 
 /// The vhosts a caller lists from: one named (which must exist and be visible), or all they see.
-fn listed_vhosts(
+pub(super) fn listed_vhosts(
     api: &Api,
     caller: &Caller,
     vhost: Option<&str>,
@@ -113,15 +115,14 @@ fn listed_vhosts(
 }
 
 /// A queue as listings show it.
-fn queue_json(q: &Queue) -> Value {
+fn queue_json(q: &Queue, ages: Ages) -> Value {
     let s = q.stats();
     let applied = q.applied();
     let kind = match q.args.queue_type {
         QueueType::Classic => "classic",
         QueueType::Quorum => "quorum",
     };
-    let rate = json!({"rate": 0.0});
-    json!({
+    let mut json = json!({
         "name": *q.name,
         "vhost": *q.vhost,
         "durable": q.options.durable,
@@ -139,17 +140,25 @@ fn queue_json(q: &Queue) -> Value {
         "policy": applied.policy,
         "operator_policy": applied.operator_policy,
         "effective_policy_definition": applied.definition,
-        "messages": s.ready,
-        "messages_details": rate,
-        "messages_ready": s.ready,
-        "messages_ready_details": rate,
-        "messages_unacknowledged": 0,
-        "messages_unacknowledged_details": rate,
         "message_bytes": s.ready_bytes,
         "message_bytes_ready": s.ready_bytes,
         "message_bytes_unacknowledged": 0,
         "recoverable_slaves": null,
-    })
+    });
+    add_lengths(
+        &mut json,
+        [s.ready + s.unacked, s.ready, s.unacked],
+        &q.history,
+        ages,
+    );
+    add_message_stats(
+        &mut json,
+        &q.counters.totals(),
+        &q.history,
+        QUEUE_STATS,
+        ages,
+    );
+    json
 }
 
 async fn list_queues(
@@ -174,7 +183,8 @@ fn queues_of(api: &Api, caller: &Caller, vhost: Option<&str>, q: &ListQuery) -> 
     for v in listed_vhosts(api, caller, vhost)? {
         all.extend(v.queues());
     }
-    respond_with(all, |q| &q.name, |q| queue_json(&q), q)
+    let ages = Ages::of(q);
+    respond_with(all, |q| &q.name, |q| queue_json(&q, ages), q)
 }
 
 /// A queue the caller may see, or 404.
@@ -197,11 +207,13 @@ async fn get_queue(
     State(api): State<Api>,
     caller: Caller,
     Path((vhost, queue)): Path<(String, String)>,
+    Query(query): Query<ListQuery>,
 ) -> ApiResult {
     let (_, q) = find_queue(&api, &caller, &vhost, &queue)?;
-    let mut json = queue_json(&q);
+    let mut json = queue_json(&q, Ages::of(&query));
+    let consumers = consumers_json(&api, &q);
     if let Value::Object(m) = &mut json {
-        m.insert("consumer_details".into(), json!([]));
+        m.insert("consumer_details".into(), Value::Array(consumers));
         m.insert("deliveries".into(), json!([]));
         m.insert("incoming".into(), json!([]));
     }
@@ -488,7 +500,7 @@ async fn get_messages(
 }
 
 /// The default exchange, as listings show it.
-fn default_exchange() -> ExchangeView {
+fn default_exchange(v: &VHost) -> ExchangeView {
     ExchangeView {
         name: "".into(),
         kind: "direct",
@@ -496,11 +508,12 @@ fn default_exchange() -> ExchangeView {
         auto_delete: false,
         internal: false,
         arguments: FieldTable::default(),
+        stats: v.default_exchange_stats(),
     }
 }
 
-fn exchange_json(vhost: &str, x: &ExchangeView) -> Value {
-    json!({
+fn exchange_json(vhost: &str, x: &ExchangeView, ages: Ages) -> Value {
+    let mut json = json!({
         "name": *x.name,
         "vhost": vhost,
         "type": x.kind,
@@ -509,7 +522,15 @@ fn exchange_json(vhost: &str, x: &ExchangeView) -> Value {
         "internal": x.internal,
         "arguments": table_to_json(&x.arguments),
         "user_who_performed_action": "rmq-internal",
-    })
+    });
+    add_message_stats(
+        &mut json,
+        &x.stats.counters.totals(),
+        &x.stats.history,
+        EXCHANGE_STATS,
+        ages,
+    );
+    json
 }
 
 /// The exchange's name in the API (`amq.default` is the default exchange).
@@ -518,7 +539,7 @@ fn exchange_name(name: &str) -> &str {
 }
 
 fn exchanges_of(v: &VHost) -> Vec<ExchangeView> {
-    let mut all = vec![default_exchange()];
+    let mut all = vec![default_exchange(v)];
     all.extend(v.exchanges());
     all
 }
@@ -530,7 +551,12 @@ async fn list_exchanges(
 ) -> ApiResult {
     let mut all = Vec::new();
     for v in listed_vhosts(&api, &caller, None)? {
-        all.extend(exchanges_of(&v).iter().map(|x| exchange_json(&v.name, x)));
+        let ages = Ages::of(&q);
+        all.extend(
+            exchanges_of(&v)
+                .iter()
+                .map(|x| exchange_json(&v.name, x, ages)),
+        );
     }
     respond(all, &q)
 }
@@ -542,9 +568,10 @@ async fn list_vhost_exchanges(
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
     let v = caller.vhost(&api.broker, &vhost)?;
+    let ages = Ages::of(&q);
     let all = exchanges_of(&v)
         .iter()
-        .map(|x| exchange_json(&v.name, x))
+        .map(|x| exchange_json(&v.name, x, ages))
         .collect();
     respond(all, &q)
 }
@@ -561,10 +588,11 @@ async fn get_exchange(
     State(api): State<Api>,
     caller: Caller,
     Path((vhost, exchange)): Path<(String, String)>,
+    Query(query): Query<ListQuery>,
 ) -> ApiResult {
     let v = caller.vhost(&api.broker, &vhost)?;
     let x = find_exchange(&v, &exchange)?;
-    let mut json = exchange_json(&v.name, &x);
+    let mut json = exchange_json(&v.name, &x, Ages::of(&query));
     if let Value::Object(m) = &mut json {
         m.insert("incoming".into(), json!([]));
         m.insert("outgoing".into(), json!([]));
@@ -666,7 +694,13 @@ async fn publish(
     ));
     let shared = SharedRecord::default();
     let mut queues = Vec::new();
-    v.route(&name, &msg, &shared, &mut queues)?;
+    v.route(
+        &name,
+        &msg,
+        &shared,
+        &mut queues,
+        &mut crate::stats::Tally::default(),
+    )?;
     let routed = !queues.is_empty();
     for q in queues {
         // A full queue's refusal is not the publisher's to see here: RabbitMQ answers the same.

@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::list::{ListQuery, respond};
 use super::overview::node_name;
+use super::stats::{Ages, add_aggregate};
 use super::{
     Api, ApiError, ApiResult, Caller, Role, body_object, created_or_updated, json_ok, no_content,
 };
@@ -424,12 +425,21 @@ pub(crate) fn vhost_json(v: &VHostRecord) -> Value {
     })
 }
 
+/// A vhost with what it did, as the vhost endpoints show it.
+fn vhost_json_with_stats(api: &Api, v: &VHostRecord, ages: Ages) -> Value {
+    let mut json = vhost_json(v);
+    if let Some(live) = api.broker.vhost(&v.name) {
+        add_aggregate(&mut json, &live.history, ages);
+    }
+    json
+}
+
 async fn list_vhosts(
     State(api): State<Api>,
     caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
-    let visible: Vec<Value> = {
+    let visible: Vec<VHostRecord> = {
         let r = api.broker.registry();
         r.vhosts
             .values()
@@ -438,19 +448,34 @@ async fn list_vhosts(
                     || r.permissions
                         .contains_key(&(v.name.clone(), caller.user.name.clone()))
             })
-            .map(vhost_json)
+            .cloned()
             .collect()
     };
-    respond(visible, &q)
+    let ages = Ages::of(&q);
+    let all = visible
+        .iter()
+        .map(|v| vhost_json_with_stats(&api, v, ages))
+        .collect();
+    respond(all, &q)
 }
 
-async fn get_vhost(State(api): State<Api>, caller: Caller, Path(vhost): Path<String>) -> ApiResult {
+async fn get_vhost(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
     if !caller.sees(&api.broker, &vhost) {
         caller.require(Role::Administrator)?;
     }
-    let r = api.broker.registry();
-    let v = r.vhosts.get(&vhost).ok_or(ApiError::NotFound)?;
-    Ok(json_ok(vhost_json(v)))
+    let v = api
+        .broker
+        .registry()
+        .vhosts
+        .get(&vhost)
+        .cloned()
+        .ok_or(ApiError::NotFound)?;
+    Ok(json_ok(vhost_json_with_stats(&api, &v, Ages::of(&q))))
 }
 
 /// The vhost a PUT body describes.

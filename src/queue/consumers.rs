@@ -11,6 +11,8 @@ use super::expiry::{self, Clock};
 use super::memory::{Holding, MemoryGauge, footprint};
 use super::{Queue, State};
 use crate::protocol::{ChannelError, code};
+use crate::stats::Stat;
+use amq_protocol::types::FieldTable;
 
 /// Deliveries a no-ack consumer may have waiting in its connection's inbox: past it, further ones
 /// wait in the queue, so a consumer that stops reading its socket cannot pile messages up in
@@ -99,6 +101,27 @@ pub struct Consumer {
     pub priority: i64,
     /// The broker's memory gauge, which the channel's holding reports to.
     pub memory: Arc<MemoryGauge>,
+    /// The arguments of its `basic.consume`, for listings.
+    pub arguments: FieldTable,
+}
+
+/// A consumer as listings show it.
+#[derive(Debug, Clone)]
+pub struct ConsumerView {
+    /// Consumer tag.
+    pub tag: Arc<str>,
+    /// Channel number on its connection.
+    pub channel: u16,
+    /// The connection's id.
+    pub conn_id: u64,
+    /// Whether its deliveries need an ack.
+    pub ack_required: bool,
+    /// Whether it has exclusive use of the queue.
+    pub exclusive: bool,
+    /// Its prefetch limit, 0 for none.
+    pub prefetch: u32,
+    /// The arguments of its `basic.consume`.
+    pub arguments: FieldTable,
 }
 
 impl Consumer {
@@ -202,8 +225,13 @@ impl Queue {
             // A no-ack delivery is settled as it leaves, as RabbitMQ's autoack does.
             if st.consumers[i].no_ack {
                 self.settle(&message.message);
+                self.counters.add(Stat::DeliverNoAck, 1);
             } else {
                 self.mark_delivered(&message.message);
+                self.counters.add(Stat::Deliver, 1);
+            }
+            if message.redelivered {
+                self.counters.add(Stat::Redeliver, 1);
             }
             let c = &st.consumers[i];
             let bytes = footprint(&message.message.msg);
@@ -260,6 +288,24 @@ impl Queue {
             start = end;
         }
         None
+    }
+
+    /// Its consumers, in the order they take deliveries.
+    pub fn consumer_views(&self) -> Vec<ConsumerView> {
+        self.state
+            .lock()
+            .consumers
+            .iter()
+            .map(|c| ConsumerView {
+                tag: c.tag.clone(),
+                channel: c.channel,
+                conn_id: c.conn_id,
+                ack_required: !c.no_ack,
+                exclusive: c.exclusive,
+                prefetch: c.credit.prefetch.load(Ordering::Relaxed),
+                arguments: c.arguments.clone(),
+            })
+            .collect()
     }
 
     /// Attaches a consumer, enforcing exclusive use.

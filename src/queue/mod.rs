@@ -25,6 +25,7 @@ pub mod paging;
 
 use std::collections::VecDeque;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use amq_protocol::types::FieldTable;
@@ -33,12 +34,13 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::protocol::Message;
+use crate::stats::{Counters, Gauge, History, Sample, Stat};
 use args::{Declared, Overflow, QueueArgs, QueueType};
 use dead_letter::{DeadLetter, Reason};
 use log::{QueueLog, RecordId, SharedRecord};
 use paging::{Admit, Charge, Pager, Slot, Unwritten, WINDOW};
 
-pub use consumers::{Consumer, Credit, FLOW_HIGH, NO_ACK_WINDOW};
+pub use consumers::{Consumer, ConsumerView, Credit, FLOW_HIGH, NO_ACK_WINDOW};
 pub use events::{EventSender, InFlight, QueueEvent};
 use expiry::Clock;
 
@@ -267,6 +269,8 @@ pub struct QueueStats {
     pub ready: u64,
     /// Their body bytes.
     pub ready_bytes: u64,
+    /// Messages delivered and not yet acknowledged.
+    pub unacked: u64,
     /// Consumers.
     pub consumers: u32,
 }
@@ -293,6 +297,12 @@ pub struct Queue {
     timer: OnceLock<Arc<Notify>>,
     /// The policies in force, for listings.
     applied: parking_lot::Mutex<crate::broker::policy::Applied>,
+    /// What it did: publishes in, deliveries, gets and acks.
+    pub counters: Counters,
+    /// Deliveries its consumers' channels hold unacknowledged.
+    unacked: AtomicU64,
+    /// Its recent samples.
+    pub history: History,
 }
 
 impl Drop for Queue {
@@ -344,6 +354,9 @@ impl Queue {
             router: OnceLock::new(),
             timer: OnceLock::new(),
             applied: parking_lot::Mutex::new(crate::broker::policy::Applied::default()),
+            counters: Counters::default(),
+            unacked: AtomicU64::new(0),
+            history: History::default(),
         });
         if let Some(log) = &queue.options.log {
             // Not only on the next publish: a publisher blocked by the memory alarm may be
@@ -519,6 +532,7 @@ impl Queue {
             },
             None => Clock::lazy(),
         };
+        self.counters.add(Stat::Publish, 1);
         self.drain_locked(&mut st, &mut clock, dead);
         // What no consumer took is now subject to the limits and to its TTL (even one of 0).
         self.trim(&mut st, &mut Clock::lazy(), dead);
@@ -734,8 +748,37 @@ impl Queue {
         QueueStats {
             ready: st.ready.len() as u64,
             ready_bytes: st.ready_bytes,
+            unacked: self.unacked.load(Ordering::Relaxed),
             consumers: u32::try_from(st.consumers.len()).unwrap_or(u32::MAX),
         }
+    }
+
+    /// Counts `n` deliveries a channel now holds unacknowledged.
+    pub fn hold(&self, n: u64) {
+        self.unacked.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` deliveries acknowledged, and lets waiting messages go to consumers whose
+    /// credit the acks freed.
+    pub fn acked(self: &Arc<Self>, n: u64) {
+        self.counters.add(Stat::Ack, n);
+        self.release(n);
+        self.drain();
+    }
+
+    /// Counts `n` held deliveries that left their channel (acked, rejected or requeued).
+    pub fn release(&self, n: u64) {
+        self.unacked.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Takes a sample of its counters and levels.
+    pub fn sample(&self, at_ms: u64) -> Sample {
+        let s = self.stats();
+        let mut gauges = [0; crate::stats::GAUGES];
+        gauges[Gauge::Messages as usize] = s.ready + s.unacked;
+        gauges[Gauge::Ready as usize] = s.ready;
+        gauges[Gauge::Unacked as usize] = s.unacked;
+        self.history.record(at_ms, self.counters.totals(), gauges)
     }
 
     /// The policies in force on it.
@@ -951,6 +994,7 @@ mod tests {
             channel_credit: Credit::new(0),
             priority: 0,
             memory: Arc::new(MemoryGauge::new(u64::MAX)),
+            arguments: FieldTable::default(),
         };
         assert!(q.add_consumer(consumer).is_ok());
         q.publish(msg(b"taken"), &SharedRecord::default());
@@ -974,6 +1018,7 @@ mod tests {
                 channel_credit: channel_credit.clone(),
                 priority: 0,
                 memory: Arc::new(MemoryGauge::new(u64::MAX)),
+                arguments: FieldTable::default(),
             };
             assert!(q.add_consumer(c).is_ok());
         }
