@@ -1,6 +1,6 @@
 //! Statistics in the management API: per queue, exchange, channel, connection, vhost and
 //! broker counters, unacknowledged counts, the channel and consumer listings (read with the real
-//! `rabbitmq_http_client` crate), and rates and samples from the ticker.
+//! `rabbitmq_http_client` crate), rates and samples from the ticker, and the aliveness test.
 
 mod common;
 
@@ -287,5 +287,19 @@ async fn rates_and_samples_come_from_the_ticker() {
             .get("samples")
             .is_none()
     );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn the_aliveness_test_sends_a_message_through_a_queue_of_the_vhost() {
+    let b = broker().await;
+    let ok = get_json(&b, "/api/aliveness-test/%2f").await;
+    assert_eq!(ok, serde_json::json!({"status": "ok"}));
+    // As in RabbitMQ, the queue it went through stays, empty.
+    let q = get_json(&b, "/api/queues/%2f/aliveness-test").await;
+    assert_eq!(q["messages"], 0, "{q:#}");
+    assert_eq!(q["message_stats"]["publish"], 1, "{q:#}");
+    let (status, _) = common::http::request(&b, "GET", "/api/aliveness-test/nowhere", "").await;
+    assert_eq!(status, 404);
     b.stop().await;
 }

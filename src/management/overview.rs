@@ -33,7 +33,6 @@ pub(super) fn routes() -> Router<Api> {
         .route("/nodes", get(nodes))
         .route("/nodes/{node}", get(node))
         .route("/extensions", get(extensions))
-        .route("/aliveness-test/{vhost}", get(aliveness))
         .route("/health/checks/alarms", get(alarms))
         .route("/health/checks/local-alarms", get(alarms))
         .route("/health/checks/port-listener/{port}", get(port_listener))
@@ -238,12 +237,8 @@ async fn extensions(_caller: Caller) -> ApiResult {
     Ok(json_ok(json!([])))
 }
 
-async fn aliveness(State(api): State<Api>, caller: Caller, Path(vhost): Path<String>) -> ApiResult {
-    caller.vhost(&api.broker, &vhost)?;
-    Ok(json_ok(json!({"status": "ok"})))
-}
-
-fn failed(body: Value) -> axum::response::Response {
+/// A failed check: 503 with `body`.
+pub(super) fn failed(body: Value) -> axum::response::Response {
     (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 

@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use super::channels::consumers_json;
 use super::convert::{json_to_table, table_to_json};
 use super::list::{ListQuery, respond, respond_with};
-use super::overview::node_name;
+use super::overview::{failed, node_name};
 use super::stats::{Ages, EXCHANGE_STATS, QUEUE_STATS, add_lengths, add_message_stats};
 use super::{
     Api, ApiError, ApiResult, Caller, body_object, created_or_updated, json_ok, no_content,
@@ -49,6 +49,7 @@ pub(super) fn routes() -> Router<Api> {
             axum::routing::delete(purge_queue),
         )
         .route("/queues/{vhost}/{queue}/get", post(get_messages))
+        .route("/aliveness-test/{vhost}", get(aliveness))
         .route("/queues/{vhost}/{queue}/bindings", get(queue_bindings))
         .route("/exchanges", get(list_exchanges))
         .route("/exchanges/{vhost}", get(list_vhost_exchanges))
@@ -218,6 +219,45 @@ async fn get_queue(
         m.insert("incoming".into(), json!([]));
     }
     Ok(json_ok(json))
+}
+
+/// The queue RabbitMQ's aliveness test goes through, left in place afterwards as RabbitMQ does.
+const ALIVENESS_QUEUE: &str = "aliveness-test";
+
+/// RabbitMQ's aliveness test: a message published to the vhost's `aliveness-test` queue and
+/// got back; 503 if it does not come back.
+async fn aliveness(State(api): State<Api>, caller: Caller, Path(vhost): Path<String>) -> ApiResult {
+    let v = caller.vhost(&api.broker, &vhost)?;
+    let declare = QueueDeclare {
+        name: ALIVENESS_QUEUE.into(),
+        ..QueueDeclare::default()
+    };
+    v.declare_queue(&declare, API_CONNECTION)?;
+    let q = v.queue(ALIVENESS_QUEUE, API_CONNECTION)?;
+    let properties = properties_from_json(None)?;
+    let info = PropertiesInfo::scan(&properties).map_err(|_| ApiError::bad("bad properties"))?;
+    let msg = Arc::new(Message::new(
+        Bytes::new(),
+        Bytes::from_static(ALIVENESS_QUEUE.as_bytes()),
+        properties,
+        info,
+        Bytes::from_static(b"test_message"),
+    ));
+    let _: Published = q.publish(msg, &SharedRecord::default());
+    let got = q.get();
+    let back = got
+        .as_ref()
+        .is_some_and(|(e, _)| e.msg.body.as_ref() == b"test_message");
+    if let Some((e, _)) = got {
+        q.settle(&e.message);
+    }
+    if back {
+        Ok(json_ok(json!({"status": "ok"})))
+    } else {
+        Ok(failed(
+            json!({"status": "failed", "reason": "the test message did not come back"}),
+        ))
+    }
 }
 
 /// A boolean field, or RabbitMQ's `not_boolean` complaint.
