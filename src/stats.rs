@@ -170,6 +170,10 @@ impl Sample {
 /// a chart of the last minute.
 pub const HISTORY: usize = 13;
 
+/// How many samples a vhost and the broker keep: ten minutes at the default 5 s, for the
+/// overview's charts.
+pub const LONG_HISTORY: usize = 121;
+
 /// The last samples of one object, oldest first. An object that never counted anything keeps
 /// no ring at all, so ten thousand idle queues cost nothing here.
 #[derive(Debug, Default)]
@@ -180,10 +184,20 @@ pub struct History(Mutex<Ring>);
 struct Ring {
     samples: VecDeque<Sample>,
     idle_at: u64,
+    /// How many it keeps, [`HISTORY`] when 0.
+    keep: usize,
 }
 
 impl History {
-    /// Records a sample, forgetting the oldest past [`HISTORY`].
+    /// A history that keeps [`LONG_HISTORY`] samples.
+    pub fn long() -> Self {
+        Self(Mutex::new(Ring {
+            keep: LONG_HISTORY,
+            ..Ring::default()
+        }))
+    }
+
+    /// Records a sample, forgetting the oldest past what it keeps.
     pub fn push(&self, s: Sample) {
         let mut r = self.0.lock();
         let ring = &mut *r;
@@ -200,7 +214,8 @@ impl History {
                 });
             }
         }
-        if ring.samples.len() == HISTORY {
+        let keep = if ring.keep == 0 { HISTORY } else { ring.keep };
+        if ring.samples.len() >= keep {
             ring.samples.pop_front();
         }
         ring.samples.push_back(s);

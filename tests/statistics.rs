@@ -134,7 +134,13 @@ async fn counters_follow_publishes_deliveries_and_acks_on_every_object() {
     assert_eq!(q["message_stats"]["publish"], 13);
     assert_eq!(q["message_stats"]["deliver"], 5);
     assert_eq!(q["message_stats"]["deliver_get"], 5);
+    assert_eq!(
+        q["message_stats"]["get_empty"], 0,
+        "shown with the deliveries"
+    );
     assert!(q["message_stats"].get("ack").is_none(), "nothing acked yet");
+    assert_eq!(q["message_bytes_unacknowledged"], 5);
+    assert_eq!(q["message_bytes"], 13);
     assert_eq!(q["consumer_details"][0]["consumer_tag"], "stats-consumer");
     assert_eq!(q["consumer_details"][0]["prefetch_count"], 5);
     assert_eq!(q["consumer_details"][0]["ack_required"], true);
@@ -217,6 +223,11 @@ async fn counters_follow_publishes_deliveries_and_acks_on_every_object() {
     assert_eq!(overview["queue_totals"]["messages_unacknowledged"], 5);
     assert_eq!(overview["queue_totals"]["messages"], 11);
     assert_eq!(overview["object_totals"]["channels"], 2);
+    let churn = &overview["churn_rates"];
+    assert_eq!(churn["connection_created"], 2, "{churn:#}");
+    assert_eq!(churn["channel_created"], 2);
+    assert_eq!(churn["queue_created"], 1);
+    assert_eq!(churn["queue_declared"], 1);
 
     // A closed channel's counts stay with its vhost; its deliveries go back to the queue.
     drop(consumer);
@@ -226,11 +237,13 @@ async fn counters_follow_publishes_deliveries_and_acks_on_every_object() {
     })
     .await;
     assert_eq!(q["messages_ready"], 11, "{q:#}");
-    assert_eq!(q["message_stats"]["redeliver"], Value::Null);
+    assert_eq!(q["message_stats"]["redeliver"], 0);
     let vhost = until(&b, "/api/vhosts/%2f", |v| v["messages_unacknowledged"] == 0).await;
     assert_eq!(vhost["message_stats"]["deliver"], 7, "{vhost:#}");
     assert_eq!(vhost["message_stats"]["ack"], 2);
     assert!(api.list_consumers().await.expect("consumers").is_empty());
+    let overview = get_json(&b, "/api/overview").await;
+    assert_eq!(overview["churn_rates"]["channel_closed"], 1, "{overview:#}");
     b.stop().await;
 }
 
@@ -301,5 +314,38 @@ async fn the_aliveness_test_sends_a_message_through_a_queue_of_the_vhost() {
     assert_eq!(q["message_stats"]["publish"], 1, "{q:#}");
     let (status, _) = common::http::request(&b, "GET", "/api/aliveness-test/nowhere", "").await;
     assert_eq!(status, 404);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_transaction_shows_what_it_holds_until_it_ends() {
+    let b = broker().await;
+    let (_conn, ch) = b.channel().await;
+    ch.queue_declare(
+        "tx.q".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    ch.tx_select().await.expect("tx.select");
+    for _ in 0..2 {
+        ch.basic_publish(
+            "".into(),
+            "tx.q".into(),
+            BasicPublishOptions::default(),
+            b"t",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    }
+    let channel = until(&b, "/api/channels", |c| c[0]["messages_uncommitted"] == 2).await;
+    assert_eq!(channel[0]["transactional"], true, "{channel:#}");
+    ch.tx_commit().await.expect("commit");
+    let channel = get_json(&b, "/api/channels").await;
+    assert_eq!(channel[0]["messages_uncommitted"], 0, "{channel:#}");
+    let q = get_json(&b, "/api/queues/%2f/tx.q").await;
+    assert_eq!(q["messages"], 2);
     b.stop().await;
 }

@@ -108,6 +108,10 @@ pub struct ChannelStats {
     pub unacked: AtomicU64,
     /// Publishes not yet confirmed.
     pub unconfirmed: AtomicU64,
+    /// Publishes held by an open transaction.
+    pub uncommitted: AtomicU64,
+    /// Acks, rejects and nacks held by an open transaction.
+    pub acks_uncommitted: AtomicU64,
     /// Per-consumer prefetch (`basic.qos` with `global=false`).
     pub prefetch: AtomicU32,
     /// Channel-wide prefetch (`basic.qos` with `global=true`).
@@ -131,6 +135,12 @@ impl ChannelStats {
             2 => Mode::Transactional,
             _ => Mode::Plain,
         }
+    }
+
+    /// Notes that a transaction was committed or rolled back: nothing is held any more.
+    pub fn tx_ended(&self) {
+        self.uncommitted.store(0, Ordering::Relaxed);
+        self.acks_uncommitted.store(0, Ordering::Relaxed);
     }
 
     /// Marks it closed and gives what it counted, for its vhost to keep.

@@ -68,6 +68,8 @@ pub struct Broker {
     pub started: std::time::Instant,
     /// Its recent samples: every vhost's summed.
     pub history: crate::stats::History,
+    /// The last two samples of its churn (when, and [`sampling::CHURN`] counts).
+    churn_samples: parking_lot::Mutex<[(u64, [u64; sampling::CHURN]); 2]>,
 }
 
 /// Why a login failed.
@@ -115,7 +117,8 @@ impl Broker {
             store: store.cloned(),
             listeners: parking_lot::Mutex::new(Vec::new()),
             started: std::time::Instant::now(),
-            history: crate::stats::History::default(),
+            history: crate::stats::History::long(),
+            churn_samples: parking_lot::Mutex::default(),
         })
     }
 

@@ -9,7 +9,47 @@ use tokio::sync::watch;
 use super::Broker;
 use crate::stats::{GAUGES, Sample, now_ms};
 
+/// How many churn counts there are.
+pub const CHURN: usize = 7;
+
+/// The churn counts' names in RabbitMQ's `churn_rates`, in [`Broker::churn`] order.
+pub const CHURN_NAMES: [&str; CHURN] = [
+    "connection_created",
+    "connection_closed",
+    "channel_created",
+    "channel_closed",
+    "queue_declared",
+    "queue_created",
+    "queue_deleted",
+];
+
 impl Broker {
+    /// Connections, channels and queues that came and went since the start, each with its rate
+    /// between the last two samples.
+    pub fn churn(&self) -> [(u64, f64); CHURN] {
+        let now = self.churn_totals();
+        let [(t0, before), (t1, after)] = *self.churn_samples.lock();
+        std::array::from_fn(|i| {
+            let r = if t0 == 0 {
+                0.0
+            } else {
+                crate::stats::rate(before[i], after[i], t1 - t0)
+            };
+            (now[i], r)
+        })
+    }
+
+    fn churn_totals(&self) -> [u64; CHURN] {
+        let mut t = [0; CHURN];
+        t[..4].copy_from_slice(&self.connections.churn_totals());
+        for v in self.vhosts() {
+            for (x, n) in t[4..].iter_mut().zip(v.queue_churn()) {
+                *x += n;
+            }
+        }
+        t
+    }
+
     /// Samples every object's counters and levels now.
     pub fn sample_stats(&self) {
         let at_ms = now_ms();
@@ -48,6 +88,10 @@ impl Broker {
             }
         }
         self.history.push_monotonic(overall);
+        let churn = self.churn_totals();
+        let mut last = self.churn_samples.lock();
+        last[0] = last[1];
+        last[1] = (at_ms, churn);
     }
 }
 

@@ -5,7 +5,7 @@ mod durable;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use amq_protocol::types::FieldTable;
 use parking_lot::RwLock;
@@ -33,6 +33,8 @@ struct Topology {
     pager: Option<Arc<Pager>>,
     /// The default exchange's counters (it has no [`Exchange`]).
     default_stats: Arc<Tracked>,
+    /// Queues declared, created and deleted, RabbitMQ's queue churn.
+    churn: [AtomicU64; 3],
 }
 
 /// An exchange as listings show it.
@@ -124,7 +126,7 @@ impl VHost {
             max_queues: AtomicI64::new(-1),
             policies: RwLock::new(Arc::default()),
             retired: Counters::default(),
-            history: History::default(),
+            history: History::long(),
         })
     }
 
@@ -298,6 +300,7 @@ impl VHost {
                 }
                 equivalence::check_queue(q, d, &self.name)?;
             }
+            t.churn[0].fetch_add(1, Ordering::Relaxed);
             return Ok(QueueDeclared {
                 name: q.name.clone(),
                 message_count: q.message_count(),
@@ -356,6 +359,8 @@ impl VHost {
         }
         t.persist_queue(&q);
         t.queues.insert(name.to_string(), q);
+        t.churn[0].fetch_add(1, Ordering::Relaxed);
+        t.churn[1].fetch_add(1, Ordering::Relaxed);
         Ok(QueueDeclared {
             name,
             message_count: 0,
@@ -420,6 +425,7 @@ impl VHost {
     fn remove_queue(t: &mut Topology, q: &Arc<Queue>) -> u32 {
         if t.queues.get(&*q.name).is_some_and(|o| Arc::ptr_eq(o, q)) {
             t.queues.remove(&*q.name);
+            t.churn[2].fetch_add(1, Ordering::Relaxed);
         }
         Self::remove_destination(t, &Destination::Queue(q.clone()));
         t.forget_queue(q);
@@ -581,6 +587,12 @@ impl VHost {
         std::iter::once(t.default_stats.clone())
             .chain(t.exchanges.values().map(|x| x.stats.clone()))
             .collect()
+    }
+
+    /// Queues declared, created and deleted since the start.
+    pub fn queue_churn(&self) -> [u64; 3] {
+        let t = self.topology.read();
+        std::array::from_fn(|i| t.churn[i].load(Ordering::Relaxed))
     }
 
     /// The default exchange's counters and samples.

@@ -9,6 +9,7 @@ use super::{Assembly, Channel, ChannelConsumer, Ctx, TxOp, Unacked, requeue_all,
 use crate::broker::REPLY_TO;
 use crate::broker::access::{Perm, Resource};
 use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code, encode};
+use crate::queue::Entry;
 use crate::queue::log::SharedRecord;
 use crate::queue::memory::footprint;
 use crate::queue::{Consumer, Credit, InFlight, NO_ACK_WINDOW, Published, Queue, args};
@@ -242,7 +243,7 @@ impl Channel {
                         if g.no_ack {
                             q.settle(&message.message);
                         } else {
-                            q.hold(1);
+                            q.hold(message.body_len());
                             self.channel_credit
                                 .holding
                                 .add(&self.memory, footprint(&message.msg));
@@ -457,7 +458,7 @@ impl Channel {
             }
         } else {
             self.stats.counters.add(Stat::Deliver, 1);
-            queue.hold(1);
+            queue.hold(message.body_len());
             self.unacked.push_back(Unacked {
                 tag,
                 queue,
@@ -513,6 +514,9 @@ impl Channel {
     ) -> Result<(), AmqpError> {
         let settled = self.collect(tag, multiple)?;
         if let Some(ops) = &mut self.tx {
+            self.stats
+                .acks_uncommitted
+                .fetch_add(settled.len() as u64, Ordering::Relaxed);
             ops.push(TxOp::Settle {
                 settled,
                 ack,
@@ -553,27 +557,31 @@ impl Channel {
                 while let Some(u) = settled.next_if(|u| Arc::ptr_eq(&u.queue, &queue)) {
                     run.push(u.message);
                 }
-                queue.release(run.len() as u64);
+                queue.release(run.len() as u64, run.iter().map(Entry::body_len).sum());
                 queue.reject(run);
                 queue.drain();
             }
         } else {
             self.stats.counters.add(Stat::Ack, settled.len() as u64);
             // Counted per run of one queue's deliveries, not per message.
-            let mut run: Option<(Arc<Queue>, u64)> = None;
+            let mut run: Option<(Arc<Queue>, u64, u64)> = None;
             for u in settled {
                 u.queue.settle(&u.message);
+                let bytes = u.message.body_len();
                 match &mut run {
-                    Some((q, n)) if Arc::ptr_eq(q, &u.queue) => *n += 1,
+                    Some((q, n, b)) if Arc::ptr_eq(q, &u.queue) => {
+                        *n += 1;
+                        *b += bytes;
+                    }
                     _ => {
-                        if let Some((q, n)) = run.replace((u.queue, 1)) {
-                            q.acked(n);
+                        if let Some((q, n, b)) = run.replace((u.queue, 1, bytes)) {
+                            q.acked(n, b);
                         }
                     }
                 }
             }
-            if let Some((q, n)) = run {
-                q.acked(n);
+            if let Some((q, n, b)) = run {
+                q.acked(n, b);
             }
         }
         if self

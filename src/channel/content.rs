@@ -164,6 +164,9 @@ impl Channel {
             let shared = SharedRecord::default();
             route(ctx, &msg, &shared, &mut queues, &mut self.tally).map_err(|e| e.on(60, 40))?;
             if let Some(ops) = &mut self.tx {
+                self.stats
+                    .uncommitted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 ops.push(TxOp::Publish {
                     msg,
                     shared,

@@ -444,7 +444,10 @@ fn requeue_all(unacked: Vec<Unacked>) {
         }
     }
     for (q, entries) in by_queue {
-        q.release(entries.len() as u64);
+        q.release(
+            entries.len() as u64,
+            entries.iter().map(Entry::body_len).sum(),
+        );
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) if entries.len() > REQUEUE_SLICE => {
                 runtime.spawn(async move {

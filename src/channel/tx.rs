@@ -53,6 +53,7 @@ impl Channel {
                 let Some(ops) = self.tx.replace(Vec::new()) else {
                     return Err(ChannelError::precondition("channel is not transactional").into());
                 };
+                self.stats.tx_ended();
                 let mut persisted = false;
                 let mut rejected = false;
                 for op in ops {
@@ -88,6 +89,7 @@ impl Channel {
                 let Some(ops) = self.tx.replace(Vec::new()) else {
                     return Err(ChannelError::precondition("channel is not transactional").into());
                 };
+                self.stats.tx_ended();
                 self.unsettle(ops);
                 ctx.send(
                     self.id,

@@ -24,12 +24,18 @@ pub(crate) struct ListQuery {
     use_regex: Option<String>,
     page: Option<String>,
     page_size: Option<String>,
-    /// How far back message rate samples go, in seconds (with `msg_rates_incr`).
+    /// How far back message rate samples go, in seconds.
     pub(crate) msg_rates_age: Option<u64>,
-    /// How far back queue length samples go, in seconds (with `lengths_incr`).
+    /// Seconds between message rate samples.
+    pub(crate) msg_rates_incr: Option<u64>,
+    /// How far back queue length samples go, in seconds.
     pub(crate) lengths_age: Option<u64>,
-    /// How far back data rate samples go, in seconds (with `data_rates_incr`).
+    /// Seconds between queue length samples.
+    pub(crate) lengths_incr: Option<u64>,
+    /// How far back data rate samples go, in seconds.
     pub(crate) data_rates_age: Option<u64>,
+    /// Seconds between data rate samples.
+    pub(crate) data_rates_incr: Option<u64>,
 }
 
 /// What a name filter keeps.

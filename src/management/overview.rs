@@ -16,6 +16,7 @@ use super::list::{ListQuery, respond};
 use super::stats::{Ages, CHANNEL_STATS, add_data_rates, add_lengths, message_stats};
 use super::{Api, ApiError, ApiResult, Caller, Role, json_ok, no_content};
 use crate::broker::connections::Registered;
+use crate::broker::sampling::CHURN_NAMES;
 use crate::protocol::code;
 use crate::queue::alarms::Alarm;
 use crate::stats::History;
@@ -135,7 +136,7 @@ async fn overview(State(api): State<Api>, caller: Caller, Query(q): Query<ListQu
     };
     let mut queue_totals = json!({});
     add_lengths(&mut queue_totals, levels, history, ages);
-    let mut json = json!({
+    let json = json!({
         "management_version": RABBITMQ_VERSION,
         "rates_mode": "basic",
         "exchange_types": exchange_types(),
@@ -146,6 +147,9 @@ async fn overview(State(api): State<Api>, caller: Caller, Query(q): Query<ListQu
         "erlang_version": "none (Warren is written in Rust)",
         "erlang_full_version": "none (Warren is written in Rust)",
         "disable_stats": false,
+        // How far back charts can go, in seconds: what the broker and vhosts keep (queues,
+        // exchanges, connections and channels keep the last minute).
+        "sample_retention_policies": {"global": [600], "basic": [60], "detailed": [60]},
         "enable_queue_totals": false,
         "message_stats": message_stats(&history.last().totals, history, CHANNEL_STATS, ages),
         "queue_totals": queue_totals,
@@ -162,29 +166,17 @@ async fn overview(State(api): State<Api>, caller: Caller, Query(q): Query<ListQu
         "listeners": listeners_json(&api),
         "contexts": [],
     });
-    if everything {
-        let mut data = json!({});
-        add_data_rates(&mut data, &history.last().totals, history, ages);
-        json["message_stats"]["recv_oct"] = data["recv_oct"].clone();
-        json["message_stats"]["recv_oct_details"] = data["recv_oct_details"].clone();
-        json["message_stats"]["send_oct"] = data["send_oct"].clone();
-        json["message_stats"]["send_oct_details"] = data["send_oct_details"].clone();
-    }
     Ok(json_ok(json))
 }
 
-/// Connections and channels opened and closed since the start (queues are not counted yet).
+/// Connections, channels and queues that came and went, with their rates.
 fn churn_rates(api: &Api) -> Value {
-    let [conn_created, conn_closed, ch_created, ch_closed] = api.broker.connections.churn_totals();
-    json!({
-        "connection_created": conn_created,
-        "connection_closed": conn_closed,
-        "channel_created": ch_created,
-        "channel_closed": ch_closed,
-        "queue_declared": 0,
-        "queue_created": 0,
-        "queue_deleted": 0,
-    })
+    let mut m = serde_json::Map::new();
+    for (name, (total, rate)) in CHURN_NAMES.iter().zip(api.broker.churn()) {
+        m.insert((*name).into(), json!(total));
+        m.insert(format!("{name}_details"), json!({ "rate": rate }));
+    }
+    Value::Object(m)
 }
 
 async fn cluster_name(_caller: Caller) -> ApiResult {
@@ -359,7 +351,7 @@ fn connection_json(api: &Api, c: &Registered, ages: Ages) -> Value {
         "client_properties": table_to_json(&id.client_properties),
         "connected_at": connected_at,
     });
-    add_data_rates(&mut json, &c.counters.totals(), &c.history, ages);
+    add_data_rates(&mut json, &c.counters.totals(), &c.history, ages, true);
     json
 }
 

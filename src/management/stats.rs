@@ -7,56 +7,79 @@ use serde_json::{Map, Value, json};
 use super::list::ListQuery;
 use crate::stats::{GAUGE_NAMES, Gauge, History, NAMES, Sample, Stat, Totals, rate};
 
+/// A window of samples a query asks for: how far back, and how far apart, in ms.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    age: u64,
+    incr: u64,
+}
+
+/// The most points one series shows, whatever the query asks.
+const MAX_POINTS: u64 = 1000;
+
+impl Window {
+    /// The window `age` and `incr` (seconds) ask for; RabbitMQ's 5 s apart by default.
+    fn of(age: Option<u64>, incr: Option<u64>) -> Option<Self> {
+        let age = age?.saturating_mul(1000);
+        let incr = incr.unwrap_or(5).max(1).saturating_mul(1000);
+        Some(Self {
+            age,
+            incr: incr.max(age / MAX_POINTS),
+        })
+    }
+}
+
 /// The windows of samples a query asks for.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Ages {
-    /// Message rates, in ms.
-    msg_rates: Option<u64>,
-    /// Queue lengths, in ms.
-    lengths: Option<u64>,
-    /// Data rates (bytes in and out), in ms.
-    data_rates: Option<u64>,
+    /// Message rates.
+    msg_rates: Option<Window>,
+    /// Queue lengths.
+    lengths: Option<Window>,
+    /// Data rates (bytes in and out).
+    data_rates: Option<Window>,
 }
 
 impl Ages {
     /// What `q` asks for.
     pub(crate) fn of(q: &ListQuery) -> Self {
-        let ms = |s: Option<u64>| s.map(|s| s.saturating_mul(1000));
         Self {
-            msg_rates: ms(q.msg_rates_age),
-            lengths: ms(q.lengths_age),
-            data_rates: ms(q.data_rates_age),
+            msg_rates: Window::of(q.msg_rates_age, q.msg_rates_incr),
+            lengths: Window::of(q.lengths_age, q.lengths_incr),
+            data_rates: Window::of(q.data_rates_age, q.data_rates_incr),
         }
     }
 }
 
-/// The counters each kind of object shows in its `message_stats`.
-pub(crate) const QUEUE_STATS: &[Stat] = &[
-    Stat::Publish,
-    Stat::Deliver,
-    Stat::DeliverNoAck,
-    Stat::Get,
-    Stat::GetNoAck,
-    Stat::GetEmpty,
-    Stat::Ack,
-    Stat::Redeliver,
-];
-/// An exchange's.
-pub(crate) const EXCHANGE_STATS: &[Stat] = &[Stat::PublishIn, Stat::PublishOut];
-/// A channel's, a vhost's and the broker's.
-pub(crate) const CHANNEL_STATS: &[Stat] = &[
+/// The samples a series needs: all kept for a window, else the last two (for the rate).
+fn samples_for(history: &History, window: Option<Window>) -> Vec<Sample> {
+    history.window(window.map(|_| u64::MAX))
+}
+
+/// Counters RabbitMQ shows together: once one of a group counted anything, the whole group is
+/// shown, zeros included.
+const PUBLISHING: &[Stat] = &[
     Stat::Publish,
     Stat::Confirm,
     Stat::ReturnUnroutable,
     Stat::DropUnroutable,
+];
+const DELIVERIES: &[Stat] = &[
     Stat::Deliver,
     Stat::DeliverNoAck,
     Stat::Get,
     Stat::GetNoAck,
     Stat::GetEmpty,
-    Stat::Ack,
     Stat::Redeliver,
 ];
+const ACKS: &[Stat] = &[Stat::Ack];
+
+/// The groups of counters each kind of object shows in its `message_stats`: a queue's.
+pub(crate) const QUEUE_STATS: &[&[Stat]] = &[&[Stat::Publish], DELIVERIES, ACKS];
+/// An exchange's.
+pub(crate) const EXCHANGE_STATS: &[&[Stat]] = &[&[Stat::PublishIn], &[Stat::PublishOut]];
+/// A channel's, a vhost's and the broker's.
+pub(crate) const CHANNEL_STATS: &[&[Stat]] = &[PUBLISHING, DELIVERIES, ACKS];
 
 /// Deliveries and gets of every kind, RabbitMQ's `deliver_get`.
 fn deliver_get(t: &Totals) -> u64 {
@@ -66,64 +89,75 @@ fn deliver_get(t: &Totals) -> u64 {
         .sum()
 }
 
-/// The `_details` of one series: its rate and, with an age, its samples, newest first.
-fn details(window: &[Sample], pick: impl Fn(&Sample) -> u64, with_samples: bool) -> Value {
-    let rate_between = |a: &Sample, b: &Sample| rate(pick(a), pick(b), b.at_ms - a.at_ms);
-    let n = window.len();
-    let last_rate = match window {
-        [.., a, b] => rate_between(a, b),
+/// The `_details` of one series: its rate between the last two samples and, for a window,
+/// RabbitMQ's points every `incr` back to `age` (newest first, 0 before the object counted
+/// anything), their average and the average rate across the window.
+fn details(kept: &[Sample], pick: &dyn Fn(&Sample) -> u64, window: Option<Window>) -> Value {
+    let last_rate = match kept {
+        [.., a, b] => rate(pick(a), pick(b), b.at_ms - a.at_ms),
         _ => 0.0,
     };
     let mut d = Map::new();
     d.insert("rate".into(), json!(last_rate));
-    if with_samples {
-        let samples: Vec<Value> = window
-            .iter()
-            .rev()
-            .map(|s| json!({"sample": pick(s), "timestamp": s.at_ms}))
-            .collect();
-        let avg = if n == 0 {
-            0.0
-        } else {
-            window.iter().map(|s| pick(s) as f64).sum::<f64>() / n as f64
-        };
-        let avg_rate = match window {
-            [first, .., last] => rate_between(first, last),
-            _ => 0.0,
-        };
-        d.insert("samples".into(), Value::Array(samples));
-        d.insert("avg_rate".into(), json!(avg_rate));
-        d.insert("avg".into(), json!(avg));
-    }
+    let Some(w) = window else {
+        return Value::Object(d);
+    };
+    let newest = kept.last().map_or_else(crate::stats::now_ms, |s| s.at_ms);
+    let at = |t: u64| kept.iter().rev().find(|s| s.at_ms <= t).map_or(0, pick);
+    let points: Vec<(u64, u64)> = (0..=w.age / w.incr)
+        .map(|k| {
+            let t = newest.saturating_sub(k * w.incr);
+            (t, at(t))
+        })
+        .collect();
+    let n = points.len() as f64;
+    let avg = points.iter().map(|&(_, v)| v as f64).sum::<f64>() / n;
+    let span = (points.len() as u64 - 1) * w.incr;
+    let avg_rate = match (points.first(), points.last()) {
+        (Some(&(_, newest)), Some(&(_, oldest))) => rate(oldest, newest, span),
+        _ => 0.0,
+    };
+    let samples = points
+        .iter()
+        .map(|&(t, v)| json!({"sample": v, "timestamp": t}))
+        .collect();
+    d.insert("samples".into(), Value::Array(samples));
+    d.insert("avg_rate".into(), json!(avg_rate));
+    d.insert("avg".into(), json!(avg));
     Value::Object(d)
 }
 
-/// An object's `message_stats`: each of `shown` ever counted (and `deliver_get` once anything
-/// was delivered or got), with its details. `totals` are the live counts.
+/// An object's `message_stats`: each group of `shown` that counted anything, with details,
+/// and `deliver_get` with the deliveries. `totals` are the live counts.
 pub(crate) fn message_stats(
     totals: &Totals,
     history: &History,
-    shown: &[Stat],
+    shown: &[&[Stat]],
     ages: Ages,
 ) -> Value {
-    let window = history.window(ages.msg_rates);
-    let with_samples = ages.msg_rates.is_some();
+    let kept = samples_for(history, ages.msg_rates);
     let mut m = Map::new();
-    for &stat in shown {
-        let total = totals.get(stat);
-        if total == 0 {
+    let mut put = |name: &str, total: u64, pick: &dyn Fn(&Sample) -> u64| {
+        m.insert(name.into(), json!(total));
+        m.insert(
+            format!("{name}_details"),
+            details(&kept, pick, ages.msg_rates),
+        );
+    };
+    for group in shown {
+        if group.iter().all(|&s| totals.get(s) == 0) {
             continue;
         }
-        let name = NAMES[stat as usize];
-        m.insert(name.into(), json!(total));
-        let d = details(&window, |s| s.totals.get(stat), with_samples);
-        m.insert(format!("{name}_details"), d);
-    }
-    let dg = deliver_get(totals);
-    if dg > 0 && shown.contains(&Stat::Deliver) {
-        m.insert("deliver_get".into(), json!(dg));
-        let d = details(&window, |s| deliver_get(&s.totals), with_samples);
-        m.insert("deliver_get_details".into(), d);
+        for &stat in *group {
+            put(NAMES[stat as usize], totals.get(stat), &|s| {
+                s.totals.get(stat)
+            });
+        }
+        if group.contains(&Stat::Deliver) {
+            put("deliver_get", deliver_get(totals), &|s| {
+                deliver_get(&s.totals)
+            });
+        }
     }
     Value::Object(m)
 }
@@ -134,10 +168,10 @@ pub(crate) fn add_message_stats(
     obj: &mut Value,
     totals: &Totals,
     history: &History,
-    shown: &[Stat],
+    shown: &[&[Stat]],
     ages: Ages,
 ) {
-    if shown.iter().all(|&s| totals.get(s) == 0) {
+    if totals.is_zero() {
         return;
     }
     if let Value::Object(o) = obj {
@@ -150,7 +184,7 @@ pub(crate) fn add_message_stats(
 
 /// Adds each queue length of `levels` with its details to `obj`.
 pub(crate) fn add_lengths(obj: &mut Value, levels: [u64; 3], history: &History, ages: Ages) {
-    let window = history.window(ages.lengths);
+    let kept = samples_for(history, ages.lengths);
     let Value::Object(o) = obj else { return };
     for (g, level) in [Gauge::Messages, Gauge::Ready, Gauge::Unacked]
         .into_iter()
@@ -160,14 +194,13 @@ pub(crate) fn add_lengths(obj: &mut Value, levels: [u64; 3], history: &History, 
         o.insert(name.into(), json!(level));
         o.insert(
             format!("{name}_details"),
-            details(&window, |s| s.gauge(g), ages.lengths.is_some()),
+            details(&kept, &|s| s.gauge(g), ages.lengths),
         );
     }
 }
 
-/// Adds what a sampled aggregate (a vhost, the broker) shows to `obj`: its `message_stats`
-/// (present even when empty), its queue lengths and its bytes in and out, all as of the last
-/// sample.
+/// Adds what a sampled aggregate (a vhost) shows to `obj`: its `message_stats` (present even
+/// when empty), its queue lengths and its bytes in and out, all as of the last sample.
 pub(crate) fn add_aggregate(obj: &mut Value, history: &History, ages: Ages) {
     let last = history.last();
     let stats = message_stats(&last.totals, history, CHANNEL_STATS, ages);
@@ -175,23 +208,32 @@ pub(crate) fn add_aggregate(obj: &mut Value, history: &History, ages: Ages) {
         o.insert("message_stats".into(), stats);
     }
     add_lengths(obj, last.gauges, history, ages);
-    add_data_rates(obj, &last.totals, history, ages);
+    add_data_rates(obj, &last.totals, history, ages, false);
 }
 
-/// Adds a connection's byte counts (`recv_oct`, `send_oct`, ...) with their details to `obj`.
-pub(crate) fn add_data_rates(obj: &mut Value, totals: &Totals, history: &History, ages: Ages) {
-    let window = history.window(ages.data_rates);
+/// Adds bytes in and out (`recv_oct`, `send_oct`) with their details to `obj`, and with
+/// `calls` the reads and writes that moved them (a connection's `recv_cnt`, `send_cnt`).
+pub(crate) fn add_data_rates(
+    obj: &mut Value,
+    totals: &Totals,
+    history: &History,
+    ages: Ages,
+    calls: bool,
+) {
+    let kept = samples_for(history, ages.data_rates);
     let Value::Object(o) = obj else { return };
     for stat in [Stat::RecvOct, Stat::SendOct] {
         let name = NAMES[stat as usize];
         o.insert(name.into(), json!(totals.get(stat)));
         o.insert(
             format!("{name}_details"),
-            details(&window, |s| s.totals.get(stat), ages.data_rates.is_some()),
+            details(&kept, &|s| s.totals.get(stat), ages.data_rates),
         );
     }
-    for stat in [Stat::RecvCnt, Stat::SendCnt] {
-        o.insert(NAMES[stat as usize].into(), json!(totals.get(stat)));
+    if calls {
+        for stat in [Stat::RecvCnt, Stat::SendCnt] {
+            o.insert(NAMES[stat as usize].into(), json!(totals.get(stat)));
+        }
     }
 }
 
@@ -220,19 +262,37 @@ mod tests {
         assert_eq!(plain["publish_details"]["rate"], 20.0);
         assert!(plain["publish_details"].get("samples").is_none());
         assert!(plain.get("ack").is_none(), "nothing acked: not shown");
+        assert!(
+            plain.get("deliver_get").is_none(),
+            "nothing delivered: not shown"
+        );
         let aged = message_stats(
             &totals,
             &h,
             QUEUE_STATS,
             Ages {
-                msg_rates: Some(60_000),
+                msg_rates: Window::of(Some(60), Some(5)),
                 ..Ages::default()
             },
         );
         let d = &aged["publish_details"];
-        assert_eq!(d["samples"][0], json!({"sample": 150, "timestamp": 11_000}));
-        assert_eq!(d["samples"].as_array().map(Vec::len), Some(3));
-        assert_eq!(d["avg_rate"], 15.0);
-        assert_eq!(d["avg"], 200.0 / 3.0);
+        let samples = d["samples"].as_array().expect("samples");
+        assert_eq!(samples.len(), 13, "a point every 5 s over a minute");
+        assert_eq!(samples[0], json!({"sample": 150, "timestamp": 11_000}));
+        assert_eq!(samples[1], json!({"sample": 50, "timestamp": 6_000}));
+        assert_eq!(samples[3]["sample"], 0, "before the first sample");
+        assert_eq!(d["avg_rate"], 2.5);
+        assert_eq!(d["avg"], 200.0 / 13.0);
+    }
+
+    #[test]
+    fn a_group_shows_whole_once_one_of_it_counted() {
+        let mut totals = Totals::default();
+        totals.0[Stat::Get as usize] = 1;
+        let m = message_stats(&totals, &History::default(), CHANNEL_STATS, Ages::default());
+        assert_eq!(m["get"], 1);
+        assert_eq!(m["deliver_no_ack"], 0);
+        assert_eq!(m["deliver_get"], 1);
+        assert!(m.get("publish").is_none());
     }
 }

@@ -141,9 +141,9 @@ fn queue_json(q: &Queue, ages: Ages) -> Value {
         "policy": applied.policy,
         "operator_policy": applied.operator_policy,
         "effective_policy_definition": applied.definition,
-        "message_bytes": s.ready_bytes,
+        "message_bytes": s.ready_bytes + s.unacked_bytes,
         "message_bytes_ready": s.ready_bytes,
-        "message_bytes_unacknowledged": 0,
+        "message_bytes_unacknowledged": s.unacked_bytes,
         "recoverable_slaves": null,
     });
     add_lengths(

@@ -85,6 +85,11 @@ impl Deref for Entry {
 }
 
 impl Entry {
+    /// Its body's length.
+    pub fn body_len(&self) -> u64 {
+        self.message.msg.body.len() as u64
+    }
+
     /// The message as a quorum queue hands it out, with its `x-delivery-count` header: as in
     /// RabbitMQ 3.10, on every `basic.get` (0 the first time) and on a consumer's redeliveries;
     /// `None` when the message goes as it was published.
@@ -271,6 +276,8 @@ pub struct QueueStats {
     pub ready_bytes: u64,
     /// Messages delivered and not yet acknowledged.
     pub unacked: u64,
+    /// Their body bytes.
+    pub unacked_bytes: u64,
     /// Consumers.
     pub consumers: u32,
 }
@@ -299,8 +306,9 @@ pub struct Queue {
     applied: parking_lot::Mutex<crate::broker::policy::Applied>,
     /// What it did: publishes in, deliveries, gets and acks.
     pub counters: Counters,
-    /// Deliveries its consumers' channels hold unacknowledged.
+    /// Deliveries its consumers' channels hold unacknowledged, and their body bytes.
     unacked: AtomicU64,
+    unacked_bytes: AtomicU64,
     /// Its recent samples.
     pub history: History,
 }
@@ -356,6 +364,7 @@ impl Queue {
             applied: parking_lot::Mutex::new(crate::broker::policy::Applied::default()),
             counters: Counters::default(),
             unacked: AtomicU64::new(0),
+            unacked_bytes: AtomicU64::new(0),
             history: History::default(),
         });
         if let Some(log) = &queue.options.log {
@@ -749,26 +758,30 @@ impl Queue {
             ready: st.ready.len() as u64,
             ready_bytes: st.ready_bytes,
             unacked: self.unacked.load(Ordering::Relaxed),
+            unacked_bytes: self.unacked_bytes.load(Ordering::Relaxed),
             consumers: u32::try_from(st.consumers.len()).unwrap_or(u32::MAX),
         }
     }
 
-    /// Counts `n` deliveries a channel now holds unacknowledged.
-    pub fn hold(&self, n: u64) {
-        self.unacked.fetch_add(n, Ordering::Relaxed);
+    /// Counts a delivery of `bytes` body bytes that a channel now holds unacknowledged.
+    pub fn hold(&self, bytes: u64) {
+        self.unacked.fetch_add(1, Ordering::Relaxed);
+        self.unacked_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Counts `n` deliveries acknowledged, and lets waiting messages go to consumers whose
-    /// credit the acks freed.
-    pub fn acked(self: &Arc<Self>, n: u64) {
+    /// Counts `n` deliveries (`bytes` body bytes) acknowledged, and lets waiting messages go to
+    /// consumers whose credit the acks freed.
+    pub fn acked(self: &Arc<Self>, n: u64, bytes: u64) {
         self.counters.add(Stat::Ack, n);
-        self.release(n);
+        self.release(n, bytes);
         self.drain();
     }
 
-    /// Counts `n` held deliveries that left their channel (acked, rejected or requeued).
-    pub fn release(&self, n: u64) {
+    /// Counts `n` held deliveries (`bytes` body bytes) that left their channel (acked, rejected
+    /// or requeued).
+    pub fn release(&self, n: u64, bytes: u64) {
         self.unacked.fetch_sub(n, Ordering::Relaxed);
+        self.unacked_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// Takes a sample of its counters and levels.
