@@ -7,7 +7,8 @@ Imports a definitions file of N durable queues, each bound to one topic exchange
 of its own ("api-bench"), then times, as a client on loopback sees them (to the last byte):
   - the import itself (POST /api/definitions),
   - GET /api/queues with columns=name,messages, in full, and one page of 100,
-  - GET /api/bindings and GET /api/definitions.
+  - GET /api/bindings and GET /api/definitions,
+  - with --metrics-url, a Prometheus scrape of /metrics and of /metrics/per-object.
 Each GET is repeated (--rounds) and the median is reported. Prints one JSON line, then deletes
 the vhost. Standard library only, so it runs wherever python3 does.
 """
@@ -31,12 +32,13 @@ def main():
     ap.add_argument("--password", default="guest")
     ap.add_argument("--queues", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--metrics-url", help="the Prometheus endpoint, e.g. http://127.0.0.1:15692")
     args = ap.parse_args()
     auth = "Basic " + base64.b64encode(f"{args.user}:{args.password}".encode()).decode()
 
-    def call(method, path, body=None, timeout=600):
+    def call(method, path, body=None, timeout=600, base=None):
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(args.url + path, data=data, method=method)
+        req = urllib.request.Request((base or args.url) + path, data=data, method=method)
         req.add_header("Authorization", auth)
         req.add_header("Content-Type", "application/json")
         started = time.perf_counter()
@@ -77,10 +79,10 @@ def main():
             sys.exit("the queues never all showed up")
         time.sleep(0.5)
 
-    def median(path):
+    def median(path, base=None):
         times, size = [], 0
         for _ in range(args.rounds):
-            status, body, took = call("GET", path)
+            status, body, took = call("GET", path, base=base)
             if status != 200:
                 sys.exit(f"GET {path}: {status}")
             times.append(took)
@@ -98,6 +100,11 @@ def main():
         ms, size = median(path)
         results[label] = ms
         results[label.replace("_ms", "_bytes")] = size
+    if args.metrics_url:
+        for label, path in [("metrics_ms", "/metrics"), ("metrics_per_object_ms", "/metrics/per-object")]:
+            ms, size = median(path, base=args.metrics_url)
+            results[label] = ms
+            results[label.replace("_ms", "_bytes")] = size
     print(json.dumps(results))
     call("DELETE", f"/api/vhosts/{VHOST}")
 

@@ -37,6 +37,8 @@ management_port=$(free_port)
 url="amqp://guest:guest@127.0.0.1:$port/%2f"
 # Suites that drive the management HTTP API find it here.
 export WARREN_MANAGEMENT_URL="http://127.0.0.1:$management_port"
+prometheus_port=$(free_port)
+export WARREN_PROMETHEUS_URL="http://127.0.0.1:$prometheus_port"
 log=$state/warren.log
 
 # launch.sh starts Warren in the background and records its pid; a watcher (its parent) writes
@@ -47,7 +49,7 @@ cat >"$state/launch.sh" <<EOF
 set -u
 config=()
 [[ -s "$state/suite.toml" ]] && config=(--config "$state/suite.toml")
-"$bin" serve "\${config[@]}" --listen "127.0.0.1:$port" --management-listen "127.0.0.1:$management_port" --data-dir "$data_dir" >>"$log" 2>&1 </dev/null &
+"$bin" serve "\${config[@]}" --listen "127.0.0.1:$port" --management-listen "127.0.0.1:$management_port" --prometheus-listen "127.0.0.1:$prometheus_port" --data-dir "$data_dir" >>"$log" 2>&1 </dev/null &
 pid=\$!
 echo \$pid >"$state/pid"
 wait \$pid

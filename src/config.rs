@@ -45,6 +45,25 @@ impl Default for Management {
     }
 }
 
+/// The Prometheus metrics endpoint.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Prometheus {
+    /// Address to serve `/metrics` on (RabbitMQ's `prometheus.tcp.port`).
+    pub listen: SocketAddr,
+    /// Whether to serve it at all.
+    pub enabled: bool,
+}
+
+impl Default for Prometheus {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 15692)),
+            enabled: true,
+        }
+    }
+}
+
 /// A user's permissions in one vhost, as RabbitMQ's `set_permissions` takes them.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -141,6 +160,8 @@ pub struct Config {
     pub vhosts: Vec<String>,
     /// The management HTTP API.
     pub management: Management,
+    /// The Prometheus metrics endpoint.
+    pub prometheus: Prometheus,
     /// A definitions file (RabbitMQ's format) to import at every start.
     pub load_definitions: Option<PathBuf>,
 }
@@ -181,6 +202,7 @@ impl Default for Config {
             }],
             vhosts: vec!["/".into()],
             management: Management::default(),
+            prometheus: Prometheus::default(),
             load_definitions: None,
             permissions: Vec::new(),
             topic_permissions: Vec::new(),

@@ -36,6 +36,9 @@ enum Command {
         /// Address to serve the management HTTP API on [default: 0.0.0.0:15672].
         #[arg(long, value_name = "ADDR")]
         management_listen: Option<SocketAddr>,
+        /// Address to serve Prometheus metrics (/metrics) on [default: 0.0.0.0:15692].
+        #[arg(long, value_name = "ADDR")]
+        prometheus_listen: Option<SocketAddr>,
         /// Directory for the store's files [default: ./data].
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
             config,
             listen,
             management_listen,
+            prometheus_listen,
             data_dir,
             log_level,
         } => {
@@ -87,6 +91,9 @@ fn main() -> ExitCode {
             }
             if let Some(m) = management_listen {
                 settings.management.listen = m;
+            }
+            if let Some(p) = prometheus_listen {
+                settings.prometheus.listen = p;
             }
             if let Some(d) = data_dir {
                 settings.data_dir = d;
@@ -127,19 +134,29 @@ fn serve(settings: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let management = if settings.management.enabled {
-            match tokio::net::TcpListener::bind(settings.management.listen).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    eprintln!(
-                        "warren: cannot serve the management API on {}: {e} (set management.listen or --management-listen)",
-                        settings.management.listen
-                    );
-                    return ExitCode::FAILURE;
-                }
-            }
-        } else {
-            None
+        let Ok(management) = optional_listener(
+            settings
+                .management
+                .enabled
+                .then_some(settings.management.listen),
+            "the management API",
+            "management",
+        )
+        .await
+        else {
+            return ExitCode::FAILURE;
+        };
+        let Ok(prometheus) = optional_listener(
+            settings
+                .prometheus
+                .enabled
+                .then_some(settings.prometheus.listen),
+            "Prometheus metrics",
+            "prometheus",
+        )
+        .await
+        else {
+            return ExitCode::FAILURE;
         };
         let mut server = match warren::Server::start(settings) {
             Ok(s) => s,
@@ -163,10 +180,37 @@ fn serve(settings: Config) -> ExitCode {
             eprintln!("warren: {e}");
             return ExitCode::FAILURE;
         }
+        if let Some(l) = prometheus
+            && let Err(e) = server.serve_prometheus(l)
+        {
+            eprintln!("warren: {e}");
+            return ExitCode::FAILURE;
+        }
         shutdown_signal().await;
         server.stop().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Binds the listener of an optional service (`None` when it is turned off); says on stderr
+/// which setting to change when the address is taken.
+async fn optional_listener(
+    addr: Option<SocketAddr>,
+    what: &str,
+    setting: &str,
+) -> Result<Option<tokio::net::TcpListener>, ()> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) => {
+            eprintln!(
+                "warren: cannot serve {what} on {addr}: {e} (set {setting}.listen or --{setting}-listen)"
+            );
+            Err(())
+        }
+    }
 }
 
 async fn shutdown_signal() {

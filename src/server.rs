@@ -142,6 +142,18 @@ impl Server {
         Ok(())
     }
 
+    /// Serves the Prometheus metrics on `listener` until [`Server::stop`].
+    pub fn serve_prometheus(&mut self, listener: TcpListener) -> io::Result<()> {
+        self.broker
+            .add_listener("http/prometheus", listener.local_addr()?);
+        self.listeners.spawn(crate::management::metrics::serve(
+            listener,
+            Arc::clone(&self.broker),
+            self.shutdown_signal(),
+        ));
+        Ok(())
+    }
+
     /// Stops accepting, closes every client with 320 CONNECTION_FORCED, waits (bounded) for
     /// them, the scheduler and the disk monitor, then closes the store.
     pub async fn stop(mut self) {

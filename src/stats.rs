@@ -50,10 +50,12 @@ pub enum Stat {
     RecvCnt,
     /// Socket writes.
     SendCnt,
+    /// Messages published on a channel in confirm mode.
+    ReceivedConfirm,
 }
 
 /// How many counters there are.
-pub const COUNTERS: usize = 17;
+pub const COUNTERS: usize = 18;
 
 /// Each counter's name in RabbitMQ's JSON, in slot order.
 pub const NAMES: [&str; COUNTERS] = [
@@ -74,6 +76,7 @@ pub const NAMES: [&str; COUNTERS] = [
     "send_oct",
     "recv_cnt",
     "send_cnt",
+    "received_confirm",
 ];
 
 /// One object's counters, added to by whoever does the work, read by the ticker.

@@ -220,6 +220,7 @@ fn refused_start(dir: &Path) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--management-listen", "127.0.0.1:0"])
+        .args(["--prometheus-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir)
         .stdout(Stdio::null())

@@ -138,7 +138,7 @@ class Broker:
     def start(self, wait=True):
         log = open(self.log, "a")
         self.proc = subprocess.Popen(
-            [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--management-listen", "127.0.0.1:0",
+            [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--management-listen", "127.0.0.1:0", "--prometheus-listen", "127.0.0.1:0",
              "--data-dir", self.data_dir,
              "--log-level", "warn"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()

@@ -62,6 +62,7 @@ impl DiskMonitor {
             }
         };
         self.warned = false;
+        self.alarms.set_disk_free(space.free);
         let low = space.free < limit;
         if self.alarms.set(Alarm::Disk, low) {
             if low {

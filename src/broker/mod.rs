@@ -68,6 +68,8 @@ pub struct Broker {
     pub started: std::time::Instant,
     /// Its recent samples: every vhost's summed.
     pub history: crate::stats::History,
+    /// Logins tried, and those that succeeded.
+    pub auth_attempts: [AtomicU64; 2],
     /// The last two samples of its churn (when, and [`sampling::CHURN`] counts).
     churn_samples: parking_lot::Mutex<[(u64, [u64; sampling::CHURN]); 2]>,
 }
@@ -119,6 +121,7 @@ impl Broker {
             started: std::time::Instant::now(),
             history: crate::stats::History::long(),
             churn_samples: parking_lot::Mutex::default(),
+            auth_attempts: [AtomicU64::new(0), AtomicU64::new(0)],
         })
     }
 
@@ -208,6 +211,11 @@ impl Broker {
         self.listeners.lock().clone()
     }
 
+    /// The store it was opened on (none for a broker kept in memory).
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
     /// The memory budget of queued messages, if the broker has a store to page to.
     pub fn pager(&self) -> Option<&Arc<Pager>> {
         self.pager.as_ref()
@@ -242,6 +250,7 @@ impl Broker {
         password: &str,
         peer: SocketAddr,
     ) -> Result<admin::UserRecord, LoginError> {
+        self.auth_attempts[0].fetch_add(1, Ordering::Relaxed);
         let user = self
             .registry
             .read()
@@ -253,6 +262,7 @@ impl Broker {
         if self.config.loopback_users.iter().any(|u| u == name) && !peer.ip().is_loopback() {
             return Err(LoginError::NotLoopback);
         }
+        self.auth_attempts[1].fetch_add(1, Ordering::Relaxed);
         Ok(user)
     }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Broker;
-use crate::stats::{GAUGES, Sample, now_ms};
+use super::connections::{ChannelStats, Registered};
+use crate::stats::{GAUGES, Sample, Totals, now_ms};
 
 /// How many churn counts there are.
 pub const CHURN: usize = 7;
@@ -50,6 +51,22 @@ impl Broker {
         t
     }
 
+    /// What every channel and connection counted since the start, closed ones included, as of
+    /// now (not as of the last sample).
+    pub fn totals_now(&self) -> Totals {
+        let mut sum = Totals::default();
+        for v in self.vhosts() {
+            sum += &v.retired.totals();
+        }
+        for c in self.connections.list() {
+            sum += &c.counters.totals();
+            for ch in live_channels(&c) {
+                sum += &ch.counters.totals();
+            }
+        }
+        sum
+    }
+
     /// Samples every object's counters and levels now.
     pub fn sample_stats(&self) {
         let at_ms = now_ms();
@@ -75,10 +92,8 @@ impl Broker {
             }
             for c in connections.iter().filter(|c| c.identity.vhost == v.name) {
                 sum.totals += &c.sample(at_ms).totals;
-                for ch in c.channel_stats() {
-                    if !ch.is_closed() {
-                        sum.totals += &ch.sample(at_ms).totals;
-                    }
+                for ch in live_channels(c) {
+                    sum.totals += &ch.sample(at_ms).totals;
                 }
             }
             v.history.push_monotonic(sum);
@@ -93,6 +108,11 @@ impl Broker {
         last[0] = last[1];
         last[1] = (at_ms, churn);
     }
+}
+
+/// A connection's channels that have not closed yet (a closed one's counts are its vhost's).
+pub fn live_channels(c: &Registered) -> impl Iterator<Item = Arc<ChannelStats>> {
+    c.channel_stats().into_iter().filter(|ch| !ch.is_closed())
 }
 
 /// Samples `broker` every `interval` until `stop`.

@@ -18,7 +18,7 @@ use crate::queue::args::{Declared, QueueArgs};
 use crate::queue::log::SharedRecord;
 use crate::queue::paging::Pager;
 use crate::queue::{Queue, QueueOptions};
-use crate::stats::{Counters, History, Tally, Tracked};
+use crate::stats::{Counters, History, Tally, Totals, Tracked};
 use crate::store::Store;
 
 #[derive(Debug, Default)]
@@ -35,6 +35,8 @@ struct Topology {
     default_stats: Arc<Tracked>,
     /// Queues declared, created and deleted, RabbitMQ's queue churn.
     churn: [AtomicU64; 3],
+    /// What deleted queues counted, classic then quorum.
+    retired_queues: [Counters; 2],
 }
 
 /// An exchange as listings show it.
@@ -426,6 +428,7 @@ impl VHost {
         if t.queues.get(&*q.name).is_some_and(|o| Arc::ptr_eq(o, q)) {
             t.queues.remove(&*q.name);
             t.churn[2].fetch_add(1, Ordering::Relaxed);
+            t.retired_queues[q.args.queue_type as usize].absorb(&q.counters.totals());
         }
         Self::remove_destination(t, &Destination::Queue(q.clone()));
         t.forget_queue(q);
@@ -587,6 +590,12 @@ impl VHost {
         std::iter::once(t.default_stats.clone())
             .chain(t.exchanges.values().map(|x| x.stats.clone()))
             .collect()
+    }
+
+    /// What its deleted queues counted, classic then quorum.
+    pub fn retired_queue_totals(&self) -> [Totals; 2] {
+        let t = self.topology.read();
+        [t.retired_queues[0].totals(), t.retired_queues[1].totals()]
     }
 
     /// Queues declared, created and deleted since the start.

@@ -93,6 +93,9 @@ impl Channel {
         queues: &mut Vec<Arc<Queue>>,
     ) -> Handed {
         self.stats.counters.add(Stat::Publish, 1);
+        if self.confirm {
+            self.stats.counters.add(Stat::ReceivedConfirm, 1);
+        }
         if queues.is_empty() {
             let unroutable = if mandatory {
                 Stat::ReturnUnroutable

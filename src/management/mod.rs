@@ -11,6 +11,7 @@ mod channels;
 mod convert;
 pub mod definitions;
 mod list;
+pub mod metrics;
 mod overview;
 mod policies;
 mod stats;
@@ -47,20 +48,26 @@ pub(crate) struct Api {
 }
 
 /// Serves the API on `listener` until `shutdown` turns true (or its sender goes).
-pub async fn serve(
-    listener: TcpListener,
-    broker: Arc<Broker>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) {
     if let Ok(addr) = listener.local_addr() {
         info!(listen = %addr, "management API started");
     }
+    serve_until(listener, router(broker), shutdown, "management API").await;
+}
+
+/// Serves `app` on `listener` until `shutdown`, logging why if it stops on its own.
+pub(crate) async fn serve_until(
+    listener: TcpListener,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+    what: &str,
+) {
     // Replies go out in two writes (head, body): without TCP_NODELAY the second waits for the
     // client's delayed ACK, 40 ms on Linux.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let app = router(broker).into_make_service_with_connect_info::<SocketAddr>();
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let stopped = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
@@ -68,7 +75,7 @@ pub async fn serve(
         .with_graceful_shutdown(stopped)
         .await
     {
-        warn!(cause = %e, "management API stopped");
+        warn!(cause = %e, "{what} stopped");
     }
 }
 

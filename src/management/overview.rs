@@ -184,7 +184,8 @@ async fn cluster_name(_caller: Caller) -> ApiResult {
 }
 
 /// Resident memory of this process, from `/proc/self/statm`.
-fn resident_bytes() -> u64 {
+/// The process's resident memory, in bytes.
+pub(super) fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())

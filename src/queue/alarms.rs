@@ -58,6 +58,8 @@ pub struct Alarms {
     raised: AtomicU8,
     changes: watch::Sender<Raised>,
     disk_free_limit: AtomicU64,
+    /// Free bytes on the data dir's filesystem at the disk checker's last look (0: unknown).
+    disk_free: AtomicU64,
 }
 
 impl Alarms {
@@ -67,6 +69,7 @@ impl Alarms {
             raised: AtomicU8::new(0),
             changes: watch::channel(Raised::default()).0,
             disk_free_limit: AtomicU64::new(disk_free_limit),
+            disk_free: AtomicU64::new(0),
         }
     }
 
@@ -101,6 +104,16 @@ impl Alarms {
     /// Free bytes under which the disk alarm goes off.
     pub fn disk_free_limit(&self) -> u64 {
         self.disk_free_limit.load(Ordering::Relaxed)
+    }
+
+    /// Free bytes on the data dir's filesystem at the last look (0: unknown).
+    pub fn disk_free(&self) -> u64 {
+        self.disk_free.load(Ordering::Relaxed)
+    }
+
+    /// Records what the disk checker saw.
+    pub fn set_disk_free(&self, bytes: u64) {
+        self.disk_free.store(bytes, Ordering::Relaxed);
     }
 
     /// Changes the free-disk limit at runtime (as `rabbitmqctl set_disk_free_limit`); the disk

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tracing::debug;
@@ -30,6 +31,14 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in the order [`DeadLettered::counts`] gives them.
+    pub const ALL: [Reason; 4] = [
+        Reason::Rejected,
+        Reason::Expired,
+        Reason::Maxlen,
+        Reason::DeliveryLimit,
+    ];
+
     /// The reason's name in `x-death`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -38,6 +47,28 @@ impl Reason {
             Self::Maxlen => "maxlen",
             Self::DeliveryLimit => "delivery_limit",
         }
+    }
+}
+
+/// Messages a queue dead-lettered (through its dead-letter exchange) or would have, had it had
+/// one (dropped instead), by reason: RabbitMQ's `at_most_once` and `disabled` strategies.
+#[derive(Debug, Default)]
+pub struct DeadLettered {
+    sent: [AtomicU64; 4],
+    dropped: [AtomicU64; 4],
+}
+
+impl DeadLettered {
+    /// Counts one message sent to the dead-letter exchange (`sent`) or dropped for want of one.
+    pub(super) fn count(&self, reason: Reason, sent: bool) {
+        let by = if sent { &self.sent } else { &self.dropped };
+        by[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many were sent, then how many dropped, by reason in [`Reason::ALL`] order.
+    pub fn counts(&self) -> ([u64; 4], [u64; 4]) {
+        let read = |a: &[AtomicU64; 4]| std::array::from_fn(|i| a[i].load(Ordering::Relaxed));
+        (read(&self.sent), read(&self.dropped))
     }
 }
 
@@ -86,9 +117,11 @@ impl Queue {
             )
         };
         let (Some(dlx), Some(router)) = (dlx.as_deref(), self.router()) else {
+            self.dead_lettered.count(reason, false);
             self.settle(&m);
             return;
         };
+        self.dead_lettered.count(reason, true);
         let cause = Cause {
             reason,
             queue: &self.name,

@@ -36,6 +36,7 @@ use tracing::warn;
 use crate::protocol::Message;
 use crate::stats::{Counters, Gauge, History, Sample, Stat};
 use args::{Declared, Overflow, QueueArgs, QueueType};
+pub use dead_letter::DeadLettered;
 use dead_letter::{DeadLetter, Reason};
 use log::{QueueLog, RecordId, SharedRecord};
 use paging::{Admit, Charge, Pager, Slot, Unwritten, WINDOW};
@@ -306,6 +307,8 @@ pub struct Queue {
     applied: parking_lot::Mutex<crate::broker::policy::Applied>,
     /// What it did: publishes in, deliveries, gets and acks.
     pub counters: Counters,
+    /// What it dead-lettered, or dropped for want of a dead-letter exchange.
+    pub dead_lettered: DeadLettered,
     /// Deliveries its consumers' channels hold unacknowledged, and their body bytes.
     unacked: AtomicU64,
     unacked_bytes: AtomicU64,
@@ -363,6 +366,7 @@ impl Queue {
             timer: OnceLock::new(),
             applied: parking_lot::Mutex::new(crate::broker::policy::Applied::default()),
             counters: Counters::default(),
+            dead_lettered: DeadLettered::default(),
             unacked: AtomicU64::new(0),
             unacked_bytes: AtomicU64::new(0),
             history: History::default(),
@@ -603,6 +607,7 @@ impl Queue {
                 reason,
             });
         } else {
+            self.dead_lettered.count(reason, false);
             self.settle(&message);
         }
     }
@@ -657,6 +662,7 @@ impl Queue {
         };
         if !dead_letters {
             for m in messages {
+                self.dead_lettered.count(Reason::Rejected, false);
                 self.settle(&m);
             }
             return;

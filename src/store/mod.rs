@@ -262,6 +262,10 @@ pub struct StoreStats {
     pub failing: AtomicBool,
     /// Times the store reopened itself after a failure and wrote again.
     pub resumed: AtomicU64,
+    /// Time spent writing and syncing batches, in µs.
+    pub write_micros: AtomicU64,
+    /// Batches written (each with its sync).
+    pub batches: AtomicU64,
 }
 
 /// sled's handles read outside the writer; `None` only while the writer reopens sled.
@@ -926,6 +930,7 @@ impl Writer {
             }
             let enqueued = u64::try_from(b.fresh.len()).unwrap_or(u64::MAX);
             let batch = b.finish();
+            let started = std::time::Instant::now();
             let result = (|| -> Result<(), sled::Error> {
                 if wrote_meta {
                     h.meta.apply_batch(meta)?;
@@ -945,6 +950,9 @@ impl Writer {
             let written = result.is_ok();
             if written {
                 self.stats.enqueued.fetch_add(enqueued, Ordering::Relaxed);
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.stats.write_micros.fetch_add(micros, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
             }
             if written && !appended.is_empty() {
                 let moved: Vec<WrittenMark> = {

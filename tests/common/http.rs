@@ -7,9 +7,21 @@ use super::TestBroker;
 
 /// Sends `method path` with a JSON `body` as guest; returns the status and the body.
 pub async fn request(b: &TestBroker, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(b.http)
-        .await
-        .expect("connect");
+    request_to(b.http, method, path, body).await
+}
+
+/// A GET of the broker's Prometheus endpoint `path`: the status and the body.
+pub async fn scrape(b: &TestBroker, path: &str) -> (u16, String) {
+    request_to(b.metrics, "GET", path, "").await
+}
+
+async fn request_to(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     // "guest:guest" in base64.
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

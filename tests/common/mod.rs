@@ -32,6 +32,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub struct TestBroker {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its Prometheus metrics are served.
+    pub metrics: SocketAddr,
     /// Where its management HTTP API listens.
     pub http: SocketAddr,
     /// The broker itself, for tests that look inside it.
@@ -64,12 +66,19 @@ impl TestBroker {
             .await
             .expect("bind");
         let http = http_listener.local_addr().expect("addr");
+        let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let metrics = metrics_listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let mut server = warren::Server::start(config).expect("the broker opens");
         server.serve_amqp(listener).expect("serve AMQP");
         server
             .serve_management(http_listener)
             .expect("serve the management API");
+        server
+            .serve_prometheus(metrics_listener)
+            .expect("serve the metrics");
         let broker = Arc::clone(server.broker());
         let task = tokio::spawn(async move {
             let _ = stopped.await;
@@ -79,6 +88,7 @@ impl TestBroker {
         Self {
             addr,
             http,
+            metrics,
             broker,
             stop: Some(stop),
             task: Some(task),

@@ -37,8 +37,10 @@ pub fn serve_args(dir: &Path, port: u16) -> Vec<OsString> {
         "serve".into(),
         "--listen".into(),
         format!("127.0.0.1:{port}").into(),
-        // Tests run side by side: each API takes a port of its own.
+        // Tests run side by side: each API and metrics endpoint takes a port of its own.
         "--management-listen".into(),
+        "127.0.0.1:0".into(),
+        "--prometheus-listen".into(),
         "127.0.0.1:0".into(),
         "--log-level".into(),
         "warn".into(),
@@ -50,13 +52,10 @@ pub fn serve_args(dir: &Path, port: u16) -> Vec<OsString> {
 /// Starts the binary like [`start`], with its management API on `http`.
 pub async fn start_with_http(dir: &Path, port: u16, http: u16) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
-    let args = serve_args(dir, port).into_iter().map(|a| {
-        if a == "127.0.0.1:0" {
-            format!("127.0.0.1:{http}").into()
-        } else {
-            a
-        }
-    });
+    let mut args = serve_args(dir, port);
+    if let Some(i) = args.iter().position(|a| a == "--management-listen") {
+        args[i + 1] = format!("127.0.0.1:{http}").into();
+    }
     command.args(args);
     start_command(command, port).await
 }
