@@ -22,6 +22,17 @@ pub struct User {
     pub tags: Vec<String>,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines: time, level, message, then `key=value` fields.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields` with the message, `target`).
+    Json,
+}
+
 /// The management HTTP API.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -125,6 +136,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// tracing filter (error, warn, info, debug, trace, or a directive list).
     pub log_level: String,
+    /// How log lines are written: for people, or one JSON object per line.
+    pub log_format: LogFormat,
     /// Heartbeat interval offered to clients, in seconds (0 disables).
     pub heartbeat: u16,
     /// Largest frame offered to clients, in bytes.
@@ -182,6 +195,7 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 5672)),
             data_dir: PathBuf::from("./data"),
             log_level: "info".into(),
+            log_format: LogFormat::Text,
             heartbeat: 60,
             frame_max: 131_072,
             channel_max: 2047,

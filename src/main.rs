@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use warren::Config;
+use warren::config::LogFormat;
 
 /// Warren: an AMQP 0-9-1 message broker that RabbitMQ clients use unchanged.
 #[derive(Debug, Parser)]
@@ -45,6 +46,9 @@ enum Command {
         /// Log filter: error, warn, info, debug, trace, or tracing directives [default: info].
         #[arg(long, value_name = "LEVEL")]
         log_level: Option<String>,
+        /// Log lines for people (text) or one JSON object per line (json) [default: text].
+        #[arg(long, value_name = "FORMAT")]
+        log_format: Option<warren::config::LogFormat>,
     },
     /// Administer a running broker through its management API, with rabbitmqctl's commands
     /// (list_queues, add_user, set_permissions, export_definitions, status, ...).
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
             prometheus_listen,
             data_dir,
             log_level,
+            log_format,
         } => {
             let mut settings = match config {
                 Some(path) => match Config::load(&path) {
@@ -101,6 +106,9 @@ fn main() -> ExitCode {
             if let Some(l) = log_level {
                 settings.log_level = l;
             }
+            if let Some(f) = log_format {
+                settings.log_format = f;
+            }
             serve(settings)
         }
     }
@@ -114,11 +122,20 @@ fn serve(settings: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .fmt_fields(warren::log::fields())
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    match settings.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .fmt_fields(warren::log::fields())
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init(),
+        // JSON escapes whatever clients put in field values itself.
+        LogFormat::Json => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -186,6 +203,7 @@ fn serve(settings: Config) -> ExitCode {
             eprintln!("warren: {e}");
             return ExitCode::FAILURE;
         }
+        server.announce();
         shutdown_signal().await;
         server.stop().await;
         ExitCode::SUCCESS

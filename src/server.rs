@@ -97,19 +97,44 @@ impl Server {
     pub fn serve_amqp(&mut self, listener: TcpListener) -> io::Result<()> {
         let addr = listener.local_addr()?;
         self.broker.add_listener("amqp", addr);
-        info!(
-            listen = %addr,
-            version = env!("CARGO_PKG_VERSION"),
-            memory_budget = self.broker.config.memory_budget_bytes(),
-            disk_free_limit = self.broker.alarms.disk_free_limit(),
-            "warren started"
-        );
         self.listeners.spawn(serve_amqp(
             listener,
             Arc::clone(&self.broker),
             self.shutdown_signal(),
         ));
         Ok(())
+    }
+
+    /// Logs one line that says what started: the listeners, the data dir, the limits, and what
+    /// was recovered from the store.
+    pub fn announce(&self) {
+        let b = &self.broker;
+        let listeners: Vec<String> = b
+            .listeners()
+            .into_iter()
+            .map(|(protocol, addr)| format!("{protocol}={addr}"))
+            .collect();
+        let vhosts = b.vhosts();
+        let queues: usize = vhosts.iter().map(|v| v.queues().len()).sum();
+        let messages: u64 = vhosts
+            .iter()
+            .flat_map(|v| v.queues())
+            .map(|q| q.stats().ready)
+            .sum();
+        info!(
+            version = env!("CARGO_PKG_VERSION"),
+            listeners = %listeners.join(" "),
+            data_dir = %b.config.data_dir.display(),
+            memory_budget = b.config.memory_budget_bytes(),
+            disk_free_limit = b.alarms.disk_free_limit(),
+            frame_max = b.config.frame_max,
+            channel_max = b.config.channel_max,
+            vhosts = vhosts.len(),
+            users = b.registry().users.len(),
+            queues,
+            messages,
+            "warren started"
+        );
     }
 
     /// Imports the definitions file the settings name (`load_definitions`), if any: what it

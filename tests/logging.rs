@@ -1,10 +1,109 @@
-//! The log cannot be forged by what clients send: control characters in client text (here a user
-//! name with a newline and an ANSI escape) are escaped in the real binary's log output.
+//! The real binary's log: what an operator needs is there (startup summary, connections opened
+//! and closed with the client's name, channel errors with code, text and method), in text or
+//! as JSON lines, and it cannot be forged by what clients send: control characters in client
+//! text (here a user name with a newline and an ANSI escape) are escaped.
 
 mod common;
 
-use common::process::{free_port, start_logged};
+use common::process::{Process, free_port, start_logged, start_logged_with};
 use common::raw::Raw;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+
+/// Connects as `name`, makes one channel error (a passive declare of a missing queue), closes,
+/// and returns the broker's log.
+async fn a_session(warren: Process, port: u16, name: &str) -> String {
+    let conn = Connection::connect(
+        &format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        ConnectionProperties::default().with_client_property("connection_name".into(), name.into()),
+    )
+    .await
+    .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let missing = ch
+        .queue_declare(
+            "no-such-queue".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    assert!(
+        missing.is_err(),
+        "a passive declare of a missing queue fails"
+    );
+    conn.close(200, "bye".into()).await.expect("close");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    String::from_utf8_lossy(&warren.log()).into_owned()
+}
+
+/// The one line of `log` that contains `what`.
+fn line<'a>(log: &'a str, what: &str) -> &'a str {
+    let found: Vec<&str> = log.lines().filter(|l| l.contains(what)).collect();
+    assert_eq!(found.len(), 1, "one line with {what:?}: {log}");
+    found[0]
+}
+
+#[tokio::test]
+async fn the_log_says_what_started_who_connected_and_what_failed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let warren = start_logged_with(dir.path(), port, &[]).await;
+    let log = a_session(warren, port, "orders-service").await;
+    let started = line(&log, "warren started");
+    for field in [
+        "listeners=amqp=127.0.0.1:",
+        "data_dir=",
+        "memory_budget=",
+        "queues=0",
+    ] {
+        assert!(started.contains(field), "{field} in {started}");
+    }
+    let opened = line(&log, "connection opened");
+    assert!(opened.contains("client=orders-service"), "{opened}");
+    assert!(opened.contains("user=guest"), "{opened}");
+    let error = line(&log, "channel error");
+    for field in [
+        "code=404",
+        "method=\"queue.declare\"",
+        "no queue 'no-such-queue'",
+    ] {
+        assert!(error.contains(field), "{field} in {error}");
+    }
+    let closed = line(&log, "connection closed");
+    assert!(closed.contains("client=orders-service"), "{closed}");
+}
+
+#[tokio::test]
+async fn with_log_format_json_every_line_is_a_json_object() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let warren = start_logged_with(dir.path(), port, &["--log-format", "json"]).await;
+    let log = a_session(warren, port, "billing").await;
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let event = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} in {log}"))
+    };
+    assert_eq!(event("connection opened")["fields"]["client"], "billing");
+    assert_eq!(event("connection opened")["level"], "INFO");
+    let error = &event("channel error")["fields"];
+    assert_eq!(error["code"], 404);
+    assert_eq!(error["method"], "queue.declare");
+    assert!(
+        event("warren started")["fields"]["listeners"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("amqp="))
+    );
+}
 
 #[tokio::test]
 async fn a_user_name_cannot_start_a_log_line_or_reach_the_terminal() {

@@ -212,12 +212,12 @@ impl Registered {
 
     /// The name the client gave its connection (`connection_name` in its properties), if any.
     pub fn name(&self) -> Option<String> {
-        match self
-            .identity
-            .client_properties
-            .inner()
-            .get("connection_name")
-        {
+        self.client_property("connection_name")
+    }
+
+    /// A string the client told about itself in its properties (`product`, `version`...).
+    pub fn client_property(&self, key: &str) -> Option<String> {
+        match self.identity.client_properties.inner().get(key) {
             Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into()),
             Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
             _ => None,

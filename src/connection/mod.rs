@@ -144,7 +144,9 @@ pub async fn serve(
             client_properties: negotiated.client_properties,
         },
     );
-    info!(%peer, user = %user, vhost = %vhost_name, conn_id, "connection opened");
+    let client = registered.name().unwrap_or_default();
+    let product = registered.client_property("product").unwrap_or_default();
+    info!(%peer, user = %user, vhost = %vhost_name, conn_id, client = %client, product = %product, "connection opened");
     let mut conn = Connection {
         close_timeout: broker.config.close_timeout(),
         ctx: Ctx {
@@ -184,9 +186,11 @@ pub async fn serve(
         conn.ctx.vhost.retired.absorb(&gone.counters.totals());
     }
     match result {
-        Ok(()) => info!(%peer, user = %user, vhost = %vhost_name, conn_id, "connection closed"),
+        Ok(()) => {
+            info!(%peer, user = %user, vhost = %vhost_name, conn_id, client = %client, "connection closed")
+        }
         Err(e) => {
-            info!(%peer, user = %user, vhost = %vhost_name, conn_id, cause = %e, "connection lost")
+            info!(%peer, user = %user, vhost = %vhost_name, conn_id, client = %client, cause = %e, "connection lost")
         }
     }
 }
@@ -532,7 +536,16 @@ impl Connection {
             Ok(()) => Ok(()),
             Err(AmqpError::Connection(e)) => Err(e),
             Err(AmqpError::Channel(e)) => {
-                debug!(peer = %self.peer, channel = id, error = %e, "closing channel");
+                warn!(
+                    peer = %self.peer,
+                    user = %self.ctx.user,
+                    vhost = %self.ctx.vhost.name,
+                    channel = id,
+                    code = e.0.reply_code,
+                    text = %e.0.reply_text,
+                    method = e.0.method_name(),
+                    "channel error"
+                );
                 if let Some(ChannelSlot::Open(ch)) = self.channels.get_mut(&id) {
                     ch.flush_confirms(&mut self.ctx);
                     ch.close(&mut self.ctx);
@@ -688,7 +701,19 @@ impl Connection {
         if self.state != State::Open {
             return;
         }
-        info!(peer = %self.peer, error = %e, "closing connection");
+        if e.0.reply_code == code::CONNECTION_FORCED {
+            info!(peer = %self.peer, user = %self.ctx.user, text = %e.0.reply_text, "closing connection");
+        } else {
+            warn!(
+                peer = %self.peer,
+                user = %self.ctx.user,
+                vhost = %self.ctx.vhost.name,
+                code = e.0.reply_code,
+                text = %e.0.reply_text,
+                method = e.0.method_name(),
+                "connection error"
+            );
+        }
         let Reply {
             reply_code,
             reply_text,

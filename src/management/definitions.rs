@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use tracing::info;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -515,6 +517,12 @@ pub(crate) async fn import(
         return Err(ApiError::bad("failed_to_parse_json"));
     };
     let plan = plan(broker, defs, only)?;
+    let counts = (
+        plan.records.len(),
+        plan.exchanges.len(),
+        plan.queues.len(),
+        plan.bindings.len(),
+    );
     broker.import_records(plan.records).await?;
     for (vhost, limits) in plan.vhost_limits {
         for limit in VHOST_LIMITS {
@@ -566,6 +574,14 @@ pub(crate) async fn import(
             "the store could not write the definitions".into(),
         ));
     }
+    info!(
+        vhost = only.unwrap_or("(all)"),
+        records = counts.0,
+        exchanges = counts.1,
+        queues = counts.2,
+        bindings = counts.3,
+        "definitions imported"
+    );
     Ok(())
 }
 

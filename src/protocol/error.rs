@@ -83,6 +83,11 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The failed method's name as RabbitMQ's logs give it (`queue.declare`), or `none`.
+    pub fn method_name(&self) -> &'static str {
+        method_name(self.class_id, self.method_id)
+    }
+
     fn new(reply_code: u16, detail: impl fmt::Display) -> Self {
         let mut reply_text = format!("{} - {}", code_name(reply_code), detail);
         // A reply text is a short string on the wire; RabbitMQ keeps 252 octets and marks the cut.
@@ -242,6 +247,54 @@ impl AmqpError {
             Self::Channel(e) => Self::Channel(e.on(class_id, method_id)),
             Self::Connection(e) => Self::Connection(e.on(class_id, method_id)),
         }
+    }
+}
+
+/// A method's name from its class and method ids, for logs (`none` for 0 or an unknown pair).
+pub fn method_name(class_id: u16, method_id: u16) -> &'static str {
+    match (class_id, method_id) {
+        (10, 10) => "connection.start",
+        (10, 11) => "connection.start_ok",
+        (10, 20) => "connection.secure",
+        (10, 21) => "connection.secure_ok",
+        (10, 30) => "connection.tune",
+        (10, 31) => "connection.tune_ok",
+        (10, 40) => "connection.open",
+        (10, 41) => "connection.open_ok",
+        (10, 50) => "connection.close",
+        (10, 51) => "connection.close_ok",
+        (10, 60) => "connection.blocked",
+        (10, 61) => "connection.unblocked",
+        (20, 10) => "channel.open",
+        (20, 11) => "channel.open_ok",
+        (20, 20) => "channel.flow",
+        (20, 21) => "channel.flow_ok",
+        (20, 40) => "channel.close",
+        (20, 41) => "channel.close_ok",
+        (40, 10) => "exchange.declare",
+        (40, 20) => "exchange.delete",
+        (40, 30) => "exchange.bind",
+        (40, 40) => "exchange.unbind",
+        (50, 10) => "queue.declare",
+        (50, 20) => "queue.bind",
+        (50, 30) => "queue.purge",
+        (50, 40) => "queue.delete",
+        (50, 50) => "queue.unbind",
+        (60, 10) => "basic.qos",
+        (60, 20) => "basic.consume",
+        (60, 30) => "basic.cancel",
+        (60, 40) => "basic.publish",
+        (60, 70) => "basic.get",
+        (60, 80) => "basic.ack",
+        (60, 90) => "basic.reject",
+        (60, 100) => "basic.recover_async",
+        (60, 110) => "basic.recover",
+        (60, 120) => "basic.nack",
+        (85, 10) => "confirm.select",
+        (90, 10) => "tx.select",
+        (90, 20) => "tx.commit",
+        (90, 30) => "tx.rollback",
+        _ => "none",
     }
 }
 

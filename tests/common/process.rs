@@ -62,8 +62,18 @@ pub async fn start_with_http(dir: &Path, port: u16, http: u16) -> Process {
 
 /// Starts the binary like [`start`], with its log (standard output) kept for [`Process::log`].
 pub async fn start_logged(dir: &Path, port: u16) -> Process {
+    start_logged_with(dir, port, &[]).await
+}
+
+/// [`start_logged`] with more `warren serve` arguments, logging at `info` (what an operator
+/// sees by default) rather than the tests' usual `warn`.
+pub async fn start_logged_with(dir: &Path, port: u16, extra: &[&str]) -> Process {
+    let mut args = serve_args(dir, port);
+    if let Some(i) = args.iter().position(|a| a == "--log-level") {
+        args[i + 1] = "info".into();
+    }
     let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
-    command.args(serve_args(dir, port)).stdout(Stdio::piped());
+    command.args(args).args(extra).stdout(Stdio::piped());
     spawn(command, port).await
 }
 
