@@ -144,6 +144,7 @@ fn serve(settings: Config) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let stop = shutdown_signals();
         let listener = match tokio::net::TcpListener::bind(settings.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -204,7 +205,7 @@ fn serve(settings: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
         server.announce();
-        shutdown_signal().await;
+        stop.await;
         server.stop().await;
         ExitCode::SUCCESS
     })
@@ -231,14 +232,23 @@ async fn optional_listener(
     }
 }
 
-async fn shutdown_signal() {
+/// Listens for SIGTERM and SIGINT from now on: a signal that comes while the broker is still
+/// starting is kept, and stops it once it has started (no signal then kills it half-way).
+fn shutdown_signals() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
 }

@@ -346,6 +346,67 @@ impl Drop for Tally {
     }
 }
 
+/// Upper bounds of the message-size buckets, RabbitMQ's (64 B, then ×4 up to 256 MiB); one
+/// more bucket takes what is larger.
+pub const SIZE_BOUNDS: [u64; 12] = [
+    64,
+    256,
+    1024,
+    4 * 1024,
+    16 * 1024,
+    64 * 1024,
+    256 * 1024,
+    1024 * 1024,
+    4 * 1024 * 1024,
+    16 * 1024 * 1024,
+    64 * 1024 * 1024,
+    256 * 1024 * 1024,
+];
+
+/// How many messages of each size were published (a bucket per [`SIZE_BOUNDS`] and one past
+/// them), and their bytes.
+#[derive(Debug, Default)]
+pub struct SizeHistogram {
+    buckets: [AtomicU64; 13],
+    sum: AtomicU64,
+}
+
+impl SizeHistogram {
+    /// Counts one message of `size` bytes: two relaxed adds, the bucket found without a loop.
+    #[inline]
+    pub fn observe(&self, size: u64) {
+        self.buckets[size_bucket(size)].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// The count in each bucket (not cumulative), and the bytes.
+    pub fn read(&self) -> ([u64; 13], u64) {
+        (
+            std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            self.sum.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Adds another histogram's counts (a channel that closed, into its vhost's).
+    pub fn absorb(&self, other: &Self) {
+        let (buckets, sum) = other.read();
+        for (b, n) in self.buckets.iter().zip(buckets) {
+            b.fetch_add(n, Ordering::Relaxed);
+        }
+        self.sum.fetch_add(sum, Ordering::Relaxed);
+    }
+}
+
+/// The bucket a message of `size` bytes falls in: the first whose bound is at least `size`.
+fn size_bucket(size: u64) -> usize {
+    if size <= SIZE_BOUNDS[0] {
+        return 0;
+    }
+    // Bounds are 64·4^k: k is half the bits of (size - 1) beyond 64's six, rounded up.
+    let bits = 64 - (size - 1).leading_zeros() as usize;
+    ((bits - 5) / 2).min(SIZE_BOUNDS.len())
+}
+
 /// Now, in ms since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -410,6 +471,28 @@ mod tests {
         }
         assert_eq!(b.counters.get(Stat::PublishIn), 1);
         assert_eq!(b.counters.get(Stat::PublishOut), 1);
+    }
+
+    #[test]
+    fn sizes_fall_in_the_first_bucket_whose_bound_holds_them() {
+        for (size, bucket) in [
+            (0, 0),
+            (64, 0),
+            (65, 1),
+            (256, 1),
+            (257, 2),
+            (1024, 2),
+            (1025, 3),
+            (256 * 1024 * 1024, 11),
+            (256 * 1024 * 1024 + 1, 12),
+            (u64::MAX, 12),
+        ] {
+            assert_eq!(size_bucket(size), bucket, "{size} bytes");
+        }
+        for (i, bound) in SIZE_BOUNDS.iter().enumerate() {
+            assert_eq!(size_bucket(*bound), i);
+            assert_eq!(size_bucket(bound + 1), i + 1);
+        }
     }
 
     #[test]

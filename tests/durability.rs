@@ -233,6 +233,18 @@ fn refused_start(dir: &Path) -> (Option<i32>, String) {
 }
 
 #[tokio::test]
+async fn a_sigterm_as_soon_as_the_port_opens_stops_the_broker_cleanly() {
+    // Service managers and scripts stop a broker the moment it answers: the signal must not
+    // find it between opening its port and listening for signals.
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().expect("dir");
+        let warren = start(dir.path(), free_port()).await;
+        let status = warren.terminate().expect("it exits");
+        assert_eq!(status.code(), Some(0), "{status}");
+    }
+}
+
+#[tokio::test]
 async fn a_data_dir_in_use_is_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().expect("dir");
     let first = start(dir.path(), free_port()).await;

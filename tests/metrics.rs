@@ -201,6 +201,27 @@ async fn metrics_follow_what_clients_did() {
     assert!(all.value("warren_store_batches_total") >= 1.0);
     assert!(all.value("warren_store_messages_written_total") >= 1.0);
     assert!(all.value("warren_store_write_seconds_total") > 0.0);
+    // Seven 5-byte bodies and one of 4: all in the first bucket (up to 64 bytes).
+    let size = "rabbitmq_message_size_bytes";
+    assert_eq!(all.types[size], "histogram");
+    assert_eq!(
+        all.value(&format!("{size}_bucket{{protocol=\"amqp091\",le=\"64\"}}")),
+        8.0
+    );
+    assert_eq!(
+        all.value(&format!(
+            "{size}_bucket{{protocol=\"amqp091\",le=\"+Inf\"}}"
+        )),
+        8.0
+    );
+    assert_eq!(
+        all.value(&format!("{size}_sum{{protocol=\"amqp091\"}}")),
+        39.0
+    );
+    assert_eq!(
+        all.value(&format!("{size}_count{{protocol=\"amqp091\"}}")),
+        8.0
+    );
 
     let per = scraped(&b, "/metrics/per-object").await;
     let q = "{vhost=\"/\",queue=\"m.q\"}";

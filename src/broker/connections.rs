@@ -14,7 +14,7 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::stats::{Counters, History, Sample, Totals};
+use crate::stats::{Counters, History, Sample, SizeHistogram, Totals};
 
 /// Control messages a connection can have waiting: they are rare (operator actions and alarm
 /// transitions), so a few slots bound their memory; a sender finding them full is told so.
@@ -100,6 +100,8 @@ pub struct ChannelStats {
     pub number: u16,
     /// What it did: publishes, confirms, deliveries, gets, acks, returns.
     pub counters: Counters,
+    /// The sizes of the messages published on it.
+    pub sizes: SizeHistogram,
     /// Its recent samples.
     pub history: History,
     /// Consumers on it.

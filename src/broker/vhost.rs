@@ -18,7 +18,7 @@ use crate::queue::args::{Declared, QueueArgs};
 use crate::queue::log::SharedRecord;
 use crate::queue::paging::Pager;
 use crate::queue::{Queue, QueueOptions};
-use crate::stats::{Counters, History, Tally, Totals, Tracked};
+use crate::stats::{Counters, History, SizeHistogram, Tally, Totals, Tracked};
 use crate::store::Store;
 
 #[derive(Debug, Default)]
@@ -87,6 +87,8 @@ pub struct VHost {
     policies: RwLock<Arc<PolicySet>>,
     /// What its closed channels and connections counted.
     pub retired: Counters,
+    /// The sizes of the messages its closed channels published.
+    pub retired_sizes: SizeHistogram,
     /// Its recent samples: what its channels did, and its queues' levels.
     pub history: History,
 }
@@ -128,6 +130,7 @@ impl VHost {
             max_queues: AtomicI64::new(-1),
             policies: RwLock::new(Arc::default()),
             retired: Counters::default(),
+            retired_sizes: SizeHistogram::default(),
             history: History::long(),
         })
     }

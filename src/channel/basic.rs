@@ -93,6 +93,7 @@ impl Channel {
         queues: &mut Vec<Arc<Queue>>,
     ) -> Handed {
         self.stats.counters.add(Stat::Publish, 1);
+        self.stats.sizes.observe(msg.body.len() as u64);
         if self.confirm {
             self.stats.counters.add(Stat::ReceivedConfirm, 1);
         }

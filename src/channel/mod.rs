@@ -401,6 +401,7 @@ impl Channel {
         requeue_all(unacked);
         self.tally.flush();
         ctx.vhost.retired.absorb(&self.stats.retire());
+        ctx.vhost.retired_sizes.absorb(&self.stats.sizes);
         // Everything counted for this channel is let go, deliveries still in the connection's
         // inbox included: they go back to their queues, which count them again.
         self.channel_credit.holding.clear(&self.memory);

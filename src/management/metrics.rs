@@ -26,7 +26,7 @@ use crate::broker::sampling::live_channels;
 use crate::queue::alarms::Alarm;
 use crate::queue::args::QueueType;
 use crate::queue::dead_letter::Reason;
-use crate::stats::{Stat, Totals};
+use crate::stats::{SIZE_BOUNDS, Stat, Totals};
 
 /// The exposition format's content type.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -658,6 +658,49 @@ fn queues_and_globals(out: &mut Out, broker: &Broker, per_object: bool) {
     );
     out.single("rabbitmq_queues", "gauge", "Queues available", rows.len());
     globals(out, broker, consumers, &by_type, &dead);
+    message_sizes(out, broker);
+}
+
+/// The sizes of the messages publishers sent, as the histogram later RabbitMQ versions serve.
+fn message_sizes(out: &mut Out, broker: &Broker) {
+    let mut buckets = [0u64; 13];
+    let mut sum = 0u64;
+    let mut add = |h: &crate::stats::SizeHistogram| {
+        let (b, s) = h.read();
+        for (x, n) in buckets.iter_mut().zip(b) {
+            *x += n;
+        }
+        sum += s;
+    };
+    for v in broker.vhosts() {
+        add(&v.retired_sizes);
+    }
+    for c in broker.connections.list() {
+        for ch in live_channels(&c) {
+            add(&ch.sizes);
+        }
+    }
+    let name = "rabbitmq_message_size_bytes";
+    out.family(
+        name,
+        "histogram",
+        "Size of messages received from publishers",
+    );
+    let bucket = format!("{name}_bucket");
+    let mut cumulative = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        cumulative += n;
+        let le = SIZE_BOUNDS
+            .get(i)
+            .map_or_else(|| "+Inf".to_owned(), u64::to_string);
+        out.sample(&bucket, &[("protocol", "amqp091"), ("le", &le)], cumulative);
+    }
+    out.sample(&format!("{name}_sum"), &[("protocol", "amqp091")], sum);
+    out.sample(
+        &format!("{name}_count"),
+        &[("protocol", "amqp091")],
+        cumulative,
+    );
 }
 
 /// RabbitMQ's `rabbitmq_global_*` counters: what publishers did (from the channels) and what

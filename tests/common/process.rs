@@ -114,6 +114,20 @@ impl Process {
             .expect("connect")
     }
 
+    /// SIGTERM, then waits (10 s at most) for the exit status; `None` if it did not exit.
+    pub fn terminate(mut self) -> Option<std::process::ExitStatus> {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..400 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub fn kill9(self) {
         drop(self);
