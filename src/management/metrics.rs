@@ -724,7 +724,7 @@ fn globals(
         .connections
         .list()
         .iter()
-        .flat_map(|c| live_channels(c).collect::<Vec<_>>())
+        .flat_map(|c| live_channels(c))
         .filter(|ch| ch.counters.get(Stat::Publish) > 0)
         .count();
     out.family(

@@ -617,9 +617,7 @@ impl Queue {
     /// message that expired while the broker was down is never delivered.
     pub fn restore(&self, messages: impl IntoIterator<Item = (QueuedMessage, Option<u64>, u32)>) {
         let now = expiry::now_us();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now_ms = crate::stats::now_ms();
         let mut st = self.state.lock();
         for (m, stored_at, count) in messages {
             st.next_seq = st.next_seq.max(m.seq + 1);
