@@ -24,3 +24,17 @@ pika_setup() {
     echo "0 passed, 1 failed"
     return 1
 }
+
+# pika_add MODULE PACKAGE VERSION: installs PACKAGE==VERSION (imported as MODULE) into pika's
+# venv unless that version is there; returns non-zero (after printing the suite's failure lines)
+# when it cannot be installed.
+pika_add() {
+    local module=$1 package=$2 version=$3
+    "$pika_python" -c "import $module, sys; sys.exit($module.__version__ != '$version')" 2>/dev/null && return 0
+    if "$pika_python" -m pip install --disable-pip-version-check --no-input -q "$package==$version" >&2; then
+        return 0
+    fi
+    echo "FAIL setup: could not install $package==$version"
+    echo "0 passed, 1 failed"
+    return 1
+}

@@ -18,13 +18,6 @@ source "$here/../lib/pika.sh"
 source "$here/../lib/checks.sh"
 
 pika_setup || exit 1
-if ! "$pika_python" -c "import prometheus_client, sys; sys.exit(prometheus_client.__version__ != '$PROMETHEUS_CLIENT_VERSION')" 2>/dev/null; then
-    if ! "$pika_python" -m pip install --disable-pip-version-check --no-input -q \
-        "prometheus_client==$PROMETHEUS_CLIENT_VERSION" >&2; then
-        echo "FAIL setup: could not install prometheus_client==$PROMETHEUS_CLIENT_VERSION"
-        echo "0 passed, 1 failed"
-        exit 1
-    fi
-fi
+pika_add prometheus_client prometheus_client "$PROMETHEUS_CLIENT_VERSION" || exit 1
 echo "pika $PIKA_VERSION, prometheus_client $PROMETHEUS_CLIENT_VERSION, metrics at $metrics"
 run_checks test_prometheus.py "$pika_python" -u "$here/test_prometheus.py" "$url" "$metrics"

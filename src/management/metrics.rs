@@ -358,7 +358,7 @@ fn queue_type_label(t: QueueType) -> &'static str {
 }
 
 /// Open file descriptors, and the most the process may have.
-fn fds() -> (u64, u64) {
+pub(super) fn fds() -> (u64, u64) {
     let open = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
     let max = std::fs::read_to_string("/proc/self/limits")
         .ok()

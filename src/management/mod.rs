@@ -16,6 +16,7 @@ mod overview;
 mod policies;
 mod stats;
 mod topology;
+mod ui;
 mod users;
 
 use std::net::SocketAddr;
@@ -91,7 +92,9 @@ fn router(broker: Arc<Broker>) -> Router {
         .fallback(|| async { ApiError::NotFound });
     Router::new()
         .nest("/api", api)
+        .merge(ui::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(ui::no_browser_prompt))
         .with_state(Api { broker })
 }
 

@@ -183,8 +183,7 @@ async fn cluster_name(_caller: Caller) -> ApiResult {
     Ok(json_ok(json!({ "name": node_name() })))
 }
 
-/// Resident memory of this process, from `/proc/self/statm`.
-/// The process's resident memory, in bytes.
+/// The process's resident memory in bytes, from `/proc/self/statm`.
 pub(super) fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
@@ -194,7 +193,9 @@ pub(super) fn resident_bytes() -> u64 {
 
 fn node_json(api: &Api) -> Value {
     let raised = api.broker.alarms.raised();
-    json!({
+    let (fd_used, fd_total) = super::metrics::fds();
+    let disk_free = api.broker.alarms.disk_free();
+    let mut node = json!({
         "name": node_name(),
         "type": "disc",
         "running": true,
@@ -204,13 +205,20 @@ fn node_json(api: &Api) -> Value {
         "mem_alarm": raised.has(Alarm::Memory),
         "disk_free_limit": api.broker.alarms.disk_free_limit(),
         "disk_free_alarm": raised.has(Alarm::Disk),
+        "fd_used": fd_used,
+        "fd_total": fd_total,
         "processors": std::thread::available_parallelism().map_or(1, usize::from),
         "os_pid": std::process::id().to_string(),
         "uptime": api.broker.started.elapsed().as_millis() as u64,
         "partitions": [],
         "applications": [],
         "enabled_plugins": ["rabbitmq_management"],
-    })
+    });
+    // Until the disk checker has looked once, the free space is unknown: left out, not 0.
+    if disk_free > 0 {
+        node["disk_free"] = json!(disk_free);
+    }
+    node
 }
 
 async fn nodes(State(api): State<Api>, caller: Caller) -> ApiResult {

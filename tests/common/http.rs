@@ -21,12 +21,19 @@ async fn request_to(
     path: &str,
     body: &str,
 ) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     // "guest:guest" in base64.
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    let (status, _, body) = exchange(addr, &request).await;
+    (status, body)
+}
+
+/// Sends `request` as it is written (it should ask for `Connection: close`); returns the status,
+/// the head and the body of the reply.
+pub async fn exchange(addr: std::net::SocketAddr, request: &str) -> (u16, String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.write_all(request.as_bytes()).await.expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("read");
@@ -35,11 +42,8 @@ async fn request_to(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (status, head.to_owned(), body.to_owned())
 }
 
 /// A GET as guest, its body parsed as JSON.
