@@ -3,15 +3,20 @@
 # (and is refused with a wrong password), reads the Overview, finds a queue pika filled, opens
 # it, publishes and gets from it, purges it, adds a user and its permissions and logs in as
 # that user, imports a definitions file, deletes a queue. Each change is also checked from the
-# other side (pika, or the management HTTP API).
+# other side (pika, or the management HTTP API). Then the UI's error states: a user tagged only
+# management sees no Admin tab, is told "Permission refused" on #/admin/users and gets a note
+# instead of node figures on the Overview; and a Warren the suite starts itself ($WARREN_BIN,
+# else target/release/warren, on free loopback ports and a temp data dir) is stopped under the
+# open queue list: the UI says it cannot reach the broker, keeps the page, and recovers once that
+# Warren is started again.
 # Usage: WARREN_MANAGEMENT_URL=http://127.0.0.1:15672 interop/web-ui/run.sh AMQP_URL
 #
 # The UI is served at WARREN_MANAGEMENT_URL/ (run-all.sh sets it; default http://127.0.0.1:15672),
 # logged in as guest/guest; AMQP_URL is the same broker's AMQP listener. Debian's chromium and
 # chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver) are installed with apt-get when
 # missing; pika and selenium (pinned) go into a venv under the user's cache dir, once.
-# Screenshots (overview.png, queue.png, and fail-CHECK.png for a failed check) go to
-# ${WARREN_ARTEFACTS:-target/artefacts}/web-ui. Everything the checks create is named with a
+# Screenshots (overview.png, queue.png, broker-down.png, and fail-CHECK.png for a failed check)
+# go to ${WARREN_ARTEFACTS:-target/artefacts}/web-ui. Everything the checks create is named with a
 # per-run id and deleted at the end, so the suite can share a broker with the others. The last
 # line printed is "N passed, N failed", and the exit status is non-zero when any check failed.
 set -euo pipefail

@@ -8,9 +8,14 @@ through the DOM it promises: login (refused, then as guest), the Overview page, 
 declared and filled (found in the filtered queue list, then its own page), publish and get from
 that page, purge, a user added with permissions and logged in as, a definitions file imported,
 a queue deleted. What the UI changed is checked from the other side too, with pika or the
-management HTTP API. The UI refreshes every 5 seconds, so every wait is an explicit one of up to
-15 seconds. Names carry a per-run id, and what the checks created is deleted at the end, so
-reruns against the same broker do not collide. Screenshots: overview.png, queue.png, and
+management HTTP API. Then the UI's error states: a management-only user sees no Admin tab, is
+told "Permission refused" on the admin pages and gets a note instead of node figures on the
+Overview; and with a Warren of the check's own (WARREN_BIN, or target/release/warren, on free
+loopback ports and a temp data dir) stopped under the open queue list, the UI says it cannot
+reach the broker, keeps the page, and recovers once that Warren is started again. The UI
+refreshes every 5 seconds, so every wait is an explicit one of up to 15 seconds. Names carry a
+per-run id, and what the checks created is deleted at the end, so reruns against the same
+broker do not collide. Screenshots: overview.png, queue.png, broker-down.png, and
 fail-CHECK.png for a failed check. Every check prints "ok NAME" or "FAIL NAME: REASON"; the last
 line is "N passed, N failed".
 """
@@ -20,6 +25,9 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +64,9 @@ USER = f"ui-user-{RUN}"
 USER_PASSWORD = f"ui-pass-{RUN}"
 IMPORTED_QUEUE = f"webui-imported-{RUN}"
 IMPORTED_EXCHANGE = f"webui-ex-{RUN}"
+MGMT_USER = f"ui-mgmt-{RUN}"
+MGMT_PASSWORD = f"ui-mgmt-pass-{RUN}"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 driver = None
 
@@ -356,9 +367,10 @@ def fill_queue():
     queue_filled = True
 
 
-def http(method, path, body=None):
-    """(status, decoded JSON or text) of a request to the management API as guest."""
-    req = urllib.request.Request(UI_URL + path, method=method)
+def http(method, path, body=None, base=None):
+    """(status, decoded JSON or text) of a request to the management API as guest (the shared
+    broker's, or the one at `base`)."""
+    req = urllib.request.Request((base or UI_URL) + path, method=method)
     req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
     data = None
     if body is not None:
@@ -379,7 +391,103 @@ def q(s):
     return urllib.parse.quote(s, safe="")
 
 
+# --- a Warren of our own, to stop under the UI ---------------------------------------------------
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class OwnWarren:
+    """A Warren on free loopback ports and a temp data dir, started and stopped by the check
+    (the shared broker is not ours to stop). Its log is kept in the temp dir and quoted when it
+    fails to start or stop."""
+
+    def __init__(self):
+        self.binary = os.environ.get("WARREN_BIN") or os.path.join(ROOT, "target", "release", "warren")
+        self.dir = tempfile.mkdtemp(prefix=f"warren-web-ui-down-{RUN}.")
+        self.data_dir = os.path.join(self.dir, "data")
+        self.log = os.path.join(self.dir, "warren.log")
+        self.port, self.management_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.management_port}"
+        self.proc = None
+
+    def log_tail(self):
+        try:
+            with open(self.log, errors="replace") as f:
+                return " | ".join(line.strip() for line in f.readlines()[-5:])
+        except OSError:
+            return ""
+
+    def accepting(self):
+        try:
+            socket.create_connection(("127.0.0.1", self.management_port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def start(self, timeout=30):
+        assert os.access(self.binary, os.X_OK), f"no Warren binary at {self.binary} (WARREN_BIN)"
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                [
+                    self.binary, "serve",
+                    "--listen", f"127.0.0.1:{self.port}",
+                    "--management-listen", f"127.0.0.1:{self.management_port}",
+                    "--prometheus-listen", "127.0.0.1:0",
+                    "--data-dir", self.data_dir,
+                ],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout
+        while not self.accepting():
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"our Warren exited with status {self.proc.returncode} before "
+                    f"127.0.0.1:{self.management_port} accepted (log: {self.log_tail()})"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"our Warren's 127.0.0.1:{self.management_port} did not accept within {timeout} s "
+                    f"(log: {self.log_tail()})"
+                )
+            time.sleep(0.1)
+
+    def stop(self, timeout=15):
+        """SIGTERM and the exit status (None if it had to be killed)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+    def remove(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 # --- the checks --------------------------------------------------------------------------------
+
+
+def back_to_guest():
+    """Logs out whoever a check logged in as and logs in as guest again, for the checks after it;
+    if that fails, they say so."""
+    try:
+        if logged_in_as() not in (None, "guest"):
+            log_out()
+        as_guest()
+    except AssertionError:
+        pass
 
 
 @check
@@ -531,13 +639,7 @@ def add_user_and_permissions():
         log_in(USER, USER_PASSWORD)
         assert text_of("#user") == USER, f"#user shows {text_of('#user')!r}"
     finally:
-        # Back to guest for the other checks; if that fails, they say so.
-        try:
-            if logged_in_as() not in (None, "guest"):
-                log_out()
-            as_guest()
-        except AssertionError:
-            pass
+        back_to_guest()
 
 
 @check
@@ -599,6 +701,94 @@ def delete_queue():
     assert status == 404, f"GET /api/queues/%2F/{IMPORTED_QUEUE} after the delete: {status} {body!r}"
 
 
+@check
+def permission_refused():
+    as_guest()
+    status, body = http("PUT", f"/api/users/{q(MGMT_USER)}", {"password": MGMT_PASSWORD, "tags": "management"})
+    assert status in (201, 204), f"PUT /api/users/{MGMT_USER}: {status} {body!r}"
+    status, body = http(
+        "PUT", f"/api/permissions/{q('/')}/{q(MGMT_USER)}", {"configure": ".*", "write": ".*", "read": ".*"}
+    )
+    assert status in (201, 204), f"PUT /api/permissions/%2F/{MGMT_USER}: {status} {body!r}"
+    try:
+        log_in(MGMT_USER, MGMT_PASSWORD)
+        assert present("#admin-tab") is not None, "no #admin-tab in the page"
+        assert not displayed("#admin-tab"), "#admin-tab is shown to a user tagged only management"
+        # Where the tab would have gone: the API refuses, and the UI says so.
+        go("#/admin/users", "users", nav=False)
+        banner = wait_for("text in #status (shown)", lambda: displayed("#status") and text_of("#status"))
+        assert banner.startswith("Permission refused"), f"#status says {banner!r}, not 'Permission refused…'"
+        assert "Not administrator user" in banner, f"#status says {banner!r}, without the API's 'Not administrator user'"
+        go("#/", "overview")
+        note = "Node figures need the monitoring or administrator tag."
+        wait_for(f"#node to say {note!r}", lambda: text_of("#node") == note)
+        wait_for("#totals with figures", lambda: present("#totals .figure"))
+        assert not displayed("#status"), f"#status shown on the Overview: {text_of('#status')!r}"
+    finally:
+        back_to_guest()
+
+
+@check
+def broker_down():
+    as_guest()
+    own = OwnWarren()
+    rows = 'table[data-list="queues"] tbody tr'
+
+    def table_loaded():
+        """The first row's text once the queue list has loaded (a row, or its empty state)."""
+        first = text_of(rows)
+        return first if first and first != "Loading…" else None
+
+    ok = False
+    try:
+        own.start()
+        driver.get(own.url + "/")
+        log_in("guest", "guest")
+        go("#/queues", "queues")
+        wait_for(f"{rows} loaded", table_loaded)
+        status = own.stop()
+        assert status == 0, f"our Warren exited with status {status} on SIGTERM (log: {own.log_tail()})"
+        banner = wait_for(
+            "#status shown, saying 'Cannot reach the broker'",
+            lambda: displayed("#status") and "Cannot reach the broker" in (text_of("#status") or "") and text_of("#status"),
+        )
+        screenshot("broker-down.png")
+        assert page() == "queues", f'#main has data-page {page()!r} with the broker down, not "queues" ({banner!r})'
+        assert displayed("#app"), f"#app is no longer shown with the broker down ({banner!r})"
+        own.start()
+        wait_for("#status hidden again once the broker is back", lambda: not displayed("#status"))
+        assert page() == "queues", f'#main has data-page {page()!r} once the broker is back, not "queues"'
+        wait_for(f"{rows} loaded", table_loaded)
+        # The list refreshes from the restarted broker: a queue made now shows up.
+        fresh = f"webui-back-{RUN}"
+        status, body = http("PUT", f"/api/queues/{q('/')}/{q(fresh)}", {"durable": False}, base=own.url)
+        assert status in (201, 204), f"PUT /api/queues/%2F/{fresh} on our Warren: {status} {body!r}"
+        wait_for(f"{row_css('queues', fresh)} in the list", lambda: present(row_css("queues", fresh)))
+        ok = True
+    except BaseException:
+        # The page is about to be left for the shared UI: show it (and our Warren's log) now.
+        tell_failure("broker_down-own")
+        print(f"   [broker_down-own] warren log: {own.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        try:
+            # Back to the shared broker's UI, where sessionStorage (per origin) kept guest's login.
+            home()
+            wait_for(
+                f"the UI at {UI_URL}/ showing #app or the login form",
+                lambda: displayed("#app") or displayed("#login-username"),
+            )
+            if not displayed("#app"):
+                log_in("guest", "guest")
+            wait_for("#user 'guest' in the shared UI", lambda: logged_in_as() == "guest")
+        except AssertionError as e:
+            if ok:
+                raise AssertionError(f"back at {UI_URL}/: {e}") from None
+            print(f"   [broker_down] back at {UI_URL}/: {e}", file=sys.stderr)
+        finally:
+            own.remove()
+
+
 # --- running -----------------------------------------------------------------------------------
 
 
@@ -624,6 +814,7 @@ def clean_up():
     """Deletes over HTTP whatever the checks created, so the other suites see none of it."""
     for path in (
         f"/api/users/{q(USER)}",
+        f"/api/users/{q(MGMT_USER)}",
         f"/api/exchanges/{q('/')}/{q(IMPORTED_EXCHANGE)}",
         f"/api/queues/{q('/')}/{q(IMPORTED_QUEUE)}",
         f"/api/queues/{q('/')}/{q(QUEUE)}",

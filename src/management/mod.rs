@@ -1,5 +1,6 @@
 //! The management HTTP API: RabbitMQ's paths, methods, JSON and status codes under `/api`, so
-//! that rabbitmqadmin, the management clients and provisioning tools work unchanged.
+//! that rabbitmqadmin, the management clients and provisioning tools work unchanged; and the web
+//! UI over it at `/` (`ui`).
 //!
 //! Requests are authenticated with HTTP Basic against the broker's users (guest stays
 //! loopback-only) and authorised by user tag as RabbitMQ does: `management` to see one's own

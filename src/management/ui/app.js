@@ -50,16 +50,19 @@ function $(sel, root) { return (root || document).querySelector(sel); }
 
 function clear(el, ...children) { el.replaceChildren(); return append(el, children); }
 
+// Made once: a formatter costs far more to make than to use, and a page formats thousands.
+const WHOLE = new Intl.NumberFormat('en-US', { maximumFractionDigits: 0 });
+const ONE_DECIMAL = new Intl.NumberFormat('en-US', { minimumFractionDigits: 1, maximumFractionDigits: 1 });
+
 function fmtNum(n) {
   if (n === undefined || n === null || Number.isNaN(n)) return '';
-  return Number(n).toLocaleString('en-US', { maximumFractionDigits: 0 });
+  return WHOLE.format(Number(n));
 }
 
 function fmtRate(r) {
   if (r === undefined || r === null) return '';
   const v = Number(r);
-  const digits = v === 0 ? 0 : v < 10 ? 1 : 0;
-  return v.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits }) + '/s';
+  return (v > 0 && v < 10 ? ONE_DECIMAL : WHOLE).format(v) + '/s';
 }
 
 function fmtBytes(b) {
@@ -82,8 +85,10 @@ function fmtDuration(seconds) {
   return `${s}s`;
 }
 
+const CLOCK = new Intl.DateTimeFormat('en-GB', { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+
 function fmtTime(ms) {
-  return new Date(ms).toLocaleTimeString('en-GB', { hour12: false });
+  return CLOCK.format(new Date(ms));
 }
 
 function fmtValue(v) {
@@ -187,7 +192,8 @@ function reportError(e) {
   if (e.status === 401) {
     showStatus(`Permission refused: ${e.message}. The user ${state.user ? state.user.name : ''} may not see this page.`);
   } else if (e.status === 0) {
-    showStatus(`${e.message} Retrying every ${Math.round((state.refreshMs || 5000) / 1000)} s; what is shown is from ${$('#updated').textContent || 'before'}.`);
+    const since = state.updated ? ` The figures shown are from ${fmtTime(state.updated)}.` : '';
+    showStatus(`${e.message} Retrying every ${Math.round((state.refreshMs || 5000) / 1000)} s.${since}`);
   } else {
     showStatus(`${e.status}: ${e.message}`);
   }
@@ -236,7 +242,7 @@ function logout(message) {
 async function start() {
   const me = await get('/whoami');
   state.user = me;
-  state.overview = await get('/overview');
+  [state.overview] = await Promise.all([get('/overview'), loadVhosts()]);
   $('#user').textContent = me.name;
   $('#cluster').textContent = state.overview.cluster_name ? `Cluster ${state.overview.cluster_name}` : '';
   $('#version').textContent = `${state.overview.product_name || 'Warren'} ${state.overview.product_version || ''}`;
@@ -249,7 +255,6 @@ async function start() {
   $('#admin-tab').href = state.isAdmin ? '#/admin/users' : '#/admin/policies';
   $('#login-view').hidden = true;
   $('#app').hidden = false;
-  await loadVhosts();
   route();
 }
 
@@ -321,7 +326,8 @@ async function refresh() {
   try {
     await page.refresh();
     if (state.page === page) {
-      $('#updated').textContent = `Updated ${fmtTime(Date.now())}`;
+      state.updated = Date.now();
+      $('#updated').textContent = `Updated ${fmtTime(state.updated)}`;
       if (!$('#status').classList.contains('info')) showStatus('');
     }
   } catch (e) {
@@ -389,12 +395,12 @@ function ratePoints(details) {
   return out;
 }
 
-/** A round step for four grid lines over `v`; whole steps for counts. */
+/** A round step for four grid lines over `v` (at least 0 to 4); whole steps for counts. */
 function niceStep(v, whole) {
-  const raw = Math.max(v, whole ? 4 : 1e-9) / 4;
+  const raw = Math.max(v, 4) / 4;
   const p = 10 ** Math.floor(Math.log10(raw));
   const step = [1, 2, 5, 10].map((m) => m * p).find((s) => s >= raw);
-  return whole ? Math.max(1, Math.round(step)) : step;
+  return whole ? Math.round(step) : step;
 }
 
 /**
@@ -590,6 +596,8 @@ function listing(opts) {
         dataset: { name: opts.rowName ? opts.rowName(item) : item.name, vhost: item.vhost ?? '' },
       }, opts.columns.map((c) => h('td', { class: c.num ? 'num' : '', dataset: { col: c.key } }, c.cell(item))))));
     }
+    // For benches/web_ui.py: when a list was first drawn, in the page's own clock.
+    performance.mark(`warren:list:${opts.name}`);
     pager.hidden = !opts.paged;
     info.textContent = `Page ${l.page} of ${pages}`;
     prev.disabled = l.page <= 1;
@@ -1162,10 +1170,11 @@ function adminNav(current) {
   return h('div', { class: 'subnav' }, items.map(([k, label]) => h('a', { href: `#/admin/${k}`, class: k === current ? 'active' : '' }, label)));
 }
 
-function removeButton(what, question, path) {
-  return confirmButton('Delete', question, async () => {
+/** A button that deletes (or, with `label` Clear, clears) what `path` names, after asking. */
+function removeButton(what, question, path, label) {
+  return confirmButton(label || 'Delete', question, async () => {
     await api('DELETE', path);
-    showStatus(`${what} deleted.`, true);
+    showStatus(`${what} ${label ? 'cleared' : 'deleted'}.`, true);
     refresh();
   });
 }
@@ -1186,7 +1195,7 @@ function usersPage() {
     columns: [
       textCol('user', 'User'), vhostCol(),
       textCol('configure', 'Configure regexp'), textCol('write', 'Write regexp'), textCol('read', 'Read regexp'),
-      { key: 'clear', label: '', cell: (p) => removeButton(`Permissions of ${p.user} in ${p.vhost}`, `Clear the permissions of ${p.user} in ${p.vhost}?`, `/permissions/${enc(p.vhost)}/${enc(p.user)}`) },
+      { key: 'clear', label: '', cell: (p) => removeButton(`Permissions of ${p.user} in ${p.vhost}`, `Clear the permissions of ${p.user} in ${p.vhost}?`, `/permissions/${enc(p.vhost)}/${enc(p.user)}`, 'Clear') },
     ],
   });
   const userSelect = select('user', []);
@@ -1289,7 +1298,7 @@ function limitsPage() {
     columns: [
       textCol(owner, owner === 'vhost' ? 'Virtual host' : 'User'),
       textCol('value', 'Limits', (l) => Object.entries(l.value || {}).map(([k, v]) => h('span', { class: 'tag' }, `${k}: ${v}`)), false),
-      { key: 'clear', label: '', cell: (l) => Object.keys(l.value || {}).map((k) => removeButton(`Limit ${k} of ${l[owner]}`, `Clear ${k} of ${l[owner]}?`, `/${kind}/${enc(l[owner])}/${k}`)) },
+      { key: 'clear', label: '', cell: (l) => Object.keys(l.value || {}).map((k) => removeButton(`Limit ${k} of ${l[owner]}`, `Clear ${k} of ${l[owner]}?`, `/${kind}/${enc(l[owner])}/${k}`, `Clear ${k}`)) },
     ],
   });
   const vhostLimits = limitList('vhost-limits', 'Virtual host limits', 'vhost');
