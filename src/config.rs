@@ -41,6 +41,8 @@ pub struct Management {
     pub listen: SocketAddr,
     /// Whether to serve it at all.
     pub enabled: bool,
+    /// Serve HTTPS with `[tls]`'s certificate instead of HTTP.
+    pub tls: bool,
     /// How often statistics are sampled for rates and charts, in ms (RabbitMQ's
     /// `collect_statistics_interval`).
     pub collect_statistics_interval: u64,
@@ -51,6 +53,7 @@ impl Default for Management {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 15672)),
             enabled: true,
+            tls: false,
             collect_statistics_interval: 5000,
         }
     }
@@ -64,6 +67,8 @@ pub struct Prometheus {
     pub listen: SocketAddr,
     /// Whether to serve it at all.
     pub enabled: bool,
+    /// Serve HTTPS with `[tls]`'s certificate instead of HTTP.
+    pub tls: bool,
 }
 
 impl Default for Prometheus {
@@ -71,7 +76,121 @@ impl Default for Prometheus {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 15692)),
             enabled: true,
+            tls: false,
         }
+    }
+}
+
+/// Whether TLS clients must show a certificate the CA bundle vouches for.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Verify {
+    /// Ask for no client certificate.
+    #[default]
+    VerifyNone,
+    /// Ask for one and check it against `cacertfile` (refusing a bad one).
+    VerifyPeer,
+}
+
+/// Where an `EXTERNAL` login takes the user name from in the client's certificate.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CertLoginFrom {
+    /// The subject's distinguished name as RFC 4514 writes it (`CN=app,O=Example`).
+    #[default]
+    DistinguishedName,
+    /// The subject's common name.
+    CommonName,
+    /// One subject alternative name: of `cert_login_san_type`, the `cert_login_san_index`th.
+    #[serde(alias = "subject_alt_name")]
+    SubjectAlternativeName,
+}
+
+/// Which kind of subject alternative name an `EXTERNAL` login reads.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SanType {
+    /// A DNS name.
+    #[default]
+    Dns,
+    /// An e-mail address.
+    Email,
+    /// A URI.
+    Uri,
+    /// An IP address.
+    Ip,
+}
+
+/// TLS: the AMQPS listener, and the certificate the HTTPS listeners use (RabbitMQ's
+/// `listeners.ssl` and `ssl_options`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// Address of the AMQPS listener (RabbitMQ's `listeners.ssl.default`; 5671 by convention);
+    /// none unless set.
+    pub listen: Option<SocketAddr>,
+    /// The server's certificate chain, PEM, leaf first.
+    pub certfile: Option<PathBuf>,
+    /// The server's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub keyfile: Option<PathBuf>,
+    /// CA certificates that client certificates are checked against, PEM.
+    pub cacertfile: Option<PathBuf>,
+    /// Whether to ask clients for a certificate and check it.
+    pub verify: Verify,
+    /// With `verify_peer`: refuse a client that shows no certificate at all.
+    pub fail_if_no_peer_cert: bool,
+    /// TLS versions offered: `tlsv1.2`, `tlsv1.3`.
+    pub versions: Vec<String>,
+    /// Where an `EXTERNAL` login reads the user name (RabbitMQ's `ssl_cert_login_from`).
+    pub cert_login_from: CertLoginFrom,
+    /// With `subject_alternative_name`: which kind (RabbitMQ's `ssl_cert_login_san_type`).
+    pub cert_login_san_type: SanType,
+    /// With `subject_alternative_name`: which one of that kind, from 0
+    /// (RabbitMQ's `ssl_cert_login_san_index`).
+    pub cert_login_san_index: usize,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            certfile: None,
+            keyfile: None,
+            cacertfile: None,
+            verify: Verify::VerifyNone,
+            fail_if_no_peer_cert: false,
+            versions: vec!["tlsv1.3".into(), "tlsv1.2".into()],
+            cert_login_from: CertLoginFrom::DistinguishedName,
+            cert_login_san_type: SanType::Dns,
+            cert_login_san_index: 0,
+        }
+    }
+}
+
+impl Tls {
+    /// Refuses settings that cannot work: a TLS listener without a certificate, peer
+    /// verification without a CA bundle, a version rustls does not speak.
+    fn validate(&self, management: bool, prometheus: bool) -> Result<(), String> {
+        let used = self.listen.is_some() || management || prometheus;
+        if used && (self.certfile.is_none() || self.keyfile.is_none()) {
+            return Err("TLS needs tls.certfile and tls.keyfile".into());
+        }
+        if self.verify == Verify::VerifyPeer && self.cacertfile.is_none() {
+            return Err("tls.verify = \"verify_peer\" needs tls.cacertfile".into());
+        }
+        if self.versions.is_empty() {
+            return Err("tls.versions must name at least one of tlsv1.2, tlsv1.3".into());
+        }
+        if let Some(v) = self
+            .versions
+            .iter()
+            .find(|v| !matches!(v.as_str(), "tlsv1.2" | "tlsv1.3"))
+        {
+            return Err(format!(
+                "tls.versions: {v} is not offered (only tlsv1.2 and tlsv1.3 are)"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -132,6 +251,11 @@ pub const DISK_FREE_LIMIT: u64 = 50_000_000;
 pub struct Config {
     /// AMQP listen address.
     pub listen: SocketAddr,
+    /// Whether to listen for plain AMQP at all (false: TLS only, RabbitMQ's
+    /// `listeners.tcp = none`).
+    pub tcp_listener: bool,
+    /// TLS for AMQP, the management API and the metrics.
+    pub tls: Tls,
     /// Where the store keeps its files.
     pub data_dir: PathBuf,
     /// tracing filter (error, warn, info, debug, trace, or a directive list).
@@ -193,6 +317,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 5672)),
+            tcp_listener: true,
+            tls: Tls::default(),
             data_dir: PathBuf::from("./data"),
             log_level: "info".into(),
             log_format: LogFormat::Text,
@@ -261,6 +387,13 @@ impl Config {
         }
         if self.channel_max == 0 {
             return Err("channel_max must be at least 1".into());
+        }
+        self.tls
+            .validate(self.management.tls, self.prometheus.tls)?;
+        if !self.tcp_listener && self.tls.listen.is_none() {
+            return Err(
+                "tcp_listener = false needs tls.listen: there would be no AMQP listener".into(),
+            );
         }
         if let DiskFreeLimit::Relative(r) = self.disk_free_limit
             && !(r.is_finite() && r >= 0.0)
@@ -439,6 +572,28 @@ mod tests {
         // As set, but never past the memory left for messages.
         assert_eq!(with(16 * gib, 1 << 30).paging_bytes(), 1 << 30);
         assert_eq!(with(4 << 20, 1 << 30).paging_bytes(), 3 << 20);
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_work_are_refused() {
+        let refused = |text: &str, why: &str| {
+            let e = Config::parse(text).expect_err(text);
+            assert!(e.contains(why), "{text}: {e}");
+        };
+        refused("[tls]\nlisten = \"0.0.0.0:5671\"", "tls.certfile");
+        refused("[management]\ntls = true", "tls.certfile");
+        refused(
+            "[tls]\ncertfile = \"c\"\nkeyfile = \"k\"\nverify = \"verify_peer\"",
+            "tls.cacertfile",
+        );
+        refused("[tls]\nversions = [\"tlsv1.1\"]", "tlsv1.1");
+        refused("tcp_listener = false", "no AMQP listener");
+        assert!(
+            Config::parse(
+                "tcp_listener = false\n[tls]\nlisten = \"0.0.0.0:5671\"\ncertfile = \"c\"\nkeyfile = \"k\""
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod queue;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{Server, run, serve_amqp};

@@ -26,7 +26,7 @@ enum Command {
     ///
     /// Settings come from the config file (see config/warren.toml for every setting and its
     /// default); the flags below override it. Stop with Ctrl-C or SIGTERM: clients are told
-    /// 320 CONNECTION_FORCED and the process exits 0.
+    /// 320 CONNECTION_FORCED and the process exits 0. SIGHUP reads the TLS files again.
     Serve {
         /// TOML config file; settings it leaves out take their defaults.
         #[arg(long, short, value_name = "FILE")]
@@ -34,6 +34,10 @@ enum Command {
         /// Address to accept AMQP connections on [default: 0.0.0.0:5672].
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
+        /// Address to accept AMQPS (AMQP over TLS) connections on, with the certificate the
+        /// config file's [tls] section names [default: none].
+        #[arg(long, value_name = "ADDR")]
+        tls_listen: Option<SocketAddr>,
         /// Address to serve the management HTTP API on [default: 0.0.0.0:15672].
         #[arg(long, value_name = "ADDR")]
         management_listen: Option<SocketAddr>,
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Serve {
             config,
             listen,
+            tls_listen,
             management_listen,
             prometheus_listen,
             data_dir,
@@ -94,6 +99,9 @@ fn main() -> ExitCode {
             if let Some(l) = listen {
                 settings.listen = l;
             }
+            if let Some(t) = tls_listen {
+                settings.tls.listen = Some(t);
+            }
             if let Some(m) = management_listen {
                 settings.management.listen = m;
             }
@@ -108,6 +116,10 @@ fn main() -> ExitCode {
             }
             if let Some(f) = log_format {
                 settings.log_format = f;
+            }
+            if let Err(e) = settings.validate() {
+                eprintln!("warren: {e}");
+                return ExitCode::FAILURE;
             }
             serve(settings)
         }
@@ -145,12 +157,13 @@ fn serve(settings: Config) -> ExitCode {
     };
     runtime.block_on(async move {
         let stop = shutdown_signals();
-        let listener = match tokio::net::TcpListener::bind(settings.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("warren: cannot listen on {}: {e}", settings.listen);
-                return ExitCode::FAILURE;
-            }
+        let Ok(listener) =
+            optional_listener(settings.tcp_listener.then_some(settings.listen), "AMQP", "").await
+        else {
+            return ExitCode::FAILURE;
+        };
+        let Ok(tls_listener) = optional_listener(settings.tls.listen, "AMQPS", "tls").await else {
+            return ExitCode::FAILURE;
         };
         let Ok(management) = optional_listener(
             settings
@@ -188,7 +201,15 @@ fn serve(settings: Config) -> ExitCode {
             server.stop().await;
             return ExitCode::FAILURE;
         }
-        if let Err(e) = server.serve_amqp(listener) {
+        if let Some(l) = listener
+            && let Err(e) = server.serve_amqp(l)
+        {
+            eprintln!("warren: {e}");
+            return ExitCode::FAILURE;
+        }
+        if let Some(l) = tls_listener
+            && let Err(e) = server.serve_amqps(l)
+        {
             eprintln!("warren: {e}");
             return ExitCode::FAILURE;
         }
@@ -205,7 +226,7 @@ fn serve(settings: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
         server.announce();
-        stop.await;
+        reload_on_sighup(&server, stop).await;
         server.stop().await;
         ExitCode::SUCCESS
     })
@@ -224,10 +245,33 @@ async fn optional_listener(
     match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => Ok(Some(l)),
         Err(e) => {
-            eprintln!(
-                "warren: cannot serve {what} on {addr}: {e} (set {setting}.listen or --{setting}-listen)"
-            );
+            let setting = if setting.is_empty() {
+                "listen or --listen".to_owned()
+            } else {
+                format!("{setting}.listen or --{setting}-listen")
+            };
+            eprintln!("warren: cannot serve {what} on {addr}: {e} (set {setting})");
             Err(())
+        }
+    }
+}
+
+/// Waits for `stop`, reading the TLS files again at each SIGHUP meanwhile (as RabbitMQ
+/// reloads certificates): a bad file is logged and the certificates in use stay.
+async fn reload_on_sighup(server: &warren::Server, stop: impl std::future::Future<Output = ()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        stop.await;
+        return;
+    };
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = hup.recv() => match server.reload_tls() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                Err(e) => tracing::warn!(cause = %e, "SIGHUP: TLS certificates not reloaded, the old ones stay"),
+            },
         }
     }
 }

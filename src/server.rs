@@ -13,11 +13,23 @@ use tracing::{info, warn};
 use crate::broker::{Broker, delayed, disk};
 use crate::config::Config;
 use crate::connection;
+use crate::tls::Tls;
 
 /// Serves AMQP on `listener` until `shutdown` turns true (or its sender goes), then closes every
 /// client connection with 320 CONNECTION_FORCED and waits (bounded) for them to finish.
 pub async fn serve_amqp(
     listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    accept_loop(listener, None, broker, shutdown).await;
+}
+
+/// Accepts AMQP clients on `listener`, over TLS with `tls`, until `shutdown` (see
+/// [`serve_amqp`]).
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -32,7 +44,11 @@ pub async fn serve_amqp(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(connection::serve_tcp(stream, peer, Arc::clone(&broker), shutdown.clone()));
+                    let broker = Arc::clone(&broker);
+                    match &tls {
+                        Some(tls) => connections.spawn(connection::serve_tls(stream, peer, Arc::clone(tls), broker, shutdown.clone())),
+                        None => connections.spawn(connection::serve_tcp(stream, peer, broker, shutdown.clone())),
+                    };
                 }
                 Err(e) => {
                     // Running out of file descriptors must not end the broker: back off and retry.
@@ -64,12 +80,19 @@ pub struct Server {
     scheduler: JoinHandle<()>,
     disk_monitor: JoinHandle<()>,
     listeners: JoinSet<()>,
+    tls: Option<Arc<Tls>>,
 }
 
 impl Server {
     /// Opens the broker (store opened, state recovered) and starts its scheduler and disk
     /// monitor; no listener yet.
     pub fn start(config: Config) -> io::Result<Self> {
+        let t = &config.tls;
+        let tls = if t.listen.is_some() || config.management.tls || config.prometheus.tls {
+            Some(Arc::new(Tls::load(t).map_err(io::Error::other)?))
+        } else {
+            None
+        };
         let broker = Broker::open(config).map_err(|e| io::Error::other(e.to_string()))?;
         let (stop, stop_rx) = watch::channel(false);
         let scheduler = tokio::spawn(delayed::run(Arc::clone(&broker), stop_rx.clone()));
@@ -80,6 +103,7 @@ impl Server {
             scheduler,
             disk_monitor,
             listeners: JoinSet::new(),
+            tls,
         })
     }
 
@@ -103,6 +127,34 @@ impl Server {
             self.shutdown_signal(),
         ));
         Ok(())
+    }
+
+    /// Serves AMQP over TLS (AMQPS) on `listener` until [`Server::stop`]; needs `[tls]`.
+    pub fn serve_amqps(&mut self, listener: TcpListener) -> io::Result<()> {
+        let tls = self.tls_for("tls.listen")?;
+        self.broker.add_listener("amqp/ssl", listener.local_addr()?);
+        self.listeners.spawn(accept_loop(
+            listener,
+            Some(tls),
+            Arc::clone(&self.broker),
+            self.shutdown_signal(),
+        ));
+        Ok(())
+    }
+
+    /// Reads the TLS certificate, key and CA files again (on SIGHUP): new connections get them,
+    /// established ones keep theirs. On an error the old ones stay, and the error says why.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
+    }
+
+    fn tls_for(&self, setting: &str) -> io::Result<Arc<Tls>> {
+        self.tls.clone().ok_or_else(|| {
+            io::Error::other(format!("{setting} needs tls.certfile and tls.keyfile"))
+        })
     }
 
     /// Logs one line that says what started: the listeners, the data dir, the limits, and what
@@ -152,7 +204,13 @@ impl Server {
 
     /// Serves the management HTTP API on `listener` until [`Server::stop`].
     pub fn serve_management(&mut self, listener: TcpListener) -> io::Result<()> {
-        self.broker.add_listener("http", listener.local_addr()?);
+        let tls = if self.broker.config.management.tls {
+            Some(self.tls_for("management.tls")?)
+        } else {
+            None
+        };
+        let protocol = if tls.is_some() { "https" } else { "http" };
+        self.broker.add_listener(protocol, listener.local_addr()?);
         let interval = self.broker.config.management.collect_statistics_interval;
         self.listeners.spawn(crate::broker::sampling::run(
             Arc::clone(&self.broker),
@@ -161,6 +219,7 @@ impl Server {
         ));
         self.listeners.spawn(crate::management::serve(
             listener,
+            tls,
             Arc::clone(&self.broker),
             self.shutdown_signal(),
         ));
@@ -169,10 +228,20 @@ impl Server {
 
     /// Serves the Prometheus metrics on `listener` until [`Server::stop`].
     pub fn serve_prometheus(&mut self, listener: TcpListener) -> io::Result<()> {
-        self.broker
-            .add_listener("http/prometheus", listener.local_addr()?);
+        let tls = if self.broker.config.prometheus.tls {
+            Some(self.tls_for("prometheus.tls")?)
+        } else {
+            None
+        };
+        let protocol = if tls.is_some() {
+            "https/prometheus"
+        } else {
+            "http/prometheus"
+        };
+        self.broker.add_listener(protocol, listener.local_addr()?);
         self.listeners.spawn(crate::management::metrics::serve(
             listener,
+            tls,
             Arc::clone(&self.broker),
             self.shutdown_signal(),
         ));

@@ -55,6 +55,23 @@ pub struct Identity {
     pub vhost: Arc<str>,
     /// The client properties from `connection.start-ok`.
     pub client_properties: FieldTable,
+    /// The SASL mechanism it logged in with.
+    pub auth_mechanism: &'static str,
+    /// The TLS session it came over, if it did.
+    pub tls: Option<TlsSession>,
+}
+
+/// What a TLS connection negotiated, as the management API shows it.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSession {
+    /// `tlsv1.2` or `tlsv1.3`.
+    pub protocol: &'static str,
+    /// The cipher suite's name.
+    pub cipher: String,
+    /// The client certificate's subject (RFC 4514), if it showed one.
+    pub peer_subject: Option<String>,
+    /// The client certificate's issuer (RFC 4514), if it showed one.
+    pub peer_issuer: Option<String>,
 }
 
 /// A registered connection as the broker sees it; the connection holds one too, to count channels.

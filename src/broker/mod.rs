@@ -250,13 +250,34 @@ impl Broker {
         password: &str,
         peer: SocketAddr,
     ) -> Result<admin::UserRecord, LoginError> {
+        self.admit(name, peer, |u| {
+            auth::verify_password(&u.password_hash, password)
+        })
+    }
+
+    /// Logs in a user whose name a verified TLS client certificate gave (`EXTERNAL`): no
+    /// password, the rest as [`Broker::login`].
+    pub fn login_external(
+        &self,
+        name: &str,
+        peer: SocketAddr,
+    ) -> Result<admin::UserRecord, LoginError> {
+        self.admit(name, peer, |_| true)
+    }
+
+    fn admit(
+        &self,
+        name: &str,
+        peer: SocketAddr,
+        proven: impl FnOnce(&admin::UserRecord) -> bool,
+    ) -> Result<admin::UserRecord, LoginError> {
         self.auth_attempts[0].fetch_add(1, Ordering::Relaxed);
         let user = self
             .registry
             .read()
             .users
             .get(name)
-            .filter(|u| auth::verify_password(&u.password_hash, password))
+            .filter(|u| proven(u))
             .cloned()
             .ok_or(LoginError::Refused)?;
         if self.config.loopback_users.iter().any(|u| u == name) && !peer.ip().is_loopback() {

@@ -22,6 +22,7 @@ const PROTOCOL_HEADER_0_9: &[u8; 8] = b"AMQP\x01\x01\x00\x09";
 /// What the handshake settled.
 pub(super) struct Negotiated {
     pub user: String,
+    pub mechanism: &'static str,
     pub permissions: Arc<Permissions>,
     pub client_properties: FieldTable,
     pub vhost: Arc<VHost>,
@@ -193,6 +194,7 @@ pub(super) async fn run(
     rbuf: &mut BytesMut,
     broker: &Broker,
     peer: SocketAddr,
+    auth: &super::PeerAuth,
 ) -> io::Result<Option<Negotiated>> {
     while rbuf.len() < 8 {
         if stream.read_buf(rbuf).await? == 0 {
@@ -212,7 +214,11 @@ pub(super) async fn run(
             version_major: 0,
             version_minor: 9,
             server_properties: server_properties(&broker.config.product),
-            mechanisms: "PLAIN AMQPLAIN".into(),
+            mechanisms: if auth.external {
+                "EXTERNAL PLAIN AMQPLAIN".into()
+            } else {
+                "PLAIN AMQPLAIN".into()
+            },
             locales: "en_US".into(),
         })),
     )
@@ -225,9 +231,11 @@ pub(super) async fn run(
     let cap = |name: &str| matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)));
     let client_properties = start_ok.client_properties;
     let mechanism = start_ok.mechanism.as_str();
+    // EXTERNAL takes the name from the certificate the TLS handshake verified, and no password.
     let credentials = match mechanism {
         "PLAIN" => auth::parse_plain(start_ok.response.as_bytes()),
         "AMQPLAIN" => auth::parse_amqplain(start_ok.response.as_bytes()),
+        "EXTERNAL" if auth.external => auth.cert_user.clone().map(|u| (u, String::new())),
         other => {
             return refuse(
                 stream,
@@ -246,7 +254,13 @@ pub(super) async fn run(
     let login = credentials
         .as_ref()
         .ok_or(LoginError::Refused)
-        .and_then(|(u, p)| broker.login(u, p, canonical_peer));
+        .and_then(|(u, p)| {
+            if mechanism == "EXTERNAL" {
+                broker.login_external(u, canonical_peer)
+            } else {
+                broker.login(u, p, canonical_peer)
+            }
+        });
     let user = match login {
         Ok(u) => u.clone(),
         Err(why) => {
@@ -334,6 +348,11 @@ pub(super) async fn run(
     .await?;
     Ok(Some(Negotiated {
         user: user.name,
+        mechanism: match mechanism {
+            "EXTERNAL" => "EXTERNAL",
+            "AMQPLAIN" => "AMQPLAIN",
+            _ => "PLAIN",
+        },
         permissions,
         client_properties,
         vhost,

@@ -101,7 +101,65 @@ pub async fn serve_tcp(
     // Frames are batched by the loop; Nagle would only hold the last one of a batch back.
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().ok();
-    serve(stream, peer, local, broker, shutdown).await;
+    serve(stream, peer, local, PeerAuth::default(), broker, shutdown).await;
+}
+
+/// What the transport says about a client before AMQP starts, for the login.
+#[derive(Debug, Default)]
+pub struct PeerAuth {
+    /// Whether `EXTERNAL` is offered: a TLS connection on a listener that verifies peers.
+    pub external: bool,
+    /// The user name the client's verified certificate gives, if it showed one.
+    pub cert_user: Option<String>,
+    /// The TLS session, for the management API.
+    pub session: Option<crate::broker::connections::TlsSession>,
+}
+
+/// Serves one AMQPS client: the TLS handshake (within the handshake timeout; a failure is one
+/// log line and costs nothing more), then AMQP over it as [`serve`].
+pub async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Arc<crate::tls::Tls>,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
+    let accept = tls.amqp_acceptor().accept(stream);
+    let stream = match tokio::time::timeout(broker.config.handshake_timeout(), accept).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            info!(%peer, cause = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            info!(%peer, "TLS handshake timed out, dropping connection");
+            return;
+        }
+    };
+    let external = tls.verifies_peers();
+    let session = stream.get_ref().1;
+    let cert = session.peer_certificates().and_then(<[_]>::first);
+    let cert_user = cert.filter(|_| external).and_then(|c| tls.login_name(c));
+    let (peer_subject, peer_issuer) = cert.map(crate::tls::names).unzip();
+    let auth = PeerAuth {
+        external,
+        cert_user,
+        session: Some(crate::broker::connections::TlsSession {
+            protocol: match session.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "tlsv1.3",
+                _ => "tlsv1.2",
+            },
+            cipher: session
+                .negotiated_cipher_suite()
+                .map(|c| format!("{:?}", c.suite()))
+                .unwrap_or_default(),
+            peer_subject: peer_subject.flatten(),
+            peer_issuer: peer_issuer.flatten(),
+        }),
+    };
+    serve(stream, peer, local, auth, broker, shutdown).await;
 }
 
 /// Serves one client over any transport until it closes, the peer fails, or the broker shuts
@@ -110,13 +168,14 @@ pub async fn serve(
     mut stream: impl AsyncRead + AsyncWrite + Unpin + Send,
     peer: SocketAddr,
     local: Option<SocketAddr>,
+    auth: PeerAuth,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let timeout = broker.config.handshake_timeout();
     let negotiated = tokio::select! {
-        r = tokio::time::timeout(timeout, handshake::run(&mut stream, &mut rbuf, &broker, peer)) => match r {
+        r = tokio::time::timeout(timeout, handshake::run(&mut stream, &mut rbuf, &broker, peer, &auth)) => match r {
             Ok(Ok(Some(n))) => n,
             Ok(Ok(None)) => return,
             Ok(Err(e)) => {
@@ -142,6 +201,8 @@ pub async fn serve(
             user: user.clone(),
             vhost: vhost_name.clone(),
             client_properties: negotiated.client_properties,
+            auth_mechanism: negotiated.mechanism,
+            tls: auth.session,
         },
     );
     let client = registered.name().unwrap_or_default();

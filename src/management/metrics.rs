@@ -32,15 +32,20 @@ use crate::stats::{SIZE_BOUNDS, Stat, Totals};
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Serves the metrics on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
     if let Ok(addr) = listener.local_addr() {
-        info!(listen = %addr, "prometheus metrics started");
+        info!(listen = %addr, tls = tls.is_some(), "prometheus metrics started");
     }
     let app = Router::new()
         .route("/metrics", get(aggregated))
         .route("/metrics/per-object", get(per_object))
         .with_state(broker);
-    super::serve_until(listener, app, shutdown, "prometheus metrics").await;
+    super::serve_until(listener, tls, app, shutdown, "prometheus metrics").await;
 }
 
 async fn aggregated(State(broker): State<Arc<Broker>>) -> impl IntoResponse {

@@ -49,34 +49,53 @@ pub(crate) struct Api {
     broker: Arc<Broker>,
 }
 
-/// Serves the API on `listener` until `shutdown` turns true (or its sender goes).
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) {
+/// Serves the API and the UI on `listener` (HTTPS with `tls`) until `shutdown` turns true (or
+/// its sender goes).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
     if let Ok(addr) = listener.local_addr() {
-        info!(listen = %addr, "management API started");
+        info!(listen = %addr, tls = tls.is_some(), "management API started");
     }
-    serve_until(listener, router(broker), shutdown, "management API").await;
+    serve_until(listener, tls, router(broker), shutdown, "management API").await;
 }
 
-/// Serves `app` on `listener` until `shutdown`, logging why if it stops on its own.
+/// Serves `app` on `listener` (HTTPS with `tls`) until `shutdown`, logging why if it stops on
+/// its own.
 pub(crate) async fn serve_until(
     listener: TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
     what: &str,
 ) {
-    // Replies go out in two writes (head, body): without TCP_NODELAY the second waits for the
-    // client's delayed ACK, 40 ms on Linux.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let stopped = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stopped)
-        .await
-    {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let served = match tls {
+        Some(tls) => {
+            // axum gives handlers the peer's address only through a tapped listener.
+            let listener = crate::tls::HttpsListener::new(listener, tls).tap_io(|_| {});
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+        None => {
+            // Replies go out in two writes (head, body): without TCP_NODELAY the second waits
+            // for the client's delayed ACK, 40 ms on Linux.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+    };
+    if let Err(e) = served {
         warn!(cause = %e, "{what} stopped");
     }
 }

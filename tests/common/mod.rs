@@ -36,6 +36,8 @@ pub struct TestBroker {
     pub metrics: SocketAddr,
     /// Where its management HTTP API listens.
     pub http: SocketAddr,
+    /// Where it accepts AMQPS, when its settings ask for a TLS listener.
+    pub tls: Option<SocketAddr>,
     /// The broker itself, for tests that look inside it.
     pub broker: Arc<Broker>,
     stop: Option<oneshot::Sender<()>>,
@@ -71,8 +73,20 @@ impl TestBroker {
             .expect("bind");
         let metrics = metrics_listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
+        let tls_listener = match config.tls.listen {
+            Some(_) => Some(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind"),
+            ),
+            None => None,
+        };
+        let tls = tls_listener.as_ref().map(|l| l.local_addr().expect("addr"));
         let mut server = warren::Server::start(config).expect("the broker opens");
         server.serve_amqp(listener).expect("serve AMQP");
+        if let Some(l) = tls_listener {
+            server.serve_amqps(l).expect("serve AMQPS");
+        }
         server
             .serve_management(http_listener)
             .expect("serve the management API");
@@ -88,6 +102,7 @@ impl TestBroker {
         Self {
             addr,
             http,
+            tls,
             metrics,
             broker,
             stop: Some(stop),

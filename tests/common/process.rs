@@ -128,6 +128,13 @@ impl Process {
         None
     }
 
+    /// Sends it a signal by name (`HUP`, `TERM`...).
+    pub fn signal(&self, name: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status();
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub fn kill9(self) {
         drop(self);
