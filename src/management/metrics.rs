@@ -18,7 +18,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::info;
 
 use super::overview::{RABBITMQ_VERSION, node_name, resident_bytes};
 use crate::broker::Broker;
@@ -38,9 +37,6 @@ pub async fn serve(
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
 ) {
-    if let Ok(addr) = listener.local_addr() {
-        info!(listen = %addr, tls = tls.is_some(), "prometheus metrics started");
-    }
     let app = Router::new()
         .route("/metrics", get(aggregated))
         .route("/metrics/per-object", get(per_object))

@@ -57,14 +57,11 @@ pub async fn serve(
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
 ) {
-    if let Ok(addr) = listener.local_addr() {
-        info!(listen = %addr, tls = tls.is_some(), "management API started");
-    }
     serve_until(listener, tls, router(broker), shutdown, "management API").await;
 }
 
-/// Serves `app` on `listener` (HTTPS with `tls`) until `shutdown`, logging why if it stops on
-/// its own.
+/// Serves `app` on `listener` (HTTPS with `tls`) until `shutdown`; logs that `what` started, and
+/// why if it stops on its own.
 pub(crate) async fn serve_until(
     listener: TcpListener,
     tls: Option<Arc<crate::tls::Tls>>,
@@ -72,6 +69,9 @@ pub(crate) async fn serve_until(
     mut shutdown: watch::Receiver<bool>,
     what: &str,
 ) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(listen = %addr, tls = tls.is_some(), "{what} started");
+    }
     let stopped = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };

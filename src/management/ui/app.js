@@ -1054,12 +1054,11 @@ function queuesPage() {
   return page('queues', 'queues', 'Queues', (main) => append(main, h('h1', {}, 'Queues'), list.element, formBox('Add a new queue', add)), list.load);
 }
 
+const CONSUMER_COLUMNS = ['Channel', 'Consumer tag', 'Ack required', 'Exclusive', 'Prefetch count', 'Active', 'Arguments'];
+
 function queuePage(vhost, name) {
   const path = `/queues/${enc(vhost)}/${enc(name)}`;
   let missing = false;
-  const consumers = {
-    columns: ['Channel', 'Consumer tag', 'Ack required', 'Exclusive', 'Prefetch count', 'Active', 'Arguments'],
-  };
   const bindings = listing({
     name: 'bindings', title: 'Bindings', noun: 'bindings', path: () => `${path}/bindings`, columns: bindingColumns(unbindButton, 'source'),
     rowName: (b) => b.source, key: (b) => b.source + ' ' + b.routing_key,
@@ -1151,13 +1150,13 @@ function queuePage(vhost, name) {
     ]));
     const list = q.consumer_details || [];
     clear($('#queue-consumers-list'), h('table', { class: 'list', dataset: { list: 'consumers' } },
-      h('thead', {}, h('tr', {}, consumers.columns.map((c) => h('th', {}, c)))),
+      h('thead', {}, h('tr', {}, CONSUMER_COLUMNS.map((c) => h('th', {}, c)))),
       h('tbody', {}, list.length ? list.map((c) => h('tr', { dataset: { name: c.consumer_tag, vhost } },
         h('td', {}, c.channel_details ? h('a', { href: `#/connections/${enc(c.channel_details.connection_name)}` }, c.channel_details.name) : ''),
         h('td', {}, c.consumer_tag), h('td', {}, String(c.ack_required)), h('td', {}, String(c.exclusive)),
         h('td', { class: 'num' }, fmtNum(c.prefetch_count)), h('td', {}, String(c.active)),
         h('td', {}, Object.keys(c.arguments || {}).length ? JSON.stringify(c.arguments) : '')))
-        : h('tr', {}, h('td', { class: 'empty', colspan: consumers.columns.length }, 'No consumers.')))));
+        : h('tr', {}, h('td', { class: 'empty', colspan: CONSUMER_COLUMNS.length }, 'No consumers.')))));
     await bindings.load();
   });
 }
