@@ -251,8 +251,22 @@ fn pages_do_not_outlive_a_restart() {
         flushed(&store);
         again
     };
-    let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+    let store = reopen(dir.path());
     assert_eq!(paged_body(&store, id), None, "pages are emptied at start");
+}
+
+/// Opens the store in `dir` again after the last one was dropped: sled lets go of its
+/// directory's lock a little after its last handle goes, so a quick reopen may find it held.
+fn reopen(dir: &std::path::Path) -> Arc<Store> {
+    let mut opened = Store::open(dir, 1 << 20);
+    for _ in 0..100 {
+        if !matches!(opened, Err(StoreError::Locked(_))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        opened = Store::open(dir, 1 << 20);
+    }
+    opened.expect("reopen")
 }
 
 fn delay_record(message_id: u64, due_ms: u64) -> DelayRecord {
@@ -589,16 +603,7 @@ fn messages_an_earlier_build_kept_in_sled_move_to_the_journal() {
         (2u64, 3u64)
     };
     for _ in 0..2 {
-        // sled lets go of its directory's lock a little after its last handle is dropped.
-        let mut opened = Store::open(dir.path(), 1 << 20);
-        for _ in 0..100 {
-            if !matches!(opened, Err(StoreError::Locked(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            opened = Store::open(dir.path(), 1 << 20);
-        }
-        let store = opened.expect("open");
+        let store = reopen(dir.path());
         let rec = store.recover().expect("recover");
         let messages = &rec.queues[0].1.messages;
         let seen: Vec<(u64, u64, bool)> = messages
