@@ -272,6 +272,18 @@ pub struct Config {
     pub max_message_size: u64,
     /// Time a client has to finish the handshake, in milliseconds.
     pub handshake_timeout_ms: u64,
+    /// Client connections the node serves at once (RabbitMQ's `connection_max`; 0: no limit).
+    pub connection_max: u32,
+    /// Consumers one channel may have (RabbitMQ's `consumer_max_per_channel`; 0: no limit).
+    pub consumer_max_per_channel: u32,
+    /// Time a delivery may stay unacknowledged before its channel is closed with 406, in
+    /// milliseconds (RabbitMQ's `consumer_timeout`; 0: never).
+    pub consumer_timeout: u64,
+    /// Delay before a login attempt from a peer whose last attempt failed, in milliseconds;
+    /// it doubles with each further failure (0: no delay).
+    pub login_failure_delay_ms: u64,
+    /// The most that delay grows to, in milliseconds.
+    pub login_failure_delay_max_ms: u64,
     /// Time to wait for `close-ok` after the broker closes a connection, in milliseconds.
     pub close_timeout_ms: u64,
     /// The product name announced to clients in `connection.start`.
@@ -283,7 +295,8 @@ pub struct Config {
     pub paging_threshold: u64,
     /// Free space under which the disk alarm blocks publishers.
     pub disk_free_limit: DiskFreeLimit,
-    /// Deliveries a consumer with no prefetch limit may hold unacked before the rest wait.
+    /// Deliveries one channel's consumers with no prefetch limit may hold unacked, together,
+    /// before the rest wait.
     pub consumer_max_unacked: u32,
     /// Users who may log in only from a loopback address.
     pub loopback_users: Vec<String>,
@@ -327,6 +340,11 @@ impl Default for Config {
             channel_max: 2047,
             max_message_size: 134_217_728,
             handshake_timeout_ms: 10_000,
+            connection_max: 0,
+            consumer_max_per_channel: 0,
+            consumer_timeout: 1_800_000,
+            login_failure_delay_ms: 250,
+            login_failure_delay_max_ms: 5_000,
             close_timeout_ms: 3_000,
             memory_budget: 0,
             paging_threshold: 0,
@@ -449,6 +467,11 @@ impl Config {
     /// The handshake timeout.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The consumer acknowledgement timeout, if there is one.
+    pub fn consumer_timeout(&self) -> Option<Duration> {
+        (self.consumer_timeout > 0).then(|| Duration::from_millis(self.consumer_timeout))
     }
 
     /// The close-ok wait.

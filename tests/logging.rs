@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::process::{Process, free_port, start_logged, start_logged_with};
+use common::process::{
+    Process, free_port, serve_args, set_arg, start_logged, start_logged_args, start_logged_with,
+};
 use common::raw::Raw;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -134,4 +136,87 @@ async fn a_user_name_cannot_start_a_log_line_or_reach_the_terminal() {
         "a forged line: {log:?}"
     );
     assert!(!log.contains('\x1b'), "an escape reached the log: {log:?}");
+}
+
+/// Sends one HTTP request with `password` as guest's (or `user`'s) Basic credentials; the status.
+async fn http_as(
+    port: u16,
+    user: &str,
+    password: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> u16 {
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    common::http::exchange(([127, 0, 0, 1], port).into(), &request)
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn no_password_or_hash_reaches_the_log_even_at_debug() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (port, http) = (free_port(), free_port());
+    let mut args = serve_args(dir.path(), port);
+    set_arg(&mut args, "--log-level", "debug");
+    set_arg(
+        &mut args,
+        "--management-listen",
+        &format!("127.0.0.1:{http}"),
+    );
+    let warren = start_logged_args(args, port).await;
+    let canaries = [
+        "Canary-Pass-1",
+        "Canary-Pass-2",
+        "Canary-Pass-3",
+        "Canary-Pass-4",
+    ];
+    // Wrong passwords over AMQP, with PLAIN and AMQPLAIN.
+    for (password, mechanism) in [(canaries[0], "plain"), (canaries[1], "amqplain")] {
+        let uri =
+            format!("amqp://guest:{password}@127.0.0.1:{port}/%2f?auth_mechanism={mechanism}");
+        let refused = Connection::connect(&uri, ConnectionProperties::default()).await;
+        let e = refused.expect_err("a wrong password is refused");
+        assert!(!format!("{e:?}").contains(password), "not in the reply");
+    }
+    // A wrong password over HTTP; a user made with a password, then refused with another.
+    assert_eq!(
+        http_as(http, "guest", canaries[2], "GET", "/api/whoami", "").await,
+        401
+    );
+    let body = format!("{{\"password\":\"{}\",\"tags\":\"\"}}", canaries[3]);
+    assert_eq!(
+        http_as(http, "guest", "guest", "PUT", "/api/users/canary", &body).await,
+        201
+    );
+    let uri = format!("amqp://canary:{}x@127.0.0.1:{port}/%2f", canaries[3]);
+    assert!(
+        Connection::connect(&uri, ConnectionProperties::default())
+            .await
+            .is_err()
+    );
+    let (_, _, user) = common::http::exchange(
+        ([127, 0, 0, 1], http).into(),
+        "GET /api/users/canary HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let hash =
+        serde_json::from_str::<serde_json::Value>(&user).expect("user JSON")["password_hash"]
+            .as_str()
+            .expect("password_hash")
+            .to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = String::from_utf8_lossy(&warren.log()).into_owned();
+    assert!(
+        log.contains("login refused"),
+        "the refusals are logged: {log}"
+    );
+    for secret in canaries.iter().copied().chain([hash.as_str()]) {
+        assert!(!log.contains(secret), "{secret} appears in the log:\n{log}");
+    }
 }

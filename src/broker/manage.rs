@@ -13,7 +13,7 @@ use super::admin::{
 };
 use super::policy::PolicySet;
 use super::{Broker, VHost};
-use crate::protocol::code;
+use crate::protocol::{Limit, code};
 
 /// Why a management change was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -415,8 +415,16 @@ impl Broker {
         .await
     }
 
-    /// Whether `user` may open one more connection to `vhost`; the 530 refusal's text if not.
-    pub fn check_connection_limits(&self, user: &str, vhost: &str) -> Result<(), String> {
+    /// Whether `user` may open one more connection to `vhost`: the node's, the vhost's and the
+    /// user's limits; the limit and the 530 refusal's text if not.
+    pub fn check_connection_limits(&self, user: &str, vhost: &str) -> Result<(), (Limit, String)> {
+        let node_max = self.config.connection_max;
+        if node_max != 0 && self.connections.len() >= node_max as usize {
+            return Err((
+                Limit::NodeConnections,
+                format!("connection refused: node connection limit ({node_max}) is reached"),
+            ));
+        }
         let (vhost_max, user_max) = {
             let r = self.registry.read();
             let limit = |limits: Option<&std::collections::BTreeMap<String, i64>>| {
@@ -432,15 +440,21 @@ impl Broker {
         if let Some(max) = vhost_max
             && self.connections.count(|c| &*c.identity.vhost == vhost) >= max
         {
-            return Err(format!(
-                "access to vhost '{vhost}' refused for user '{user}': connection limit ({max}) is reached"
+            return Err((
+                Limit::VhostConnections,
+                format!(
+                    "access to vhost '{vhost}' refused for user '{user}': connection limit ({max}) is reached"
+                ),
             ));
         }
         if let Some(max) = user_max
             && self.connections.count(|c| c.identity.user == user) >= max
         {
-            return Err(format!(
-                "connection refused for user '{user}': user connection limit ({max}) is reached"
+            return Err((
+                Limit::UserConnections,
+                format!(
+                    "connection refused for user '{user}': user connection limit ({max}) is reached"
+                ),
             ));
         }
         Ok(())

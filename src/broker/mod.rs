@@ -10,6 +10,7 @@ pub mod disk;
 mod equivalence;
 pub mod exchange;
 pub mod headers;
+pub mod limits;
 pub mod manage;
 pub mod policy;
 mod reply_to;
@@ -70,6 +71,10 @@ pub struct Broker {
     pub history: crate::stats::History,
     /// Logins tried, and those that succeeded.
     pub auth_attempts: [AtomicU64; 2],
+    /// Refusals by the limit they enforce.
+    pub limits: limits::LimitCounters,
+    /// The growing delay of logins from addresses whose attempts fail.
+    pub logins: limits::LoginThrottle,
     /// The last two samples of its churn (when, and [`sampling::CHURN`] counts).
     churn_samples: parking_lot::Mutex<[(u64, [u64; sampling::CHURN]); 2]>,
 }
@@ -81,6 +86,9 @@ pub enum LoginError {
     Refused,
     /// A loopback-only user connecting from elsewhere.
     NotLoopback,
+    /// Attempts from the client's address already wait in line past the longest delay: not
+    /// checked at all.
+    TooManyAttempts,
 }
 
 impl Broker {
@@ -103,6 +111,10 @@ impl Broker {
             alarms.clone(),
         ));
         let pager = store.map(|s| Pager::new(Pages::new(s.clone()), memory.clone()));
+        let logins = limits::LoginThrottle::new(
+            std::time::Duration::from_millis(config.login_failure_delay_ms),
+            std::time::Duration::from_millis(config.login_failure_delay_max_ms),
+        );
         Arc::new(Self {
             config,
             vhosts: parking_lot::RwLock::new(HashMap::new()),
@@ -122,6 +134,8 @@ impl Broker {
             history: crate::stats::History::long(),
             churn_samples: parking_lot::Mutex::default(),
             auth_attempts: [AtomicU64::new(0), AtomicU64::new(0)],
+            limits: limits::LimitCounters::default(),
+            logins,
         })
     }
 
@@ -263,6 +277,32 @@ impl Broker {
         peer: SocketAddr,
     ) -> Result<admin::UserRecord, LoginError> {
         self.admit(name, peer, |_| true)
+    }
+
+    /// Runs `login` through the login throttle: an address whose attempts failed waits its turn
+    /// first, and the outcome is recorded. A failure carries the delay the address's next
+    /// attempt will wait.
+    pub async fn login_paced(
+        &self,
+        ip: std::net::IpAddr,
+        login: impl FnOnce(&Self) -> Result<admin::UserRecord, LoginError>,
+    ) -> Result<admin::UserRecord, (LoginError, std::time::Duration)> {
+        let result = match self.logins.turn(ip) {
+            Err(limits::TooManyAttempts) => Err(LoginError::TooManyAttempts),
+            Ok(wait) => {
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                login(self)
+            }
+        };
+        match result {
+            Ok(user) => {
+                self.logins.succeeded(ip);
+                Ok(user)
+            }
+            Err(why) => Err((why, self.logins.failed(ip))),
+        }
     }
 
     fn admit(

@@ -341,7 +341,8 @@ impl VHost {
             return Err(ChannelError::precondition(format_args!(
                 "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
                 self.name
-            )));
+            ))
+            .limit(crate::protocol::Limit::VhostQueues));
         }
         let q = Queue::with_args(
             name.clone(),

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::{Assembly, Channel, ChannelConsumer, Ctx, TxOp, Unacked, requeue_all, route};
 use crate::broker::REPLY_TO;
 use crate::broker::access::{Perm, Resource};
-use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, code, encode};
+use crate::protocol::{AmqpError, ChannelError, ConnectionError, Limit, Message, code, encode};
 use crate::queue::Entry;
 use crate::queue::log::SharedRecord;
 use crate::queue::memory::footprint;
@@ -252,6 +252,7 @@ impl Channel {
                                 .holding
                                 .add(&self.memory, footprint(&message.msg));
                             self.unacked.push_back(Unacked {
+                                delivered_at: ctx.now,
                                 tag,
                                 queue: q,
                                 message,
@@ -284,8 +285,12 @@ impl Channel {
             return Err(ConnectionError::not_implemented("requeue=false").into());
         }
         let all: Vec<Unacked> = self.unacked.drain(..).collect();
+        let starved = self.shared_credit_binds();
         self.release_credit(&all);
         requeue_all(all);
+        if starved {
+            self.kick_consumers();
+        }
         Ok(())
     }
 
@@ -296,18 +301,29 @@ impl Channel {
         let name = self.queue_name(c.queue.as_str())?;
         self.permit(ctx, Perm::Read, Resource::Queue, &name)?;
         let tag = self.consumer_tag(c.consumer_tag.as_str())?;
+        let max = ctx.broker.config.consumer_max_per_channel;
+        if max != 0 && self.consumers.len() >= max as usize {
+            return Err(ConnectionError::new(
+                code::NOT_ALLOWED,
+                format_args!("reached maximum ({max}) of consumers per channel"),
+            )
+            .limit(Limit::ConsumersPerChannel)
+            .into());
+        }
         let q = ctx.vhost.queue(&name, ctx.conn_id)?;
         let priority = consumer_priority(&c.arguments, &q)?;
-        // A consumer with no prefetch limit still has one: the broker's cap on what it may hold
-        // unacked (or, with no-ack, have waiting in the inbox), past which deliveries wait in
-        // the queue.
-        let credit = Credit::with_limit(if c.no_ack {
-            NO_ACK_WINDOW
+        // A consumer with no prefetch limit still has one: with no-ack, what may wait in the
+        // inbox; otherwise the channel's cap on what all such consumers hold unacked together.
+        // Past it, deliveries wait in the queue.
+        let credit = if c.no_ack {
+            Credit::with_limit(NO_ACK_WINDOW)
         } else if self.prefetch_count == 0 {
-            ctx.broker.config.consumer_max_unacked
+            self.unbounded_credit
+                .get_or_insert_with(|| Credit::with_limit(ctx.broker.config.consumer_max_unacked))
+                .clone()
         } else {
-            u32::from(self.prefetch_count)
-        });
+            Credit::with_limit(u32::from(self.prefetch_count))
+        };
         let before = ctx.out.len();
         if !c.nowait {
             // consume-ok must precede the first delivery, which adding the consumer may trigger.
@@ -464,6 +480,7 @@ impl Channel {
             self.stats.counters.add(Stat::Deliver, 1);
             queue.hold(message.body_len());
             self.unacked.push_back(Unacked {
+                delivered_at: ctx.now,
                 tag,
                 queue,
                 message,
@@ -548,7 +565,16 @@ impl Channel {
         }
     }
 
+    /// Whether the channel's consumers share a credit that may be holding them back (a global
+    /// prefetch, or the no-prefetch cap used up): one that waits may sit on any of their queues,
+    /// so freeing some must wake them all.
+    fn shared_credit_binds(&self) -> bool {
+        self.channel_credit.prefetch.load(Ordering::Relaxed) != 0
+            || self.unbounded_credit.as_ref().is_some_and(|c| c.is_full())
+    }
+
     pub(super) fn apply_settled(&mut self, settled: Vec<Unacked>, ack: bool, requeue: bool) {
+        let starved = self.shared_credit_binds();
         self.release_credit(&settled);
         if !ack && requeue {
             requeue_all(settled);
@@ -588,12 +614,7 @@ impl Channel {
                 q.acked(n, b);
             }
         }
-        if self
-            .channel_credit
-            .prefetch
-            .load(std::sync::atomic::Ordering::Relaxed)
-            != 0
-        {
+        if starved {
             self.kick_consumers();
         }
     }

@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::{Channel, Ctx, TxOp, route};
 use crate::protocol::content::{BadHeader, ContentHeader};
-use crate::protocol::{AmqpError, ChannelError, ConnectionError, Message, PropertiesInfo};
+use crate::protocol::{AmqpError, ChannelError, ConnectionError, Limit, Message, PropertiesInfo};
 use crate::queue::log::SharedRecord;
 
 /// Publish assembly: method, then header, then body frames.
@@ -72,6 +72,7 @@ impl Channel {
                 ctx.broker.config.max_message_size
             ))
             .on(60, 40)
+            .limit(Limit::MessageSize)
             .into());
         }
         let size = usize::try_from(size)

@@ -68,6 +68,8 @@ pub struct Ctx {
     /// The store's counters before the first queue or exchange method of this batch: the
     /// connection holds the batch's replies back until what they wrote is durable.
     pub topology: Option<StoreMark>,
+    /// The time, read once per batch: deliveries are stamped with it for `consumer_timeout`.
+    pub now: std::time::Instant,
 }
 
 /// The store's counters at one moment, to tell later whether anything was written since.
@@ -133,6 +135,8 @@ struct Unacked {
     message: Entry,
     /// The consumer's credit (None for `basic.get`).
     credit: Option<Arc<Credit>>,
+    /// When it was delivered (to within a batch).
+    delivered_at: std::time::Instant,
 }
 
 /// A consumer as its channel knows it.
@@ -157,6 +161,9 @@ pub struct Channel {
     consumers: HashMap<Arc<str>, ChannelConsumer>,
     prefetch_count: u16,
     channel_credit: Arc<Credit>,
+    /// The credit that consumers consuming with no prefetch limit share (`consumer_max_unacked`),
+    /// made with the first of them.
+    unbounded_credit: Option<Arc<Credit>>,
     confirm: bool,
     publish_seq: u64,
     confirmed_to: u64,
@@ -195,6 +202,7 @@ impl Channel {
             consumers: HashMap::new(),
             prefetch_count: 0,
             channel_credit: Credit::new(0),
+            unbounded_credit: None,
             confirm: false,
             publish_seq: 0,
             confirmed_to: 0,
@@ -223,6 +231,14 @@ impl Channel {
             .map_err(|e| e.on(class_id, method_id));
         self.report();
         r
+    }
+
+    /// Whether its oldest unacked delivery has waited `timeout` or more by `now`.
+    pub fn ack_overdue(&self, now: std::time::Instant, timeout: std::time::Duration) -> bool {
+        // Tags are handed out in time order, so the front is the oldest.
+        self.unacked
+            .front()
+            .is_some_and(|u| now.saturating_duration_since(u.delivered_at) >= timeout)
     }
 
     /// Brings the levels listings show up to date: a few relaxed stores to a line only this

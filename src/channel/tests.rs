@@ -71,6 +71,7 @@ impl Harness {
             permissions_epoch: 0,
             published: false,
             topology: None,
+            now: std::time::Instant::now(),
             broker,
         };
         let ch = Channel::new(CH, ctx.broker.memory.clone(), Arc::default());
@@ -370,6 +371,7 @@ fn reply(reply_code: u16, reply_text: &str, class_id: u16, method_id: u16) -> Re
         reply_text: reply_text.into(),
         class_id,
         method_id,
+        limit: None,
     }
 }
 

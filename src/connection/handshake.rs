@@ -251,21 +251,18 @@ pub(super) async fn run(
     // A dual-stack listener shows an IPv4 client as ::ffff:a.b.c.d; the loopback rule must see
     // 127.0.0.1 there, as RabbitMQ does.
     let canonical_peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-    let login = credentials
-        .as_ref()
-        .ok_or(LoginError::Refused)
-        .and_then(|(u, p)| {
-            if mechanism == "EXTERNAL" {
-                broker.login_external(u, canonical_peer)
-            } else {
-                broker.login(u, p, canonical_peer)
-            }
-        });
+    let login = broker
+        .login_paced(canonical_peer.ip(), |b| match &credentials {
+            None => Err(LoginError::Refused),
+            Some((u, _)) if mechanism == "EXTERNAL" => b.login_external(u, canonical_peer),
+            Some((u, p)) => b.login(u, p, canonical_peer),
+        })
+        .await;
     let user = match login {
-        Ok(u) => u.clone(),
-        Err(why) => {
+        Ok(u) => u,
+        Err((why, next_delay)) => {
             let name = credentials.map(|(u, _)| u).unwrap_or_default();
-            warn!(%peer, user = %name, reason = ?why, "login refused");
+            warn!(%peer, user = %name, reason = ?why, next_attempt_delay_ms = next_delay.as_millis() as u64, "login refused");
             if cap("authentication_failure_close") {
                 return refuse(
                     stream,
@@ -334,7 +331,9 @@ pub(super) async fn run(
         )
         .await;
     };
-    if let Err(text) = broker.check_connection_limits(&user.name, vhost_name) {
+    if let Err((limit, text)) = broker.check_connection_limits(&user.name, vhost_name) {
+        broker.limits.hit(limit);
+        warn!(%peer, user = %user.name, vhost = %vhost_name, limit = limit.name(), text = %text, "connection refused: limit reached");
         return refuse(
             stream,
             ConnectionError::new(code::NOT_ALLOWED, text).on(10, 40),

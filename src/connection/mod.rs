@@ -35,7 +35,7 @@ use crate::channel::{Channel, Ctx};
 use crate::protocol::error::Reply;
 use crate::protocol::frame::{Frame, parse_frame};
 use crate::protocol::method::{Method, decode};
-use crate::protocol::{AmqpError, ConnectionError, code, encode};
+use crate::protocol::{AmqpError, ChannelError, ConnectionError, Limit, code, encode};
 use crate::queue::alarms::Raised;
 use crate::queue::{QueueEvent, QueueEvent::Deliver};
 use crate::stats::Stat;
@@ -225,6 +225,7 @@ pub async fn serve(
             throttle: None,
             published: false,
             topology: None,
+            now: Instant::now(),
         },
         peer,
         channels: HashMap::new(),
@@ -336,6 +337,7 @@ impl Connection {
                     }
                 }
                 Some(event) = rx.recv(), if events_open => {
+                    self.ctx.now = Instant::now();
                     self.handle_event(event);
                     while self.ctx.out.len() < HIGH_WATER {
                         let Ok(event) = rx.try_recv() else { break };
@@ -357,6 +359,7 @@ impl Connection {
                             encode::heartbeat(&mut self.ctx.out);
                         }
                     }
+                    self.time_out_acks(now);
                 }
                 _ = alarm.changed() => {}
                 _ = shutdown.changed(), if self.state == State::Open => {
@@ -371,6 +374,7 @@ impl Connection {
 
     /// Handles every complete frame in the read buffer.
     fn process(&mut self, rbuf: &mut BytesMut) {
+        self.ctx.now = Instant::now();
         loop {
             if let State::Closing { desync: true, .. } | State::Done = self.state {
                 rbuf.clear();
@@ -494,12 +498,15 @@ impl Connection {
                     "number of channels opened ({open}) has reached the negotiated channel_max ({})",
                     self.channel_max
                 ),
-            ));
+            )
+            .limit(Limit::ChannelMax));
         }
         self.ctx
             .broker
             .check_channel_limit(&self.ctx.user)
-            .map_err(|text| ConnectionError::new(code::NOT_ALLOWED, text))
+            .map_err(|text| {
+                ConnectionError::new(code::NOT_ALLOWED, text).limit(Limit::UserChannels)
+            })
     }
 
     fn channel_method(
@@ -597,6 +604,7 @@ impl Connection {
             Ok(()) => Ok(()),
             Err(AmqpError::Connection(e)) => Err(e),
             Err(AmqpError::Channel(e)) => {
+                self.count_limit(&e.0);
                 warn!(
                     peer = %self.peer,
                     user = %self.ctx.user,
@@ -605,6 +613,7 @@ impl Connection {
                     code = e.0.reply_code,
                     text = %e.0.reply_text,
                     method = e.0.method_name(),
+                    limit = e.0.limit.map(Limit::name),
                     "channel error"
                 );
                 if let Some(ChannelSlot::Open(ch)) = self.channels.get_mut(&id) {
@@ -617,6 +626,7 @@ impl Connection {
                     reply_text,
                     class_id,
                     method_id,
+                    ..
                 } = e.0;
                 self.ctx.send(
                     id,
@@ -693,6 +703,7 @@ impl Connection {
                     reply_text: text,
                     class_id: 0,
                     method_id: 0,
+                    limit: None,
                 }),
                 false,
             ),
@@ -758,10 +769,47 @@ impl Connection {
         );
     }
 
+    /// Closes, with RabbitMQ's 406, each channel whose oldest unacked delivery is older than
+    /// `consumer_timeout`; its unacked messages go back to their queues.
+    fn time_out_acks(&mut self, now: Instant) {
+        let Some(timeout) = self.ctx.broker.config.consumer_timeout() else {
+            return;
+        };
+        if self.state != State::Open {
+            return;
+        }
+        let overdue: Vec<u16> = self
+            .channels
+            .iter()
+            .filter_map(|(&id, slot)| match slot {
+                ChannelSlot::Open(ch) if ch.ack_overdue(now, timeout) => Some(id),
+                _ => None,
+            })
+            .collect();
+        for id in overdue {
+            let e = ChannelError::precondition(format_args!(
+                "delivery acknowledgement on channel {id} timed out. Timeout value used: {} ms. \
+                 This timeout value can be configured, see consumers doc guide to learn more",
+                timeout.as_millis()
+            ))
+            .limit(Limit::ConsumerTimeout);
+            // A channel error cannot fail the connection.
+            let _ = self.channel_result(id, Err(e.into()));
+        }
+    }
+
+    /// Counts a refusal that enforces a limit (the log line that reports it names the limit).
+    fn count_limit(&self, reply: &Reply) {
+        if let Some(limit) = reply.limit {
+            self.ctx.broker.limits.hit(limit);
+        }
+    }
+
     fn close_connection(&mut self, e: ConnectionError, desync: bool) {
         if self.state != State::Open {
             return;
         }
+        self.count_limit(&e.0);
         if e.0.reply_code == code::CONNECTION_FORCED {
             info!(peer = %self.peer, user = %self.ctx.user, text = %e.0.reply_text, "closing connection");
         } else {
@@ -772,6 +820,7 @@ impl Connection {
                 code = e.0.reply_code,
                 text = %e.0.reply_text,
                 method = e.0.method_name(),
+                limit = e.0.limit.map(Limit::name),
                 "connection error"
             );
         }
@@ -780,6 +829,7 @@ impl Connection {
             reply_text,
             class_id,
             method_id,
+            ..
         } = e.0;
         self.ctx.send(
             0,

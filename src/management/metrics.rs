@@ -591,6 +591,21 @@ fn warren_own(out: &mut Out, broker: &Broker) {
         "Bytes of queued messages held in memory",
         broker.memory.ready_bytes(),
     );
+    let name = "warren_limit_refusals_total";
+    out.family(
+        name,
+        "counter",
+        "Refusals that enforced a limit, by the setting that sets it",
+    );
+    for limit in crate::protocol::Limit::ALL {
+        out.sample(name, &[("limit", limit.name())], broker.limits.get(limit));
+    }
+    out.single(
+        "warren_auth_attempts_delayed_total",
+        "counter",
+        "Login attempts that waited because earlier ones from their address failed",
+        broker.logins.delayed(),
+    );
 }
 
 /// Queue levels (per queue or summed), the object counts, and the global message counters.

@@ -353,7 +353,8 @@ impl FromRequestParts<Api> for Caller {
             });
         let user = api
             .broker
-            .login(&name, &password, peer)
+            .login_paced(peer.ip(), |b| b.login(&name, &password, peer))
+            .await
             .map_err(|_| ApiError::LoginFailed)?;
         let role = Role::of(&user).ok_or(ApiError::NotAuthorised("Not management user"))?;
         Ok(Self { user, role })

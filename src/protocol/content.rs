@@ -197,6 +197,9 @@ impl From<BadHeader> for super::error::ConnectionError {
             BadHeader::WrongClass(class) => Self::unexpected_frame(format_args!(
                 "expected content header for class {CLASS_BASIC}, got one for class {class} instead"
             )),
+            BadHeader::Properties(e @ BadProperties::TooDeep(_)) => {
+                Self::frame_error(e).limit(super::Limit::TableDepth)
+            }
             BadHeader::Properties(e) => Self::frame_error(e),
         }
     }

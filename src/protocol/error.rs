@@ -69,8 +69,70 @@ pub fn code_name(reply_code: u16) -> &'static str {
     }
 }
 
+/// A limit that keeps one client from hurting the others: each refusal is logged and counted
+/// under its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The node's `connection_max`.
+    NodeConnections,
+    /// A vhost's `max-connections`.
+    VhostConnections,
+    /// A user's `max-connections`.
+    UserConnections,
+    /// The negotiated `channel_max`.
+    ChannelMax,
+    /// A user's `max-channels`.
+    UserChannels,
+    /// A vhost's `max-queues`.
+    VhostQueues,
+    /// `consumer_max_per_channel`.
+    ConsumersPerChannel,
+    /// `max_message_size`.
+    MessageSize,
+    /// `frame_max`.
+    FrameSize,
+    /// Field tables nested deeper than Warren reads.
+    TableDepth,
+    /// `consumer_timeout`.
+    ConsumerTimeout,
+}
+
+impl Limit {
+    /// Every limit, in the order metrics list them.
+    pub const ALL: [Limit; 11] = [
+        Limit::NodeConnections,
+        Limit::VhostConnections,
+        Limit::UserConnections,
+        Limit::ChannelMax,
+        Limit::UserChannels,
+        Limit::VhostQueues,
+        Limit::ConsumersPerChannel,
+        Limit::MessageSize,
+        Limit::FrameSize,
+        Limit::TableDepth,
+        Limit::ConsumerTimeout,
+    ];
+
+    /// Its name in logs and metrics: the setting that sets it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::NodeConnections => "connection_max",
+            Limit::VhostConnections => "vhost_max_connections",
+            Limit::UserConnections => "user_max_connections",
+            Limit::ChannelMax => "channel_max",
+            Limit::UserChannels => "user_max_channels",
+            Limit::VhostQueues => "vhost_max_queues",
+            Limit::ConsumersPerChannel => "consumer_max_per_channel",
+            Limit::MessageSize => "max_message_size",
+            Limit::FrameSize => "frame_max",
+            Limit::TableDepth => "table_depth",
+            Limit::ConsumerTimeout => "consumer_timeout",
+        }
+    }
+}
+
 /// What both error scopes carry: code, RabbitMQ-style text and the failing method.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Eq)]
 pub struct Reply {
     /// AMQP reply code.
     pub reply_code: u16,
@@ -80,6 +142,25 @@ pub struct Reply {
     pub class_id: u16,
     /// Method id of the method that failed (0 when none).
     pub method_id: u16,
+    /// The limit the refusal enforces, if it is one.
+    pub limit: Option<Limit>,
+}
+
+/// Replies are equal when the client would see the same: the limit is the broker's bookkeeping.
+impl PartialEq for Reply {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.reply_code,
+            &self.reply_text,
+            self.class_id,
+            self.method_id,
+        ) == (
+            other.reply_code,
+            &other.reply_text,
+            other.class_id,
+            other.method_id,
+        )
+    }
 }
 
 impl Reply {
@@ -104,6 +185,7 @@ impl Reply {
             reply_text,
             class_id: 0,
             method_id: 0,
+            limit: None,
         }
     }
 }
@@ -127,6 +209,13 @@ macro_rules! scoped_error {
                     self.0.class_id = class_id;
                     self.0.method_id = method_id;
                 }
+                self
+            }
+
+            /// Marks the refusal as enforcing `limit`, to be logged and counted as such.
+            #[must_use]
+            pub fn limit(mut self, limit: Limit) -> Self {
+                self.0.limit = Some(limit);
                 self
             }
 

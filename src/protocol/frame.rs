@@ -79,7 +79,8 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
             kind,
             &[],
             format_args!("{{frame_too_large,{size},{limit}}}"),
-        ));
+        )
+        .limit(super::Limit::FrameSize));
     }
     let Some(total) = usize::try_from(size)
         .ok()

@@ -78,6 +78,7 @@ fn syntax(class_id: u16, method_id: u16, payload: &[u8]) -> ConnectionError {
 fn too_deep(class_id: u16, method_id: u16, e: TooDeep) -> ConnectionError {
     ConnectionError::frame_error(format_args!("cannot decode arguments: {e}"))
         .on(class_id, method_id)
+        .limit(super::Limit::TableDepth)
 }
 
 /// A field ahead of a method's field table.

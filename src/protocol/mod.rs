@@ -9,4 +9,4 @@ pub mod method;
 pub mod table;
 
 pub use content::{BadProperties, Message, PropertiesInfo};
-pub use error::{AmqpError, ChannelError, ConnectionError, code};
+pub use error::{AmqpError, ChannelError, ConnectionError, Limit, code};

@@ -54,6 +54,12 @@ impl Credit {
             .is_ok()
     }
 
+    /// Whether its limit is reached: consumers sharing it get nothing more until some is released.
+    pub fn is_full(&self) -> bool {
+        let limit = self.prefetch.load(Ordering::Relaxed);
+        limit != 0 && self.unacked.load(Ordering::Relaxed) >= limit
+    }
+
     /// Gives back one delivery's worth of credit.
     pub fn release(&self, n: u32) {
         let _ = self

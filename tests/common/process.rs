@@ -53,9 +53,11 @@ pub fn serve_args(dir: &Path, port: u16) -> Vec<OsString> {
 pub async fn start_with_http(dir: &Path, port: u16, http: u16) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
     let mut args = serve_args(dir, port);
-    if let Some(i) = args.iter().position(|a| a == "--management-listen") {
-        args[i + 1] = format!("127.0.0.1:{http}").into();
-    }
+    set_arg(
+        &mut args,
+        "--management-listen",
+        &format!("127.0.0.1:{http}"),
+    );
     command.args(args);
     start_command(command, port).await
 }
@@ -69,11 +71,25 @@ pub async fn start_logged(dir: &Path, port: u16) -> Process {
 /// sees by default) rather than the tests' usual `warn`.
 pub async fn start_logged_with(dir: &Path, port: u16, extra: &[&str]) -> Process {
     let mut args = serve_args(dir, port);
-    if let Some(i) = args.iter().position(|a| a == "--log-level") {
-        args[i + 1] = "info".into();
-    }
+    set_arg(&mut args, "--log-level", "info");
+    args.extend(extra.iter().map(OsString::from));
+    start_logged_args(args, port).await
+}
+
+/// Sets the value of a flag [`serve_args`] gives.
+pub fn set_arg(args: &mut [OsString], flag: &str, value: &str) {
+    let i = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("{flag} is one of serve_args"));
+    args[i + 1] = value.into();
+}
+
+/// Starts the binary with `args` (ending in `warren serve` on `port`), its log kept for
+/// [`Process::log`].
+pub async fn start_logged_args(args: Vec<OsString>, port: u16) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
-    command.args(args).args(extra).stdout(Stdio::piped());
+    command.args(args).stdout(Stdio::piped());
     spawn(command, port).await
 }
 
@@ -105,6 +121,16 @@ impl Process {
     /// Its AMQP URI as guest.
     pub fn uri(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Its AMQP address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A lapin connection as guest.

@@ -83,11 +83,20 @@ pub fn queue_declare(channel: u16, name: &str) -> Vec<u8> {
 
 /// `basic.consume` of `queue` as `tag`, with acks, without arguments.
 pub fn consume(channel: u16, queue: &str, tag: &str) -> Vec<u8> {
+    consume_with(channel, queue, tag, 0)
+}
+
+/// `basic.consume` with no-ack.
+pub fn consume_no_ack(channel: u16, queue: &str, tag: &str) -> Vec<u8> {
+    consume_with(channel, queue, tag, 0b10)
+}
+
+fn consume_with(channel: u16, queue: &str, tag: &str, bits: u8) -> Vec<u8> {
     method(
         channel,
         60,
         20,
-        &[vec![0, 0], short(queue), short(tag), vec![0], long(&[])].concat(),
+        &[vec![0, 0], short(queue), short(tag), vec![bits], long(&[])].concat(),
     )
 }
 
@@ -160,7 +169,11 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        Self::from_stream(TcpStream::connect(addr).await.expect("tcp connect"))
+    }
+
+    /// A client over a socket the caller connected (from an address of its choice, say).
+    pub fn from_stream(stream: TcpStream) -> Self {
         Self {
             stream,
             buf: BytesMut::new(),
