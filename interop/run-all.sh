@@ -20,8 +20,9 @@
 #   WARREN_TLS_CA      the CA certificate (PEM) that signed the server's and the client's
 #   WARREN_TLS_CERT    the client certificate (PEM), CN=guest
 #   WARREN_TLS_KEY     its private key (PEM)
-# Point the suites at another TLS broker (the reference RabbitMQ) by setting these yourself. If
-# the certificates cannot be made, the run counts one failure and the suites skip their TLS checks.
+# To point a suite at another TLS broker (benches/rabbitmq-tls.sh), set these yourself and run its
+# run.sh. If the certificates cannot be made, the run counts one failure and the suites skip their
+# TLS checks.
 #
 # Environment: WARREN_BIN (binary to use), INTEROP_SUITES (space-separated suite names to run,
 # default all), INTEROP_SUITE_TIMEOUT (seconds per suite, default 900), CARGO_TARGET_DIR.
