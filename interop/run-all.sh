@@ -10,6 +10,20 @@
 # starts it again on the same port and data dir, and returns once the port accepts connections.
 # Suites that start Warren on their own run "$WARREN_BIN", the binary used here.
 #
+# Warren also listens for AMQPS on another free port, with certificates made for the run by
+# interop/lib/tls.sh (a throwaway CA, a server certificate for localhost and 127.0.0.1, a client
+# certificate "O=Warren interop, CN=guest"), client certificates verified (verify_peer) but not
+# required (fail_if_no_peer_cert = false, so password logins work over TLS too), and EXTERNAL
+# logins named by the certificate's common name (guest). Suites with TLS checks find it here:
+#   WARREN_AMQPS_URL   amqps://guest:guest@127.0.0.1:TLS_PORT/%2f
+#   WARREN_AMQPS_PORT  TLS_PORT
+#   WARREN_TLS_CA      the CA certificate (PEM) that signed the server's and the client's
+#   WARREN_TLS_CERT    the client certificate (PEM), CN=guest
+#   WARREN_TLS_KEY     its private key (PEM)
+# To point a suite at another TLS broker (benches/rabbitmq-tls.sh), set these yourself and run its
+# run.sh. If the certificates cannot be made, the run counts one failure and the suites skip their
+# TLS checks.
+#
 # Environment: WARREN_BIN (binary to use), INTEROP_SUITES (space-separated suite names to run,
 # default all), INTEROP_SUITE_TIMEOUT (seconds per suite, default 900), CARGO_TARGET_DIR.
 set -euo pipefail
@@ -41,6 +55,35 @@ prometheus_port=$(free_port)
 export WARREN_PROMETHEUS_URL="http://127.0.0.1:$prometheus_port"
 log=$state/warren.log
 
+# AMQPS: certificates and the [tls] settings every start of Warren gets (in $state/config.toml,
+# after the suite's own settings, if any)
+source "$root/interop/lib/debian.sh"
+source "$root/interop/lib/tls.sh"
+tls_port=$(free_port)
+tls_dir=$state/tls
+tls_failed=0
+unset WARREN_AMQPS_URL WARREN_AMQPS_PORT WARREN_TLS_CA WARREN_TLS_CERT WARREN_TLS_KEY
+if { command -v openssl >/dev/null || ensure_debs openssl; } && tls_make_certs "$tls_dir"; then
+    cat >"$state/tls.toml" <<EOF
+[tls]
+listen = "127.0.0.1:$tls_port"
+certfile = "$tls_dir/server.pem"
+keyfile = "$tls_dir/server.key"
+cacertfile = "$tls_dir/ca.pem"
+verify = "verify_peer"
+fail_if_no_peer_cert = false
+cert_login_from = "common_name"
+EOF
+    export WARREN_AMQPS_URL="amqps://guest:guest@127.0.0.1:$tls_port/%2f" WARREN_AMQPS_PORT=$tls_port
+    export WARREN_TLS_CA=$tls_dir/ca.pem WARREN_TLS_CERT=$tls_dir/client.pem WARREN_TLS_KEY=$tls_dir/client.key
+else
+    echo "!! could not make TLS certificates: the suites run without AMQPS"
+    tls_failed=1
+    tls_port=""
+    : >"$state/tls.toml"
+fi
+cp "$state/tls.toml" "$state/config.toml"
+
 # launch.sh starts Warren in the background and records its pid; a watcher (its parent) writes
 # Warren's exit status to rc.PID when it ends, so whoever stops it can check the status even
 # though Warren is not their child.
@@ -48,7 +91,7 @@ cat >"$state/launch.sh" <<EOF
 #!/usr/bin/env bash
 set -u
 config=()
-[[ -s "$state/suite.toml" ]] && config=(--config "$state/suite.toml")
+[[ -s "$state/config.toml" ]] && config=(--config "$state/config.toml")
 "$bin" serve "\${config[@]}" --listen "127.0.0.1:$port" --management-listen "127.0.0.1:$management_port" --prometheus-listen "127.0.0.1:$prometheus_port" --data-dir "$data_dir" >>"$log" 2>&1 </dev/null &
 pid=\$!
 echo \$pid >"$state/pid"
@@ -58,14 +101,15 @@ echo "[run-all.sh] warren pid \$pid exited with status \$rc" >>"$log"
 echo \$rc >"$state/rc.\$pid"
 EOF
 
-# wait_up: until the port accepts (30 s), failing early if Warren exits.
+# wait_up: until the port (and the AMQPS one) accepts (30 s), failing early if Warren exits.
 cat >"$state/wait-up.sh" <<EOF
 #!/usr/bin/env bash
 set -u
 for _ in \$(seq 300); do
     pid=\$(cat "$state/pid" 2>/dev/null || true)
     if [[ -n \$pid ]]; then
-        if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+        if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null &&
+            { [[ -z "$tls_port" ]] || (exec 3<>/dev/tcp/127.0.0.1/$tls_port) 2>/dev/null; }; then
             exit 0
         fi
         if [[ -e "$state/rc.\$pid" ]]; then
@@ -153,7 +197,7 @@ show_log() {
 
 echo "== warren: $bin"
 "$bin" --version
-echo "== starting warren on 127.0.0.1:$port, data dir $data_dir"
+echo "== starting warren on 127.0.0.1:$port${tls_port:+ (AMQPS on 127.0.0.1:$tls_port)}, data dir $data_dir"
 if ! bash "$state/start.sh"; then
     show_log
     echo "0 passed, 1 failed"
@@ -182,7 +226,7 @@ for script in "${suites[@]}"; do
     suite_config=$(dirname "$script")/warren.toml
     if [[ -e $suite_config ]]; then
         echo "(restarting warren with $suite_config)"
-        cp "$suite_config" "$state/suite.toml"
+        cat "$suite_config" "$state/tls.toml" >"$state/config.toml"
         bash "$state/restart.sh" || { show_log; broker_failed=1; }
     fi
     started=$(date +%s.%N)
@@ -217,7 +261,7 @@ for script in "${suites[@]}"; do
         bash "$state/start.sh" || { show_log; break; }
     fi
     if [[ -e $suite_config ]]; then
-        rm -f "$state/suite.toml"
+        cp "$state/tls.toml" "$state/config.toml"
         bash "$state/restart.sh" || { show_log; broker_failed=1; }
     fi
     total_passed=$((total_passed + passed))
@@ -246,6 +290,10 @@ for row in "${rows[@]}"; do
 done
 if ((${#rows[@]} == 0)); then
     echo "(no suites found under interop/*/run.sh)"
+fi
+if ((tls_failed)); then
+    echo "tls: FAILED (no certificates: no suite ran its TLS checks)"
+    total_failed=$((total_failed + 1))
 fi
 if ((broker_failed)); then
     echo "broker: FAILED (crashed, or did not exit 0 on SIGTERM)"

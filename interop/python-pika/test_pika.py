@@ -8,9 +8,16 @@ mandatory returns, passive declares, a failed login and a reconnect. Every check
 "ok NAME" or "FAIL NAME: REASON"; the last line is "N passed, N failed". Names carry a random
 suffix and the checks delete what they declare, so runs against a long-lived broker do not
 see each other's leftovers. No pytest needed: only pika.
+
+With WARREN_AMQPS_URL (amqps://...) and WARREN_TLS_CA (the CA that signed the broker's
+certificate, PEM) set, every check runs a second time over TLS, named NAME[tls], followed by the
+TLS-only checks: an EXTERNAL login with the client certificate WARREN_TLS_CERT / WARREN_TLS_KEY
+(whose certificate must name the user the URL names), and EXTERNAL refused without one.
 """
 
+import os
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -29,8 +36,10 @@ CHECK_TIMEOUT = 30  # seconds one check may take before it counts as failed
 PERSISTENT = 2  # delivery-mode of a persistent message
 
 URL = ""
+TLS_CA = None  # with it, URL is amqps:// and connections check the broker against this CA
 RUN = uuid.uuid4().hex[:8]
 CHECKS = []
+TLS_CHECKS = []
 
 
 def name(what):
@@ -40,6 +49,12 @@ def name(what):
 
 def check(fn):
     CHECKS.append(fn)
+    return fn
+
+
+def tls_check(fn):
+    """A check that runs only over TLS."""
+    TLS_CHECKS.append(fn)
     return fn
 
 
@@ -83,13 +98,20 @@ class Ctx:
                 pass
 
 
-def parameters(password=None):
+def parameters(password=None, client_cert=None):
+    """Connection parameters for URL; over TLS the broker's certificate is checked against TLS_CA
+    (and its name against the URL's host), and `client_cert` (certfile, keyfile) is shown."""
     params = pika.URLParameters(URL)
     params.connection_attempts = 1
     params.socket_timeout = 10
     params.blocked_connection_timeout = 20
     if password is not None:
         params.credentials = pika.PlainCredentials(params.credentials.username, password)
+    if TLS_CA is not None:
+        context = ssl.create_default_context(cafile=TLS_CA)
+        if client_cert is not None:
+            context.load_cert_chain(*client_cert)
+        params.ssl_options = pika.SSLOptions(context, server_hostname=params.host)
     return params
 
 
@@ -498,29 +520,60 @@ def reconnect_finds_durable_messages(ctx):
     expect(method is None, "queue should be empty after acking")
 
 
-def main():
-    global URL
-    if len(sys.argv) != 2:
-        print("usage: test_pika.py AMQP_URL", file=sys.stderr)
-        return 2
-    URL = sys.argv[1]
-    signal.signal(signal.SIGALRM, _on_alarm)
+# --- over TLS only ----------------------------------------------------------------------------
+
+
+@tls_check
+def external_login_with_client_certificate(ctx):
+    cert, key = os.environ.get("WARREN_TLS_CERT"), os.environ.get("WARREN_TLS_KEY")
+    expect(cert and key, "WARREN_TLS_CERT and WARREN_TLS_KEY must name the client certificate and key")
+    params = parameters(client_cert=(cert, key))
+    params.credentials = pika.credentials.ExternalCredentials()
+    conn = ctx.connect(params)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    queue = ch.queue_declare(queue="", exclusive=True).method.queue
+    ch.basic_publish(exchange="", routing_key=queue, body=b"as the certificate's user")
+    method, _, body = ch.basic_get(queue=queue, auto_ack=True)
+    expect(method is not None, "basic.get returned nothing")
+    expect_eq(body, b"as the certificate's user", "body")
+
+
+@tls_check
+def external_login_without_client_certificate_refused(ctx):
+    params = parameters()
+    params.credentials = pika.credentials.ExternalCredentials()
+    try:
+        ctx.connect(params)
+    except (ProbableAuthenticationError, AuthenticationError) as e:
+        # RabbitMQ 3.10 offers EXTERNAL on a listener that verifies peers whether or not this
+        # client showed a certificate, and refuses the login: connection.close 403 ACCESS_REFUSED
+        expect("(403) 'ACCESS_REFUSED - " in str(e), f"expected a 403 ACCESS_REFUSED close, got {e!r}")
+    else:
+        raise AssertionError("EXTERNAL login without a client certificate was accepted")
+    # password logins over TLS go on
+    ctx.channel().queue_declare(queue="", exclusive=True)
+
+
+def run(checks, suffix=""):
+    """Runs `checks`, printing one line each; returns (passed, failed)."""
     passed = failed = 0
-    for fn in CHECKS:
+    for fn in checks:
+        label = fn.__name__ + suffix
         ctx = Ctx()
         started = time.monotonic()
         try:
             signal.alarm(CHECK_TIMEOUT)
             fn(ctx)
             signal.alarm(0)
-            print(f"ok {fn.__name__}", flush=True)
+            print(f"ok {label}", flush=True)
             passed += 1
         except BaseException as e:  # noqa: B036 - a check's failure must not stop the run
             signal.alarm(0)
             if isinstance(e, KeyboardInterrupt):
                 raise
             reason = str(e) if isinstance(e, (AssertionError, CheckTimeout)) else repr(e)
-            print(f"FAIL {fn.__name__}: {reason}", flush=True)
+            print(f"FAIL {label}: {reason}", flush=True)
             if not isinstance(e, AssertionError):
                 traceback.print_exc(file=sys.stderr)
             failed += 1
@@ -533,7 +586,26 @@ def main():
             signal.alarm(0)
         elapsed = time.monotonic() - started
         if elapsed > 5:
-            print(f"   ({fn.__name__} took {elapsed:.1f} s)", flush=True)
+            print(f"   ({label} took {elapsed:.1f} s)", flush=True)
+    return passed, failed
+
+
+def main():
+    global URL, TLS_CA
+    if len(sys.argv) != 2:
+        print("usage: test_pika.py AMQP_URL", file=sys.stderr)
+        return 2
+    URL = sys.argv[1]
+    signal.signal(signal.SIGALRM, _on_alarm)
+    passed, failed = run(CHECKS)
+    tls_url, TLS_CA = os.environ.get("WARREN_AMQPS_URL"), os.environ.get("WARREN_TLS_CA")
+    if tls_url and TLS_CA:
+        print(f"-- again over TLS: {tls_url}", flush=True)
+        URL = tls_url
+        for p, f in (run(CHECKS, "[tls]"), run(TLS_CHECKS)):
+            passed, failed = passed + p, failed + f
+    else:
+        print("-- no TLS checks: WARREN_AMQPS_URL and WARREN_TLS_CA are not both set", flush=True)
     print(f"{passed} passed, {failed} failed", flush=True)
     return 0 if failed == 0 else 1
 

@@ -7,6 +7,15 @@
 # set from the URL; they always log in as guest/guest on the default vhost "/", so the URL must
 # name those. Every test prints "ok NAME" or "FAIL NAME: REASON"; the last line printed is
 # "N passed, N failed", and the exit status is non-zero when any test failed.
+#
+# The TLS tests connect to RABBITMQ_5671_TCP on the same host with the files under t/certs/
+# (relative to the directory pytest runs in), which the sdist does not ship. With WARREN_AMQPS_URL,
+# WARREN_TLS_CA, WARREN_TLS_CERT and WARREN_TLS_KEY set (interop/run-all.sh sets them), pytest
+# runs in a copy of the sdist's tests whose t/certs/ holds those: ca_certificate.pem (the CA),
+# client_certificate.pem and client_key.pem (the client's, which the broker must accept), and
+# client_certificate_broken.pem / client_key_broken.pem (the same with their base64 mangled, as
+# upstream's are: loading them fails); RABBITMQ_5671_TCP is WARREN_AMQPS_URL's port. Without
+# them the TLS tests are deselected.
 set -euo pipefail
 
 AMQP_VERSION=5.4.2
@@ -17,27 +26,27 @@ RUN_TIMEOUT=300               # seconds for the whole pytest run
 
 # Tests that fail against RabbitMQ as well, so they say nothing about the broker. Each is
 # deselected here, with the reason; pytest prints the deselected count.
-# - test_connect[tls], test_tls_connect_fails and every test_rabbitmq_operations "tls" variant
-#   connect with TLS to RABBITMQ_5671_TCP (default 5671) using t/certs/*.pem, which the sdist does
-#   not ship; the reference RabbitMQ has no TLS listener (connection refused), and Warren has no
-#   TLS yet.
 # - test_tls_default_certs / test_tls_no_default_certs_fails connect to tls-v1-2.badssl.com:1012
 #   on the internet, which is not reachable here (only the package registries are).
 # pytest-rerunfailures (amqp's test requirement for the "flaky" marker, 5 reruns) is deliberately
 # not installed: a test that fails once counts as failed.
 DESELECT=(
-    "t/integration/test_rmq.py::test_connect[tls]"
-    "t/integration/test_rmq.py::test_tls_connect_fails"
     "t/integration/test_rmq.py::test_tls_default_certs"
     "t/integration/test_rmq.py::test_tls_no_default_certs_fails"
+)
+# The tests that need a TLS listener and t/certs/ (see above): test_connect[tls],
+# test_tls_connect_fails, and every test_rabbitmq_operations "tls" variant.
+TLS_TESTS=(
+    "t/integration/test_rmq.py::test_connect[tls]"
+    "t/integration/test_rmq.py::test_tls_connect_fails"
 )
 for p in "basic_publish-False-True" "basic_publish-True-True" "basic_publish-False-False" \
     "basic_publish-True-False" "basic_publish_confirm-False-True" "basic_publish_confirm-True-True" \
     "basic_publish_confirm-False-False" "basic_publish_confirm-True-False"; do
-    DESELECT+=("t/integration/test_rmq.py::test_rabbitmq_operations::test_publish_consume[tls-$p]")
+    TLS_TESTS+=("t/integration/test_rmq.py::test_rabbitmq_operations::test_publish_consume[tls-$p]")
 done
 for t in test_publish_get test_publish_get__short_int_header test_publish_get__short_short_int_header; do
-    DESELECT+=("t/integration/test_rmq.py::test_rabbitmq_operations::$t[tls]")
+    TLS_TESTS+=("t/integration/test_rmq.py::test_rabbitmq_operations::$t[tls]")
 done
 
 url=${1:?usage: run.sh AMQP_URL}
@@ -106,10 +115,30 @@ export RABBITMQ_HOST=$host RABBITMQ_5672_TCP=$port
 
 set +e
 out=$(mktemp -d)
+tests_dir=$src
+if [[ -n ${WARREN_AMQPS_URL:-} && -n ${WARREN_TLS_CA:-} && -n ${WARREN_TLS_CERT:-} && -n ${WARREN_TLS_KEY:-} ]]; then
+    # the sdist's tests and settings (unmodified) beside the certificates, the package linked
+    tests_dir=$out/src
+    mkdir -p "$tests_dir" &&
+        cp -r "$src/t" "$src/setup.cfg" "$tests_dir/" &&
+        ln -s "$src/amqp" "$tests_dir/amqp" &&
+        mkdir -p "$tests_dir/t/certs" &&
+        cp "$WARREN_TLS_CA" "$tests_dir/t/certs/ca_certificate.pem" &&
+        cp "$WARREN_TLS_CERT" "$tests_dir/t/certs/client_certificate.pem" &&
+        cp "$WARREN_TLS_KEY" "$tests_dir/t/certs/client_key.pem" &&
+        sed '2s/^....../Broken/' "$WARREN_TLS_CERT" >"$tests_dir/t/certs/client_certificate_broken.pem" &&
+        sed '2s/^....../Broken/' "$WARREN_TLS_KEY" >"$tests_dir/t/certs/client_key_broken.pem"
+    tls_port=$("$venv/bin/python" -c 'import sys; from urllib.parse import urlsplit; print(urlsplit(sys.argv[1]).port or 5671)' "$WARREN_AMQPS_URL")
+    export RABBITMQ_5671_TCP=$tls_port
+    echo "TLS tests: port $tls_port, certificates in $tests_dir/t/certs"
+else
+    echo "TLS tests deselected: WARREN_AMQPS_URL, WARREN_TLS_CA, WARREN_TLS_CERT and WARREN_TLS_KEY are not all set"
+    DESELECT+=("${TLS_TESTS[@]}")
+fi
 deselect_args=()
 for d in "${DESELECT[@]}"; do deselect_args+=(--deselect "$d"); done
 (
-    cd "$src" &&
+    cd "$tests_dir" &&
         timeout --kill-after=10 "$RUN_TIMEOUT" "$venv/bin/python" -m pytest t/integration/test_rmq.py \
             -p no:cacheprovider -o addopts="" -rfE -v -W ignore::pytest.PytestUnknownMarkWarning --timeout="$TEST_TIMEOUT" \
             --junitxml="$out/junit.xml" "${deselect_args[@]}"
