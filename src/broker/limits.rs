@@ -189,6 +189,21 @@ mod tests {
     }
 
     #[test]
+    fn every_limit_has_its_own_counter() {
+        let counters = LimitCounters::default();
+        for (i, limit) in Limit::ALL.into_iter().enumerate() {
+            assert_eq!(
+                limit as usize,
+                i,
+                "{} is listed in declaration order",
+                limit.name()
+            );
+            counters.hit(limit);
+            assert_eq!(counters.get(limit), 1);
+        }
+    }
+
+    #[test]
     fn a_zero_delay_turns_it_off() {
         let t = LoginThrottle::new(Duration::ZERO, Duration::from_secs(5));
         let a: IpAddr = "10.0.0.1".parse().unwrap();
