@@ -340,6 +340,7 @@ fn methods() -> Vec<(&'static str, AMQPClass)> {
             "access.request",
             Access(access::AMQPMethod::Request(access::Request {
                 realm: name("/data"),
+                ..Default::default()
             })),
         ),
         (
