@@ -21,15 +21,24 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions, Queu
 use lapin::{Connection, ConnectionProperties};
 use warren::protocol::method::Method;
 
-/// The value of `warren_limit_refusals_total` for `limit` in a scrape of `/metrics`.
-async fn refusals(b: &TestBroker, limit: &str) -> u64 {
+/// The value of `series` (name and labels) in a scrape of `/metrics`.
+async fn metric(b: &TestBroker, series: &str) -> u64 {
     let (status, body) = scrape(b, "/metrics").await;
     assert_eq!(status, 200);
-    let prefix = format!("warren_limit_refusals_total{{limit=\"{limit}\"}} ");
+    let prefix = format!("{series} ");
     body.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in the metrics"))
+        .unwrap_or_else(|| panic!("no {series} in the metrics"))
+}
+
+/// The value of `warren_limit_refusals_total` for `limit`.
+async fn refusals(b: &TestBroker, limit: &str) -> u64 {
+    metric(
+        b,
+        &format!("warren_limit_refusals_total{{limit=\"{limit}\"}}"),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -272,13 +281,7 @@ async fn failed_logins_slow_down_their_address_only() {
     // The right password from the slowed address gets in after its turn, and clears its record.
     let (ok, _) = attempt("127.0.0.1", "guest").await;
     assert!(ok);
-    let (status, metrics) = scrape(&b, "/metrics").await;
-    assert_eq!(status, 200);
-    let delayed: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("warren_auth_attempts_delayed_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("warren_auth_attempts_delayed_total");
+    let delayed = metric(&b, "warren_auth_attempts_delayed_total").await;
     assert!(delayed >= 3, "delayed attempts counted: {delayed}");
 }
 

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::http::request_as;
 use common::process::{
     Process, free_port, serve_args, set_arg, start_logged, start_logged_args, start_logged_with,
 };
@@ -138,26 +139,6 @@ async fn a_user_name_cannot_start_a_log_line_or_reach_the_terminal() {
     assert!(!log.contains('\x1b'), "an escape reached the log: {log:?}");
 }
 
-/// Sends one HTTP request with `password` as guest's (or `user`'s) Basic credentials; the status.
-async fn http_as(
-    port: u16,
-    user: &str,
-    password: &str,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> u16 {
-    use base64::Engine;
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    common::http::exchange(([127, 0, 0, 1], port).into(), &request)
-        .await
-        .0
-}
-
 #[tokio::test]
 async fn no_password_or_hash_reaches_the_log_even_at_debug() {
     let dir = tempfile::tempdir().expect("dir");
@@ -185,13 +166,19 @@ async fn no_password_or_hash_reaches_the_log_even_at_debug() {
         assert!(!format!("{e:?}").contains(password), "not in the reply");
     }
     // A wrong password over HTTP; a user made with a password, then refused with another.
+    let api: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
+    let guest = ("guest", "guest");
     assert_eq!(
-        http_as(http, "guest", canaries[2], "GET", "/api/whoami", "").await,
+        request_as(api, ("guest", canaries[2]), "GET", "/api/whoami", "")
+            .await
+            .0,
         401
     );
     let body = format!("{{\"password\":\"{}\",\"tags\":\"\"}}", canaries[3]);
     assert_eq!(
-        http_as(http, "guest", "guest", "PUT", "/api/users/canary", &body).await,
+        request_as(api, guest, "PUT", "/api/users/canary", &body)
+            .await
+            .0,
         201
     );
     let uri = format!("amqp://canary:{}x@127.0.0.1:{port}/%2f", canaries[3]);
@@ -200,11 +187,7 @@ async fn no_password_or_hash_reaches_the_log_even_at_debug() {
             .await
             .is_err()
     );
-    let (_, _, user) = common::http::exchange(
-        ([127, 0, 0, 1], http).into(),
-        "GET /api/users/canary HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let (_, user) = request_as(api, guest, "GET", "/api/users/canary", "").await;
     let hash =
         serde_json::from_str::<serde_json::Value>(&user).expect("user JSON")["password_hash"]
             .as_str()

@@ -21,9 +21,22 @@ async fn request_to(
     path: &str,
     body: &str,
 ) -> (u16, String) {
-    // "guest:guest" in base64.
+    request_as(addr, ("guest", "guest"), method, path, body).await
+}
+
+/// Sends `method path` with a JSON `body` as `user` with `password`; returns the status and
+/// the body.
+pub async fn request_as(
+    addr: std::net::SocketAddr,
+    (user, password): (&str, &str),
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let (status, _, body) = exchange(addr, &request).await;
