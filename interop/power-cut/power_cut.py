@@ -33,11 +33,11 @@ DELAY_MS = 2000  # x-delay of the delayed messages: due a while after the restar
 TTL_MS = "300"  # expiration of the messages that are dead-lettered in flight
 SETTLE_SECONDS = 6.0  # how long a check waits for dead-lettered and delayed messages to arrive
 
-CLASSIC, QUORUM, PRIORITY, TTL, DLQ, DELAYED_Q = (
-    "pc-classic", "pc-quorum", "pc-priority", "pc-ttl", "pc-dlq", "pc-delayed-q")
+CLASSIC, QUORUM, PRIORITY, TTL, DLQ, DELAYED_Q, STREAM = (
+    "pc-classic", "pc-quorum", "pc-priority", "pc-ttl", "pc-dlq", "pc-delayed-q", "pc-stream")
 DLX, DELAYED_X = "pc-dlx", "pc-delayed"
 # Where publisher message number i goes: TARGETS[i % len(TARGETS)].
-TARGETS = ["classic", "quorum", "priority", "ttl", "delayed"]
+TARGETS = ["classic", "quorum", "priority", "ttl", "delayed", "stream"]
 
 QUEUES = {
     CLASSIC: {},
@@ -46,6 +46,8 @@ QUEUES = {
     TTL: {"x-dead-letter-exchange": DLX, "x-dead-letter-routing-key": "dl"},
     DLQ: {},
     DELAYED_Q: {},
+    # Small segments, so that a round rolls many of them.
+    STREAM: {"x-queue-type": "stream", "x-stream-max-segment-size-bytes": 20000},
 }
 
 
@@ -68,7 +70,7 @@ def publish(url, out, pub):
             body = f"{pub}:{seq}:{target}".encode()
             props = pika.BasicProperties(delivery_mode=PERSISTENT)
             exchange, key = "", {"classic": CLASSIC, "quorum": QUORUM, "priority": PRIORITY,
-                                 "ttl": TTL}.get(target, "d")
+                                 "ttl": TTL, "stream": STREAM}.get(target, "d")
             if target == "priority":
                 props.priority = seq % 10
             elif target == "ttl":
@@ -338,6 +340,15 @@ class Round:
         got = drain(conn, PRIORITY) if present(PRIORITY) else []
         self.presence(f"{tag} priority", ids(confirmed["priority"]), got, ordered=False)
 
+        # Stream: read from the first offset, every confirmed message is there, in publish order,
+        # at consecutive offsets from 0.
+        got, offsets = drain_stream(conn, STREAM) if present(STREAM) else ([], [])
+        self.presence(f"{tag} stream", ids(confirmed["stream"]), got, ordered=True)
+        gaps = [o for i, o in enumerate(offsets) if o != i]
+        self.checks.report(f"{tag} stream offsets", not gaps,
+                           f"{len(offsets)} messages at offsets 0..{len(offsets) - 1}"
+                           if not gaps else f"offset {gaps[0]} at position {offsets.index(gaps[0])}")
+
         # Dead-lettered in flight: each one in the DLQ, or (not yet expired) still in its queue.
         want = ids(confirmed["ttl"])
         got = []
@@ -423,6 +434,24 @@ def drain(conn, queue, until=None, settle=0.0):
             break
     ch.close()
     return seen
+
+
+def drain_stream(conn, queue):
+    """(pub, seq) of every message of the stream QUEUE from its first offset, and their
+    x-stream-offset headers, in delivery order; stops after 0.5 s without a delivery."""
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=500)
+    seen, offsets = [], []
+    for method, props, body in ch.consume(queue, arguments={"x-stream-offset": "first"},
+                                          inactivity_timeout=0.5):
+        if method is None:
+            break
+        pub, seq, _ = body.decode().split(":")
+        seen.append((int(pub), int(seq)))
+        offsets.append(props.headers["x-stream-offset"])
+        ch.basic_ack(method.delivery_tag)
+    ch.close()
+    return seen, offsets
 
 
 def free_port():

@@ -10,7 +10,7 @@ use super::admin::PolicyRecord;
 use crate::queue::args::{Overflow, QueueArgs, QueueType};
 
 /// The keys a policy may set that Warren acts on.
-const APPLIED: [&str; 9] = [
+const APPLIED: [&str; 11] = [
     "dead-letter-exchange",
     "dead-letter-routing-key",
     "message-ttl",
@@ -20,6 +20,8 @@ const APPLIED: [&str; 9] = [
     "overflow",
     "alternate-exchange",
     "delivery-limit",
+    "max-age",
+    "stream-max-segment-size-bytes",
 ];
 
 /// Keys RabbitMQ 3.x accepts for features Warren does not have: stored so that real exports
@@ -77,6 +79,14 @@ fn check_value(key: &str, v: &Value) -> Result<(), String> {
         "message-ttl" if !non_negative => "a valid message TTL",
         "expires" if v.as_i64().is_none_or(|n| n < 1) => "a valid queue expiry",
         "delivery-limit" if !non_negative => "a valid delivery limit",
+        "max-age"
+            if v.as_str()
+                .and_then(crate::queue::args::max_age_ms)
+                .is_none() =>
+        {
+            "a valid max age"
+        }
+        "stream-max-segment-size-bytes" if !non_negative => "a valid segment size",
         "overflow"
             if !matches!(
                 v.as_str(),
@@ -285,6 +295,7 @@ fn applies(apply_to: &str, target: Target) -> bool {
         ("all", _) | ("exchanges", Target::Exchange) | ("queues", Target::Queue(_)) => true,
         ("classic_queues", Target::Queue(t)) => t == QueueType::Classic,
         ("quorum_queues", Target::Queue(t)) => t == QueueType::Quorum,
+        ("streams", Target::Queue(t)) => t == QueueType::Stream,
         _ => false,
     }
 }
@@ -305,6 +316,15 @@ pub fn effective(declared: &QueueArgs, arguments: &FieldTable, applied: &Applied
     out.max_length = lowest(declared.max_length, LOWEST_WINS[2]);
     out.max_length_bytes = lowest(declared.max_length_bytes, LOWEST_WINS[3]);
     out.delivery_limit = lowest(declared.delivery_limit, LOWEST_WINS[4]);
+    // A stream's own arguments win over these two, as in RabbitMQ.
+    out.max_age_ms = declared.max_age_ms.or_else(|| {
+        def.get("max-age")
+            .and_then(Value::as_str)
+            .and_then(crate::queue::args::max_age_ms)
+    });
+    out.segment_bytes = declared
+        .segment_bytes
+        .or_else(|| number("stream-max-segment-size-bytes"));
     let text = |k: &str| def.get(k).and_then(Value::as_str).map(String::from);
     if out.dead_letter_exchange.is_none() {
         out.dead_letter_exchange = text("dead-letter-exchange");

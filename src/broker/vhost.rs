@@ -344,6 +344,14 @@ impl VHost {
             ))
             .limit(crate::protocol::Limit::VhostQueues));
         }
+        // Exclusive queues die with their connection, so never outlive a restart.
+        let log = t.queue_log(d.durable && !d.exclusive);
+        let stream = durable::stream_files(log.as_ref(), &args).map_err(|e| {
+            ChannelError::new(
+                code::INTERNAL_ERROR,
+                format_args!("cannot create the files of stream '{name}': {e}"),
+            )
+        })?;
         let q = Queue::with_args(
             name.clone(),
             self.name.clone(),
@@ -352,9 +360,9 @@ impl VHost {
                 exclusive_owner: d.exclusive.then_some(conn_id),
                 auto_delete: d.auto_delete,
                 arguments: d.arguments.clone(),
-                // Exclusive queues die with their connection, so never outlive a restart.
-                log: t.queue_log(d.durable && !d.exclusive),
+                log,
                 pager: t.pager.clone(),
+                stream,
             },
             args,
         );

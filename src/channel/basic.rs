@@ -12,7 +12,7 @@ use crate::protocol::{AmqpError, ChannelError, ConnectionError, Limit, Message, 
 use crate::queue::Entry;
 use crate::queue::log::SharedRecord;
 use crate::queue::memory::footprint;
-use crate::queue::{Consumer, Credit, InFlight, NO_ACK_WINDOW, Published, Queue, args};
+use crate::queue::{Consumer, Credit, InFlight, NO_ACK_WINDOW, Published, Queue, args, stream};
 use crate::stats::Stat;
 use std::sync::atomic::Ordering;
 
@@ -215,6 +215,9 @@ impl Channel {
                 let name = self.queue_name(g.queue.as_str())?;
                 self.permit(ctx, Perm::Read, Resource::Queue, &name)?;
                 let q = ctx.vhost.queue(&name, ctx.conn_id)?;
+                if q.is_stream() {
+                    return Err(stream::unsupported(&q, "basic.get").into());
+                }
                 match q.get() {
                     None => {
                         self.stats.counters.add(Stat::GetEmpty, 1);
@@ -311,6 +314,9 @@ impl Channel {
             .into());
         }
         let q = ctx.vhost.queue(&name, ctx.conn_id)?;
+        if q.is_stream() {
+            stream::check_consumer(&q, c.no_ack, self.prefetch_count)?;
+        }
         let priority = consumer_priority(&c.arguments, &q)?;
         // A consumer with no prefetch limit still has one: with no-ack, what may wait in the
         // inbox; otherwise the channel's cap on what all such consumers hold unacked together.
@@ -533,6 +539,9 @@ impl Channel {
         ack: bool,
         requeue: bool,
     ) -> Result<(), AmqpError> {
+        if !ack && let Some(q) = self.stream_among(tag, multiple) {
+            return Err(stream::unsupported(&q, "basic.nack and basic.reject").into());
+        }
         let settled = self.collect(tag, multiple)?;
         if let Some(ops) = &mut self.tx {
             self.stats
@@ -547,6 +556,18 @@ impl Channel {
         }
         self.apply_settled(settled, ack, requeue);
         Ok(())
+    }
+
+    /// A stream among the queues of the deliveries `tag` and `multiple` name, if any: streams
+    /// refuse rejects, and the deliveries must stay unacked for the connection's close to settle.
+    fn stream_among(&self, tag: u64, multiple: bool) -> Option<Arc<Queue>> {
+        let upto = if multiple && tag == 0 { u64::MAX } else { tag };
+        self.unacked
+            .iter()
+            .take_while(|u| u.tag <= upto)
+            .filter(|u| multiple || u.tag == tag)
+            .find(|u| u.queue.is_stream())
+            .map(|u| u.queue.clone())
     }
 
     /// RabbitMQ's `collect_acks`: `multiple` with tag 0 means every delivery; otherwise the tag

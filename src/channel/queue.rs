@@ -9,6 +9,7 @@ use crate::broker::exchange::{Binding, Destination};
 use crate::broker::{QueueDeclare, generated_name};
 use crate::protocol::ChannelError;
 use crate::protocol::{AmqpError, ConnectionError, code};
+use crate::queue::stream;
 
 impl Channel {
     pub(super) fn queue(&mut self, ctx: &mut Ctx, m: queue::AMQPMethod) -> Result<(), AmqpError> {
@@ -114,7 +115,11 @@ impl Channel {
             queue::AMQPMethod::Purge(p) => {
                 let name = self.queue_name(p.queue.as_str())?;
                 self.permit(ctx, Perm::Read, Resource::Queue, &name)?;
-                let message_count = ctx.vhost.queue(&name, ctx.conn_id)?.purge();
+                let q = ctx.vhost.queue(&name, ctx.conn_id)?;
+                if q.is_stream() {
+                    return Err(stream::unsupported(&q, "queue.purge").into());
+                }
+                let message_count = q.purge();
                 reply(
                     ctx,
                     p.nowait,

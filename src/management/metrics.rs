@@ -355,6 +355,7 @@ fn queue_type_label(t: QueueType) -> &'static str {
     match t {
         QueueType::Classic => "rabbit_classic_queue",
         QueueType::Quorum => "rabbit_quorum_queue",
+        QueueType::Stream => "rabbit_stream_queue",
     }
 }
 

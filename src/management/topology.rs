@@ -122,6 +122,7 @@ fn queue_json(q: &Queue, ages: Ages) -> Value {
     let kind = match q.args.queue_type {
         QueueType::Classic => "classic",
         QueueType::Quorum => "quorum",
+        QueueType::Stream => "stream",
     };
     let mut json = json!({
         "name": *q.name,
@@ -146,6 +147,21 @@ fn queue_json(q: &Queue, ages: Ages) -> Value {
         "message_bytes_unacknowledged": s.unacked_bytes,
         "recoverable_slaves": null,
     });
+    if let Some(i) = q.stream_info() {
+        // RabbitMQ's members, online and readers; then what Warren adds: the offsets kept, the
+        // files, and what retention removed.
+        json["members"] = json!([node_name()]);
+        json["online"] = json!([node_name()]);
+        let mut readers = serde_json::Map::new();
+        readers.insert(node_name().into(), json!(i.readers));
+        json["readers"] = Value::Object(readers);
+        json["first_offset"] = json!(i.first_offset);
+        json["last_offset"] = json!(i.last_offset);
+        json["segments"] = json!(i.segments);
+        json["stream_bytes"] = json!(i.bytes);
+        json["retention_removed_messages"] = json!(i.removed_messages);
+        json["retention_removed_bytes"] = json!(i.removed_bytes);
+    }
     add_lengths(
         &mut json,
         [s.ready + s.unacked, s.ready, s.unacked],

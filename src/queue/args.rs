@@ -25,6 +25,8 @@ pub enum QueueType {
     Classic,
     /// A quorum queue, on one node: durable, fsync before confirm, delivery limits.
     Quorum,
+    /// A stream: an append-only log that every consumer reads at its own offset.
+    Stream,
 }
 
 /// The arguments of a queue that change its behaviour.
@@ -52,6 +54,31 @@ pub struct QueueArgs {
     pub queue_type: QueueType,
     /// `x-delivery-limit` (quorum queues).
     pub delivery_limit: Option<u64>,
+    /// `x-max-age` in milliseconds (streams).
+    pub max_age_ms: Option<u64>,
+    /// `x-stream-max-segment-size-bytes` (streams).
+    pub segment_bytes: Option<u64>,
+}
+
+/// Reads an `x-max-age` as RabbitMQ does: a positive integer and one of its case-sensitive units
+/// (`Y`, `M`, `D`, `h`, `m`, `s`), in milliseconds.
+pub fn max_age_ms(text: &str) -> Option<u64> {
+    let unit = text.chars().last()?;
+    let seconds: u64 = match unit {
+        'Y' => 365 * 86_400,
+        'M' => 30 * 86_400,
+        'D' => 86_400,
+        'h' => 3_600,
+        'm' => 60,
+        's' => 1,
+        _ => return None,
+    };
+    let digits = &text[..text.len() - 1];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    (n > 0).then(|| n.saturating_mul(seconds).saturating_mul(1000))
 }
 
 pub use crate::protocol::table::type_name;
@@ -181,12 +208,7 @@ impl QueueArgs {
             out.queue_type = match str_value(v).as_deref() {
                 Some("classic") => QueueType::Classic,
                 Some("quorum") => QueueType::Quorum,
-                Some("stream") => {
-                    return Err(ChannelError::precondition(format_args!(
-                        "invalid arg 'x-queue-type' for queue '{}' in vhost '{}': streams are not supported by Warren yet",
-                        d.name, d.vhost
-                    )));
-                }
+                Some("stream") => QueueType::Stream,
                 Some(other) => {
                     return Err(invalid(
                         "x-queue-type",
@@ -201,7 +223,7 @@ impl QueueArgs {
                 }
             };
         }
-        if out.queue_type == QueueType::Quorum {
+        if out.queue_type != QueueType::Classic {
             let property = if !d.durable {
                 Some("non-durable")
             } else if d.exclusive {
@@ -223,6 +245,7 @@ impl QueueArgs {
         let (supported, type_name_) = match out.queue_type {
             QueueType::Classic => (CLASSIC_ARGS, "rabbit_classic_queue"),
             QueueType::Quorum => (QUORUM_ARGS, "rabbit_quorum_queue"),
+            QueueType::Stream => (STREAM_ARGS, "rabbit_stream_queue"),
         };
         if let Some(key) = args.inner().keys().map(|k| k.as_str()).find(|k| {
             !supported.contains(k)
@@ -278,6 +301,20 @@ impl QueueArgs {
             Some(n) => Some(expiry("x-message-ttl", n)?),
             None => None,
         };
+        if let Some(v) = get("x-max-age") {
+            out.max_age_ms = match str_value(v) {
+                Some(text) => Some(
+                    max_age_ms(&text).ok_or_else(|| invalid("x-max-age", &"invalid_max_age"))?,
+                ),
+                None => {
+                    return Err(invalid(
+                        "x-max-age",
+                        &format_args!("{{unacceptable_type,{}}}", type_name(v)),
+                    ));
+                }
+            };
+        }
+        out.segment_bytes = non_neg("x-stream-max-segment-size-bytes")?;
         out.max_length = non_neg("x-max-length")?;
         out.max_length_bytes = non_neg("x-max-length-bytes")?;
         if let Some(p) = non_neg("x-max-priority")? {

@@ -131,7 +131,8 @@ pub struct ConsumerView {
 }
 
 impl Consumer {
-    fn try_acquire(&self) -> bool {
+    /// Takes one delivery's credit, per consumer and (acked) per channel; false if none is left.
+    pub(super) fn try_acquire(&self) -> bool {
         if !self.credit.try_acquire() {
             return false;
         }
@@ -142,7 +143,8 @@ impl Consumer {
         true
     }
 
-    fn release(&self) {
+    /// Gives back what [`Consumer::try_acquire`] took.
+    pub(super) fn release(&self) {
         self.credit.release(1);
         if !self.no_ack {
             self.channel_credit.release(1);
@@ -156,6 +158,9 @@ pub const FLOW_HIGH: usize = 20_000;
 impl Queue {
     /// Delivers ready messages to consumers that have credit.
     pub fn drain(self: &Arc<Self>) {
+        if self.wake_readers() {
+            return;
+        }
         let mut dead = Vec::new();
         {
             let mut st = self.state.lock();
@@ -168,7 +173,9 @@ impl Queue {
     /// Whether publishers should wait for this queue's consumers to catch up, or for the store
     /// to write what this queue keeps.
     pub fn backlogged(&self) -> bool {
-        self.consumers_behind() || self.options.log.as_ref().is_some_and(|l| l.backlogged())
+        self.consumers_behind()
+            || self.options.log.as_ref().is_some_and(|l| l.backlogged())
+            || self.stream.as_ref().is_some_and(|s| s.files().backlogged())
     }
 
     fn consumers_behind(&self) -> bool {
@@ -180,6 +187,9 @@ impl Queue {
     pub async fn caught_up(&self) {
         if let Some(log) = self.options.log.as_ref().filter(|l| l.backlogged()) {
             log.written_out().await;
+        }
+        if let Some(s) = self.stream.as_ref().filter(|s| s.files().backlogged()) {
+            s.files().written_out().await;
         }
         let notified = self.caught_up.notified();
         if self.consumers_behind() {
@@ -328,6 +338,9 @@ impl Queue {
                 ),
             ));
         }
+        if let Some(s) = &self.stream {
+            self.start_reader(s, &consumer)?;
+        }
         if self.args.single_active_consumer {
             // Registration order decides who is active next.
             st.consumers.push(consumer);
@@ -349,6 +362,7 @@ impl Queue {
     /// consumer may already be gone, dropped when its connection stopped taking deliveries).
     /// In a single-active-consumer queue the next consumer in registration order takes over.
     pub fn remove_consumer(self: &Arc<Self>, conn_id: u64, channel: u16, tag: &str) -> bool {
+        self.stop_reader(conn_id, channel, tag);
         let mut st = self.state.lock();
         let was_active = st
             .consumers

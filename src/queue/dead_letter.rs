@@ -154,13 +154,25 @@ impl Queue {
         let msg = Arc::new(msg);
         let mut moved = DeadLetterMove::default();
         let mut reserved = Vec::with_capacity(targets.len());
+        let mut streams = Vec::new();
         for q in targets.drain(..) {
+            // A stream appends it like any publish, not as part of the move.
+            if let Some(s) = &q.stream {
+                streams.push((s.files().clone(), q.clone()));
+                continue;
+            }
             let Some(seq) = q.reserve() else { continue };
             let record = match &q.options.log {
                 Some(log) if q.keeps(&msg) => moved.add(log, seq, &msg, &shared),
                 _ => None,
             };
             reserved.push((q, seq, record));
+        }
+        // Appended before the move leaves its queue: a crash between the two keeps it twice,
+        // never loses it.
+        for (files, q) in streams {
+            files.append(&msg, &shared);
+            q.counters.add(crate::stats::Stat::Publish, 1);
         }
         moved.commit(self.logged(&m));
         for (q, seq, record) in reserved {
@@ -292,6 +304,43 @@ fn headers_at(props: &[u8], flags: u16) -> Option<usize> {
 }
 
 const FLAG_HEADERS: u16 = 1 << 13;
+
+/// Appends `props` to `out` with one more header entry, `key` of field type `kind` with the bytes
+/// `value`, after any headers it has; every other property keeps its bytes. A property list that
+/// does not scan is appended as it is.
+pub(super) fn put_with_header(out: &mut Vec<u8>, props: &[u8], key: &str, kind: u8, value: &[u8]) {
+    let with = || -> Option<(u16, usize, usize, u32)> {
+        let flags = u16::from_be_bytes(props.get(0..2)?.try_into().ok()?);
+        let info = PropertiesInfo::scan(props).ok()?;
+        Some(match info.headers {
+            Some(r) => {
+                let (start, end) = (usize::try_from(r.start).ok()?, usize::try_from(r.end).ok()?);
+                let len = u32::from_be_bytes(props.get(start..start + 4)?.try_into().ok()?);
+                (flags, start, end, len)
+            }
+            None => {
+                let at = headers_at(props, flags)?;
+                (flags, at, at, 0)
+            }
+        })
+    };
+    let Some((flags, start, end, len)) = with() else {
+        out.extend_from_slice(props);
+        return;
+    };
+    let entry = 1 + key.len() + 1 + value.len();
+    out.extend_from_slice(&(flags | FLAG_HEADERS).to_be_bytes());
+    out.extend_from_slice(&props[2..start]);
+    out.extend_from_slice(&(len + entry as u32).to_be_bytes());
+    if end > start {
+        out.extend_from_slice(&props[start + 4..end]);
+    }
+    out.push(key.len() as u8);
+    out.extend_from_slice(key.as_bytes());
+    out.push(kind);
+    out.extend_from_slice(value);
+    out.extend_from_slice(&props[end..]);
+}
 const FLAG_EXPIRATION: u16 = 1 << 8;
 
 /// The message RabbitMQ's `make_msg` publishes to the dead-letter exchange: `x-death` updated,

@@ -18,7 +18,8 @@ use bytes::Bytes;
 use tracing::error;
 
 use crate::protocol::{Message, PropertiesInfo};
-use crate::store::{Store, StoredMessage, WrittenMark};
+pub use crate::store::stream::{Retention, Start, StreamLog, StreamReader};
+use crate::store::{Store, StoredMessage, WrittenMark, put_field, put_field_with};
 
 /// The id of a message's stored record: every log that keeps the message references it.
 pub type RecordId = NonZeroU64;
@@ -165,6 +166,64 @@ impl QueueLog {
     /// Truncates the whole log: the queue was deleted.
     pub fn drop_all(&self) {
         self.store.drop_queue(self.id);
+    }
+}
+
+/// A stream's log: appends go through the store's writer (its group commits), reads come from
+/// the stream's files.
+#[derive(Debug, Clone)]
+pub struct StreamFiles {
+    store: Arc<Store>,
+    log: Arc<StreamLog>,
+}
+
+/// A stream record: the message as stored, its properties carrying the `x-stream-offset` header
+/// that every delivery of it shows (a signed 64-bit integer, as RabbitMQ sends it).
+fn stream_record(out: &mut Vec<u8>, m: &StoredMessage, offset: u64) {
+    put_field(out, &m.exchange);
+    put_field(out, &m.routing_key);
+    put_field_with(out, |o| {
+        let value = i64::try_from(offset).unwrap_or(i64::MAX).to_be_bytes();
+        super::dead_letter::put_with_header(o, &m.properties, "x-stream-offset", b'l', &value);
+    });
+    put_field(out, &m.body);
+}
+
+impl StreamFiles {
+    /// Opens the files of the stream whose queue `log` names (a durable queue's log).
+    pub fn open(log: &QueueLog, retention: Retention) -> std::io::Result<Self> {
+        let stream = log.store.open_stream(log.id, retention, stream_record)?;
+        Ok(Self {
+            store: log.store.clone(),
+            log: stream,
+        })
+    }
+
+    /// The stream's files.
+    pub fn log(&self) -> &Arc<StreamLog> {
+        &self.log
+    }
+
+    /// Appends `msg` in the store's next group commit (sharing the stored form of a message
+    /// routed to several places).
+    pub fn append(&self, msg: &Message, shared: &SharedRecord) {
+        let stored = shared.stored_form(&self.store, msg);
+        self.store.stream_append(&self.log, stored.clone());
+    }
+
+    /// Whether the store's writer is so far behind that publishers should wait for it.
+    pub fn backlogged(&self) -> bool {
+        self.store.backlogged()
+    }
+
+    /// Waits (bounded) for the store's writer to catch up.
+    pub async fn written_out(&self) {
+        self.store.written_out().await;
+    }
+
+    /// Removes the stream's files, after every append sent before: it was deleted.
+    pub fn drop_all(&self) {
+        self.store.drop_stream(&self.log);
     }
 }
 

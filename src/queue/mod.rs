@@ -22,6 +22,7 @@ mod limits;
 pub mod log;
 pub mod memory;
 pub mod paging;
+pub mod stream;
 
 use std::collections::VecDeque;
 use std::ops::Deref;
@@ -266,6 +267,8 @@ pub struct QueueOptions {
     pub log: Option<QueueLog>,
     /// The broker's memory budget, and where messages past it are paged (none: all in memory).
     pub pager: Option<Arc<Pager>>,
+    /// A stream's files (a stream queue's only storage: its `log` only names it).
+    pub stream: Option<log::StreamFiles>,
 }
 
 /// A queue's counts at one moment, as listings show them.
@@ -314,6 +317,8 @@ pub struct Queue {
     unacked_bytes: AtomicU64,
     /// Its recent samples.
     pub history: History,
+    /// A stream queue's log and readers.
+    stream: Option<stream::Stream>,
 }
 
 impl Drop for Queue {
@@ -350,6 +355,7 @@ impl Queue {
         options: QueueOptions,
         args: QueueArgs,
     ) -> Arc<Self> {
+        let stream = options.stream.clone().map(stream::Stream::new);
         let queue = Arc::new(Self {
             name,
             vhost,
@@ -370,6 +376,7 @@ impl Queue {
             unacked: AtomicU64::new(0),
             unacked_bytes: AtomicU64::new(0),
             history: History::default(),
+            stream,
         });
         if let Some(log) = &queue.options.log {
             // Not only on the next publish: a publisher blocked by the memory alarm may be
@@ -417,6 +424,11 @@ impl Queue {
     /// limit refuses it. `shared` is the message's stored record, shared by every queue it was
     /// routed to.
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>, shared: &SharedRecord) -> Published {
+        if let Some(s) = &self.stream {
+            s.files().append(&msg, shared);
+            self.counters.add(Stat::Publish, 1);
+            return Published::Accepted { persisted: true };
+        }
         let mut dead = Vec::new();
         let published = self.enqueue(msg, Enqueue::Fresh(shared), &mut dead);
         dead_letter::process(dead);
@@ -697,6 +709,10 @@ impl Queue {
         messages: impl IntoIterator<Item = Entry>,
         redelivered: bool,
     ) {
+        // A stream keeps every message: nothing leaves it, so nothing comes back.
+        if self.stream.is_some() {
+            return;
+        }
         let mut dead = Vec::new();
         {
             let mut st = self.state.lock();
@@ -752,15 +768,20 @@ impl Queue {
 
     /// Number of ready messages.
     pub fn message_count(&self) -> u32 {
+        if let Some(s) = &self.stream {
+            return u32::try_from(s.files().log().size().0).unwrap_or(u32::MAX);
+        }
         u32::try_from(self.state.lock().ready.len()).unwrap_or(u32::MAX)
     }
 
     /// What listings show of it now: ready messages, their body bytes, and consumers.
     pub fn stats(&self) -> QueueStats {
+        // A stream's messages are all there for any consumer: they count as ready.
+        let stream = self.stream.as_ref().map(|s| s.files().log().size());
         let st = self.state.lock();
         QueueStats {
-            ready: st.ready.len() as u64,
-            ready_bytes: st.ready_bytes,
+            ready: stream.map_or(st.ready.len() as u64, |s| s.0),
+            ready_bytes: stream.map_or(st.ready_bytes, |s| s.1),
             unacked: self.unacked.load(Ordering::Relaxed),
             unacked_bytes: self.unacked_bytes.load(Ordering::Relaxed),
             consumers: u32::try_from(st.consumers.len()).unwrap_or(u32::MAX),
@@ -790,6 +811,10 @@ impl Queue {
 
     /// Takes a sample of its counters and levels.
     pub fn sample(&self, at_ms: u64) -> Sample {
+        // Age retention needs a clock as well as rolls: the statistics ticker is one.
+        if let Some(s) = &self.stream {
+            s.files().log().retain(crate::stats::now_ms());
+        }
         let s = self.stats();
         let mut gauges = [0; crate::stats::GAUGES];
         gauges[Gauge::Messages as usize] = s.ready + s.unacked;
@@ -812,6 +837,11 @@ impl Queue {
         applied: crate::broker::policy::Applied,
     ) {
         *self.applied.lock() = applied;
+        if let Some(s) = &self.stream {
+            s.files()
+                .log()
+                .set_retention(stream::retention(&args), crate::stats::now_ms());
+        }
         let mut dead = Vec::new();
         {
             let mut st = self.state.lock();
@@ -847,6 +877,7 @@ impl Queue {
         if let Some(log) = &self.options.log {
             log.drop_all();
         }
+        self.drop_stream();
         for c in st.consumers.drain(..) {
             let _ = c.tx.send(QueueEvent::Cancelled {
                 channel: c.channel,

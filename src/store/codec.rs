@@ -8,6 +8,20 @@ fn put(out: &mut Vec<u8>, field: &[u8]) {
     out.extend_from_slice(&field[..usize::try_from(len).unwrap_or(0).min(field.len())]);
 }
 
+/// Appends one length-prefixed field, as [`StoredMessage::decode`] reads each part.
+pub fn put_field(out: &mut Vec<u8>, field: &[u8]) {
+    put(out, field);
+}
+
+/// Appends one length-prefixed field that `fill` writes in place.
+pub fn put_field_with(out: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    fill(out);
+    let len = u32::try_from(out.len() - at - 4).unwrap_or(u32::MAX);
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
 /// A `meta` tree key: a kind octet, then vhost and name.
 fn named_key(kind: u8, vhost: &str, name: &str) -> Vec<u8> {
     let mut k = vec![kind];

@@ -28,6 +28,7 @@ mod codec;
 mod journal;
 mod pages;
 pub mod space;
+pub mod stream;
 mod sync;
 
 use std::collections::HashMap;
@@ -43,8 +44,12 @@ use parking_lot::RwLock;
 use bytes::Bytes;
 use tracing::{error, info, warn};
 
-pub use codec::{BindingRecord, DelayRecord, ExchangeRecord, QueueRecord, StoredMessage};
+pub use codec::{
+    BindingRecord, DelayRecord, ExchangeRecord, QueueRecord, StoredMessage, put_field,
+    put_field_with,
+};
 use journal::{EntryState, HoldState, Journal};
+use stream::{Retention, StreamLog};
 
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u8 = 2;
@@ -146,6 +151,15 @@ enum Op {
     Barrier {
         since: u64,
         done: Completion,
+    },
+    /// A message appended to a stream, at the offset the writer gives it.
+    StreamAppend {
+        stream: Arc<StreamLog>,
+        message: Arc<StoredMessage>,
+    },
+    /// A deleted stream's files go, after every append sent before.
+    DropStream {
+        stream: Arc<StreamLog>,
     },
     Stop,
 }
@@ -439,6 +453,7 @@ impl Store {
             .filter_map(|v| QueueRecord::decode(&v))
             .map(|r| r.id)
             .collect();
+        stream::remove_orphans(&dir.join("streams"), &queue_ids);
         let mut journal = Journal::open(&dir.join("journal")).map_err(io_err)?;
         if format == SLED_MESSAGES_FORMAT {
             migrate(dir, &db, &mut journal)?;
@@ -478,6 +493,7 @@ impl Store {
             retry: RETRY,
             resumed_at: None,
             warned: false,
+            chunk: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("warren-store".into())
@@ -549,6 +565,40 @@ impl Store {
             queue,
             seq,
             message,
+        });
+    }
+
+    /// Opens the files of the stream the store knows as `id` (creating them for a new one).
+    pub fn open_stream(
+        &self,
+        id: u64,
+        retention: Retention,
+        encode: stream::RecordEncoder,
+    ) -> std::io::Result<Arc<StreamLog>> {
+        StreamLog::open(
+            self.dir.join("streams").join(id.to_string()),
+            id,
+            retention,
+            encode,
+        )
+    }
+
+    /// Appends a message to a stream in the next group commit; the stream's committed offset
+    /// moves once it is on disk.
+    pub fn stream_append(&self, stream: &Arc<StreamLog>, message: Arc<StoredMessage>) {
+        self.backlog
+            .bytes
+            .fetch_add(body_bytes(&message), Ordering::Relaxed);
+        self.send(Op::StreamAppend {
+            stream: stream.clone(),
+            message,
+        });
+    }
+
+    /// Removes a deleted stream's files once what was sent before is written.
+    pub fn drop_stream(&self, stream: &Arc<StreamLog>) {
+        self.send(Op::DropStream {
+            stream: stream.clone(),
         });
     }
 
@@ -798,6 +848,8 @@ struct Writer {
     resumed_at: Option<Instant>,
     /// A failed reopen was logged in this failure.
     warned: bool,
+    /// Scratch space for stream chunks.
+    chunk: Vec<u8>,
 }
 
 impl Writer {
@@ -828,7 +880,9 @@ impl Writer {
             let taken: u64 = ops
                 .iter()
                 .map(|op| match op {
-                    Op::Enqueue { message, .. } => body_bytes(message),
+                    Op::Enqueue { message, .. } | Op::StreamAppend { message, .. } => {
+                        body_bytes(message)
+                    }
                     _ => 0,
                 })
                 .sum();
@@ -845,6 +899,9 @@ impl Writer {
             let mut b = Pending::default();
             // The sequence past each queue's last append in this batch, for its mark.
             let mut appended: HashMap<u64, u64> = HashMap::new();
+            // Each stream's appends in this batch, in order; and the streams deleted after them.
+            let mut streams: Vec<(Arc<StreamLog>, Vec<Arc<StoredMessage>>)> = Vec::new();
+            let mut dropped_streams = Vec::new();
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -925,6 +982,13 @@ impl Writer {
                         self.release(message_id, &mut journal, &mut b);
                     }
                     Op::Barrier { since, done } => completions.push((since, done)),
+                    Op::StreamAppend { stream, message } => {
+                        match streams.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &stream)) {
+                            Some((_, messages)) => messages.push(message),
+                            None => streams.push((stream, vec![message])),
+                        }
+                    }
+                    Op::DropStream { stream } => dropped_streams.push(stream),
                     Op::Stop => stop = true,
                 }
             }
@@ -941,6 +1005,10 @@ impl Writer {
                     })?;
                     durability.sync(&self.stats)?;
                 }
+                for (stream, messages) in &streams {
+                    stream.append(messages, now_ms, &mut self.chunk)?;
+                    self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                }
                 if !batch.is_empty() {
                     journal.write(batch)?;
                     self.stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -948,6 +1016,9 @@ impl Writer {
                 Ok(())
             })();
             let written = result.is_ok();
+            for stream in dropped_streams {
+                stream.remove_files();
+            }
             if written {
                 self.stats.enqueued.fetch_add(enqueued, Ordering::Relaxed);
                 let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -1014,6 +1085,7 @@ impl Writer {
         for op in ops {
             match op {
                 Op::Barrier { done, .. } => done(false),
+                Op::DropStream { stream } => stream.remove_files(),
                 Op::Stop => stop = true,
                 _ => {}
             }

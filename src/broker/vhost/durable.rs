@@ -11,8 +11,9 @@ use super::{Topology, VHost};
 use crate::broker::delayed;
 use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::protocol::table::check_depth;
-use crate::queue::log::{QueueLog, RecordId};
-use crate::queue::{Queue, QueueOptions, QueuedMessage};
+use crate::queue::args::{Declared, QueueArgs, QueueType};
+use crate::queue::log::{QueueLog, RecordId, StreamFiles};
+use crate::queue::{Queue, QueueOptions, QueuedMessage, stream};
 use crate::store::{BindingRecord, ExchangeRecord, QueueRecord, Recovered, Store};
 
 /// Field tables are stored in their wire encoding.
@@ -137,6 +138,17 @@ impl Topology {
     }
 }
 
+/// The files of a stream queue whose log is `log` (none for other queues).
+pub(super) fn stream_files(
+    log: Option<&QueueLog>,
+    args: &QueueArgs,
+) -> std::io::Result<Option<StreamFiles>> {
+    match (args.queue_type, log) {
+        (QueueType::Stream, Some(log)) => StreamFiles::open(log, stream::retention(args)).map(Some),
+        _ => Ok(None),
+    }
+}
+
 impl VHost {
     /// Brings back this vhost's durable exchanges, queues (with their messages) and bindings.
     pub(in crate::broker) fn restore(&self, recovered: &mut Recovered, store: &Arc<Store>) {
@@ -168,17 +180,35 @@ impl VHost {
             .filter(|(r, _)| *r.vhost == *self.name)
         {
             let log = QueueLog::new(store.clone(), r.id);
-            let q = Queue::new(
+            let arguments = decode_table(&r.arguments);
+            let declared = Declared {
+                name: &r.name,
+                vhost: &self.name,
+                durable: true,
+                exclusive: false,
+                auto_delete: r.auto_delete,
+            };
+            let args = QueueArgs::parse(&arguments, declared).unwrap_or_default();
+            let stream = match stream_files(Some(&log), &args) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(queue = %r.name, vhost = %self.name, cause = %e, "cannot open a stream's files; the stream is left out");
+                    continue;
+                }
+            };
+            let q = Queue::with_args(
                 r.name.as_str().into(),
                 self.name.clone(),
                 QueueOptions {
                     durable: true,
                     exclusive_owner: None,
                     auto_delete: r.auto_delete,
-                    arguments: decode_table(&r.arguments),
+                    arguments,
                     log: Some(log.clone()),
                     pager: t.pager.clone(),
+                    stream,
                 },
+                args,
             );
             // Bodies are read one at a time: the queue keeps in memory what its budget allows.
             let loaded = std::mem::take(&mut messages.messages)
