@@ -383,6 +383,39 @@ async fn a_numeric_offset_starts_there() {
     delete(&env, &q).await;
 }
 
+/// On an empty stream, `first`, `last` and `next` all start with the first message published.
+#[tokio::test]
+async fn on_an_empty_stream_first_last_and_next_start_at_the_first_message() {
+    let env = Env::start().await;
+    let (conn, ch) = env.confirm_channel().await;
+    let q = declare_stream(&ch, "stream-empty", &[]).await;
+    let mut consumers = Vec::new();
+    for spec in ["first", "last", "next"] {
+        consumers.push(reader(&conn, &q, common::s(spec)).await);
+    }
+    let bodies = numbered("m", 0..3);
+    publish_each(&ch, &q, bodies.clone()).await;
+    for c in &mut consumers {
+        assert_eq!(read(c, 3).await, at_offsets(&bodies, 0));
+    }
+    delete(&env, &q).await;
+}
+
+/// A consumer attached at an offset not yet written receives from there once it is published.
+#[tokio::test]
+async fn a_consumer_beyond_the_end_waits_for_its_offset() {
+    let env = Env::start().await;
+    let (conn, ch) = env.confirm_channel().await;
+    let q = declare_stream(&ch, "stream-ahead", &[]).await;
+    publish_each(&ch, &q, numbered("m", 0..5)).await;
+    let mut c = reader(&conn, &q, AMQPValue::LongLongInt(7)).await;
+    quiet(&mut c, "nothing before offset 7 is written").await;
+    let later = numbered("m", 5..10);
+    publish_each(&ch, &q, later.clone()).await;
+    assert_eq!(read(&mut c, 3).await, at_offsets(&later[2..], 7));
+    delete(&env, &q).await;
+}
+
 /// An interval string ("2s", "1h") starts at the messages published within that interval.
 #[tokio::test]
 async fn an_interval_starts_that_long_ago() {
@@ -688,7 +721,9 @@ async fn publishes_through_exchanges_are_appended() {
     bind(&ch, &q, &direct, "k", FieldTable::default()).await;
     publish(&ch, &fanout, "any", "via fanout").await;
     publish(&ch, &direct, "other", "not routed").await;
-    let props = BasicProperties::default().with_message_id("id-1".into());
+    let props = BasicProperties::default()
+        .with_message_id("id-1".into())
+        .with_headers(table(&[("app", common::s("h"))]));
     common::publish_props(&ch, &direct, "k", "via direct", props).await;
     let mut c = reader(&conn, &q, common::s("first")).await;
     let first = next_delivery(&mut c).await;
@@ -718,9 +753,40 @@ async fn publishes_through_exchanges_are_appended() {
             Some("id-1")
         )
     );
+    // The offset is added to the publisher's headers.
+    assert_eq!(
+        second.properties.headers(),
+        &Some(table(&[
+            ("app", common::s("h")),
+            ("x-stream-offset", AMQPValue::LongLongInt(1))
+        ]))
+    );
     second.ack(BasicAckOptions::default()).await.expect("ack");
     quiet(&mut c, "only the routed messages").await;
     delete(&env, &q).await;
+}
+
+/// Deleting a stream cancels its consumers (basic.cancel), and their channels stay open.
+#[tokio::test]
+async fn deleting_a_stream_cancels_its_consumers() {
+    let env = Env::start().await;
+    let (conn, ch) = env.confirm_channel().await;
+    let q = declare_stream(&ch, "stream-deleted", &[]).await;
+    publish(&ch, "", &q, "m").await;
+    let consumer_ch = conn.create_channel().await.expect("channel");
+    let mut c = consume_from(&consumer_ch, &q, 10, Some(common::s("first")))
+        .await
+        .expect("consume");
+    read(&mut c, 1).await;
+    delete(&env, &q).await;
+    match tokio::time::timeout(common::WAIT, c.next()).await {
+        Ok(None) => {}
+        other => panic!("expected the consumer to be cancelled, got {other:?}"),
+    }
+    consumer_ch
+        .basic_qos(5, BasicQosOptions::default())
+        .await
+        .expect("the channel is still usable");
 }
 
 // Warren only from here on.
