@@ -4,8 +4,8 @@
 //!
 //! Setting `WARREN_REFERENCE_URI` (e.g. `amqp://guest:guest@127.0.0.1:5682/%2f`) runs the same
 //! scripts against a reference RabbitMQ instead of an in-process Warren, except the tests named
-//! `warren_only_…`: retention, restarts, and inputs RabbitMQ 3.10 crashes on (541) where Warren
-//! refuses cleanly.
+//! `warren_only_…`, which always run on Warren (`-- --skip warren_only` leaves them out): retention,
+//! restarts, and inputs RabbitMQ 3.10 crashes on (541) where Warren refuses cleanly.
 
 mod common;
 
@@ -753,7 +753,7 @@ async fn publishes_through_exchanges_are_appended() {
             Some("id-1")
         )
     );
-    // The offset is added to the publisher's headers.
+    // The offset joins the publisher's headers rather than replacing them.
     assert_eq!(
         second.properties.headers(),
         &Some(table(&[
