@@ -8,8 +8,9 @@
 # then every broker test (the Test and Example functions of the files that need a broker: those
 # tagged `integration`, and those reading AMQP_URL) runs in its own process with a timeout, so a
 # hang or a crash counts against that test only. The tests read the broker from AMQP_URL.
-# Each test prints "ok NAME" or "FAIL NAME: REASON"; the last line is "N passed, N failed", and the
-# exit status is non-zero when any test failed.
+# Then stream_checks.go checks stream queues (x-queue-type: stream), which the integration tests
+# do not cover. Each test or check prints "ok NAME" or "FAIL NAME: REASON"; the last line is
+# "N passed, N failed", and the exit status is non-zero when any failed.
 #
 # Over TLS: with WARREN_AMQPS_URL, WARREN_TLS_CA, WARREN_TLS_CERT and WARREN_TLS_KEY set
 # (interop/run-all.sh sets them), the tests run a second time, named NAME[tls], with AMQP_URL the
@@ -56,6 +57,8 @@ setup() {
     # GOPATH mode: the sources stay where Debian put them; only the build cache is written.
     GO111MODULE=off GOFLAGS= GOPATH=/usr/share/gocode GOCACHE=$cache/go-build \
         go test -c -tags integration -o "$work/amqp091.test" "$PKG" >&2 || return 1
+    GO111MODULE=off GOFLAGS= GOPATH=/usr/share/gocode GOCACHE=$cache/go-build \
+        go build -o "$work/stream_checks" "$(dirname "${BASH_SOURCE[0]}")/stream_checks.go" >&2 || return 1
     if ((tls)); then
         GO111MODULE=off GOFLAGS= GOPATH=/usr/share/gocode GOCACHE=$cache/go-build \
             go build -o "$work/tls_checks" "$(dirname "${BASH_SOURCE[0]}")/tls_checks.go" >&2
@@ -63,7 +66,7 @@ setup() {
 }
 
 if ! setup; then
-    echo "FAIL setup: could not install ${DEBS[*]} or build the amqp091-go integration tests"
+    echo "FAIL setup: could not install ${DEBS[*]} or build the amqp091-go integration tests and checks"
     echo "0 passed, 1 failed"
     exit 1
 fi
@@ -163,20 +166,29 @@ run_tests() {
     done
 }
 
+# run_checks OUT COMMAND...: a checks program of this directory, which prints a line per check
+# and then its own "N passed, N failed"; its lines are shown and count in the totals, and a crash
+# or a hang before its summary counts as one more failure.
+run_checks() {
+    local out=$1 checks_failed
+    shift
+    timeout --kill-after=5 300 "$@" >"$out" 2>&1 </dev/null
+    grep -Ev '^[0-9]+ passed, [0-9]+ failed$' "$out"
+    passed=$((passed + $(grep -c '^ok ' "$out")))
+    checks_failed=$(grep -c '^FAIL ' "$out")
+    grep -Eq '^[0-9]+ passed, [0-9]+ failed$' "$out" || checks_failed=$((checks_failed + 1))
+    failed=$((failed + checks_failed))
+}
+
 export AMQP_URL=$url
 run_tests "" EXCLUDED
+run_checks "$work/stream_checks.out" "$work/stream_checks" "$url"
 if ((tls)); then
     echo "-- again over TLS: $WARREN_AMQPS_URL"
     query="cacertfile=$WARREN_TLS_CA&certfile=$WARREN_TLS_CERT&keyfile=$WARREN_TLS_KEY"
     AMQP_URL="$WARREN_AMQPS_URL$([[ $WARREN_AMQPS_URL == *\?* ]] && echo '&' || echo '?')$query"
     run_tests "[tls]" TLS_EXCLUDED
-    "$work/tls_checks" "$WARREN_AMQPS_URL" "$WARREN_TLS_CA" "$WARREN_TLS_CERT" "$WARREN_TLS_KEY" >"$work/tls_checks.out" 2>&1 </dev/null
-    grep -Ev '^[0-9]+ passed, [0-9]+ failed$' "$work/tls_checks.out"
-    passed=$((passed + $(grep -c '^ok ' "$work/tls_checks.out")))
-    tls_failed=$(grep -c '^FAIL ' "$work/tls_checks.out")
-    # a crash before its summary counts as one more failure
-    grep -Eq '^[0-9]+ passed, [0-9]+ failed$' "$work/tls_checks.out" || tls_failed=$((tls_failed + 1))
-    failed=$((failed + tls_failed))
+    run_checks "$work/tls_checks.out" "$work/tls_checks" "$WARREN_AMQPS_URL" "$WARREN_TLS_CA" "$WARREN_TLS_CERT" "$WARREN_TLS_KEY"
 else
     echo "-- no TLS run: WARREN_AMQPS_URL, WARREN_TLS_CA, WARREN_TLS_CERT and WARREN_TLS_KEY are not all set"
 fi

@@ -4,10 +4,10 @@
 Usage: test_pika.py amqp://guest:guest@127.0.0.1:5672/%2f
 
 RabbitMQ's tutorials 1-6 written with pika's BlockingConnection, plus publisher confirms,
-mandatory returns, passive declares, a failed login and a reconnect. Every check prints
-"ok NAME" or "FAIL NAME: REASON"; the last line is "N passed, N failed". Names carry a random
-suffix and the checks delete what they declare, so runs against a long-lived broker do not
-see each other's leftovers. No pytest needed: only pika.
+mandatory returns, passive declares, a failed login, a reconnect and stream queues. Every check
+prints "ok NAME" or "FAIL NAME: REASON"; the last line is "N passed, N failed". Names carry a
+random suffix and the checks delete what they declare, so runs against a long-lived broker do
+not see each other's leftovers. No pytest needed: only pika.
 
 With WARREN_AMQPS_URL (amqps://...) and WARREN_TLS_CA (the CA that signed the broker's
 certificate, PEM) set, every check runs a second time over TLS, named NAME[tls], followed by the
@@ -28,6 +28,7 @@ import pika
 from pika.exceptions import (
     AuthenticationError,
     ChannelClosedByBroker,
+    ConnectionClosedByBroker,
     ProbableAuthenticationError,
     UnroutableError,
 )
@@ -518,6 +519,95 @@ def reconnect_finds_durable_messages(ctx):
         ch.basic_ack(delivery_tag=method.delivery_tag)
     method, _, _ = ch.basic_get(queue=queue)
     expect(method is None, "queue should be empty after acking")
+
+
+# --- stream queues ----------------------------------------------------------------------------
+
+STREAM = {"x-queue-type": "stream"}
+
+
+def declare_stream(ctx, what, arguments=None):
+    """Declares a stream named for `what`, deleted after the check from a connection of its own
+    (a refusal may close the check's)."""
+    queue = name(what)
+    ctx.channel().queue_declare(queue=queue, durable=True, arguments={**STREAM, **(arguments or {})})
+    cleanup = ctx.channel()
+    ctx.on_exit(lambda: cleanup.queue_delete(queue=queue))
+    return queue
+
+
+@check
+def stream_consume_from_first_with_offsets(ctx):
+    queue = declare_stream(ctx, "stream")
+    conn = ctx.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for i in range(5):
+        ch.basic_publish(exchange="", routing_key=queue, body=f"m{i}".encode())
+    ch.basic_qos(prefetch_count=10)
+    got = []
+
+    def on_message(channel, method, properties, body):
+        got.append((body, (properties.headers or {}).get("x-stream-offset")))
+        channel.basic_ack(delivery_tag=method.delivery_tag)
+
+    ch.basic_consume(queue=queue, on_message_callback=on_message, arguments={"x-stream-offset": "first"})
+    pump([conn], lambda: len(got) >= 5, settle=0.5)
+    expect_eq(got, [(f"m{i}".encode(), i) for i in range(5)], "bodies and x-stream-offset headers")
+
+
+@check
+def stream_consume_without_prefetch_refused(ctx):
+    queue = declare_stream(ctx, "stream-no-qos")
+    ch = ctx.channel()
+    try:
+        ch.basic_consume(queue=queue, on_message_callback=lambda *a: None)
+    except ChannelClosedByBroker as e:
+        expect_eq(e.reply_code, 406, "reply code")
+        expect_eq(
+            e.reply_text,
+            f"PRECONDITION_FAILED - consumer prefetch count is not set for 'queue '{queue}' in vhost '/''",
+            "reply text",
+        )
+    else:
+        raise AssertionError("a stream consumer without basic.qos was accepted")
+
+
+@check
+def stream_basic_get_not_implemented(ctx):
+    queue = declare_stream(ctx, "stream-get")
+    conn = ctx.connect()
+    try:
+        conn.channel().basic_get(queue=queue)
+    except ConnectionClosedByBroker as e:
+        expect_eq(e.reply_code, 540, "reply code")
+        expect_eq(
+            e.reply_text,
+            f"NOT_IMPLEMENTED - basic.get not supported by stream queues queue '{queue}' in vhost '/'",
+            "reply text",
+        )
+    else:
+        raise AssertionError("basic.get of a stream succeeded")
+    expect(conn.is_closed, "connection should be closed")
+
+
+@check
+def stream_invalid_max_age_refused(ctx):
+    queue = name("stream-age")
+    ch = ctx.channel()
+    try:
+        ch.queue_declare(queue=queue, durable=True, arguments={**STREAM, "x-max-age": "1d"})
+    except ChannelClosedByBroker as e:
+        expect_eq(e.reply_code, 406, "reply code")
+        expect_eq(
+            e.reply_text,
+            f"PRECONDITION_FAILED - invalid arg 'x-max-age' for queue '{queue}' in vhost '/': invalid_max_age",
+            "reply text",
+        )
+    else:
+        cleanup = ctx.channel()
+        ctx.on_exit(lambda: cleanup.queue_delete(queue=queue))
+        raise AssertionError("x-max-age '1d' (the unit is D) was accepted")
 
 
 # --- over TLS only ----------------------------------------------------------------------------
