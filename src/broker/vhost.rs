@@ -36,7 +36,7 @@ struct Topology {
     /// Queues declared, created and deleted, RabbitMQ's queue churn.
     churn: [AtomicU64; 3],
     /// What deleted queues counted, classic then quorum.
-    retired_queues: [Counters; 2],
+    retired_queues: [Counters; 3],
 }
 
 /// An exchange as listings show it.
@@ -604,10 +604,10 @@ impl VHost {
             .collect()
     }
 
-    /// What its deleted queues counted, classic then quorum.
-    pub fn retired_queue_totals(&self) -> [Totals; 2] {
+    /// What its deleted queues counted, classic, quorum, then streams.
+    pub fn retired_queue_totals(&self) -> [Totals; 3] {
         let t = self.topology.read();
-        [t.retired_queues[0].totals(), t.retired_queues[1].totals()]
+        std::array::from_fn(|i| t.retired_queues[i].totals())
     }
 
     /// Queues declared, created and deleted since the start.

@@ -612,9 +612,9 @@ fn warren_own(out: &mut Out, broker: &Broker) {
 /// Queue levels (per queue or summed), the object counts, and the global message counters.
 fn queues_and_globals(out: &mut Out, broker: &Broker, per_object: bool) {
     let vhosts = broker.vhosts();
-    // Queue-side counts by queue type (classic, quorum), deleted queues' included.
-    let mut by_type = [Totals::default(); 2];
-    let mut dead = [([0u64; 4], [0u64; 4]); 2];
+    // Queue-side counts by queue type (classic, quorum, stream), deleted queues' included.
+    let mut by_type = [Totals::default(); 3];
+    let mut dead = [([0u64; 4], [0u64; 4]); 3];
     let mut rows: Vec<(String, QueueFigures)> = Vec::new();
     for v in &vhosts {
         for (t, retired) in by_type.iter_mut().zip(v.retired_queue_totals()) {
@@ -726,8 +726,8 @@ fn globals(
     out: &mut Out,
     broker: &Broker,
     consumers: u64,
-    by_type: &[Totals; 2],
-    dead: &[([u64; 4], [u64; 4]); 2],
+    by_type: &[Totals; 3],
+    dead: &[([u64; 4], [u64; 4]); 3],
 ) {
     let proto = ("protocol", "amqp091");
     out.family(
@@ -844,7 +844,7 @@ fn globals(
     ];
     for (name, kind, help, pick) in per_queue {
         out.family(name, kind, help);
-        for kind in [QueueType::Classic, QueueType::Quorum] {
+        for kind in [QueueType::Classic, QueueType::Quorum, QueueType::Stream] {
             out.sample(
                 name,
                 &[proto, ("queue_type", queue_type_label(kind))],
@@ -872,7 +872,7 @@ fn globals(
             ),
         };
         out.family(name, "counter", help);
-        for kind in [QueueType::Classic, QueueType::Quorum] {
+        for kind in [QueueType::Classic, QueueType::Quorum, QueueType::Stream] {
             let (sent, dropped) = dead[kind as usize];
             let t = ("queue_type", queue_type_label(kind));
             out.sample(
