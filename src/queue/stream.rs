@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use amq_protocol::types::AMQPValue;
+use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tracing::error;
@@ -24,8 +25,9 @@ use super::{Entry, NEVER, Queue, QueuedMessage, args};
 use crate::protocol::{ChannelError, ConnectionError};
 use crate::stats::Stat;
 
-/// What a stream consumer reads ahead of its credit, at most (plus one chunk).
-pub const READ_AHEAD: usize = 256 << 10;
+/// What a stream consumer reads ahead of its credit, at most (unless one chunk is larger): two
+/// chunks, and under the allocator's threshold for a block of its own.
+pub const READ_AHEAD: usize = 120 << 10;
 
 /// A consumer's reader task, as its stream knows it.
 #[derive(Debug)]
@@ -283,13 +285,22 @@ async fn read_to_consumer(
                 }
                 continue;
             }
-            let Ok((r, read)) = tokio::task::spawn_blocking(move || {
-                let read = r.read(READ_AHEAD);
-                (r, read)
-            })
-            .await
-            else {
-                return;
+            // Cached data is read here, without a hop to a blocking thread; the rest there.
+            let read = match r.read(BytesMut::with_capacity(READ_AHEAD), true) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let buf = BytesMut::with_capacity(READ_AHEAD);
+                    let Ok((back, read)) = tokio::task::spawn_blocking(move || {
+                        let read = r.read(buf, false);
+                        (r, read)
+                    })
+                    .await
+                    else {
+                        return;
+                    };
+                    r = back;
+                    read
+                }
+                read => read,
             };
             match read {
                 Ok(messages) => ready.extend(messages),

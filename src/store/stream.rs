@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -33,7 +33,7 @@ const MAGIC: u32 = 0x5753_4331;
 /// A chunk's header: magic, crc32 of the rest, payload length, count, first offset, timestamp.
 const HEADER: usize = 32;
 /// A chunk's payload stops growing past this: it bounds what a reader holds at once.
-pub const CHUNK_MAX: usize = 1 << 20;
+pub const CHUNK_MAX: usize = 64 << 10;
 /// The in-memory index keeps one chunk in every this many bytes of a segment.
 const INDEX_EVERY: u64 = 256 << 10;
 /// RabbitMQ's default `x-stream-max-segment-size-bytes`.
@@ -195,11 +195,25 @@ fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.seg"))
 }
 
-/// Reads exactly `buf.len()` bytes at `pos`, or fewer at the end of the file.
-fn read_full(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+/// Reads exactly `buf.len()` bytes at `pos`, or fewer at the end of the file. With `nowait`
+/// it fails with `WouldBlock` instead of waiting for the disk (what is not in the page cache,
+/// or a filesystem that cannot tell), so that the caller can read cached data where it runs.
+fn read_full(file: &File, buf: &mut [u8], pos: u64, nowait: bool) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
-        match file.read_at(&mut buf[done..], pos + done as u64) {
+        let at = pos + done as u64;
+        let read = if nowait {
+            let mut slices = [std::io::IoSliceMut::new(&mut buf[done..])];
+            rustix::io::preadv2(file, &mut slices, at, rustix::io::ReadWriteFlags::NOWAIT).map_err(
+                |e| match e {
+                    rustix::io::Errno::INTR => io::Error::from(io::ErrorKind::Interrupted),
+                    _ => io::Error::from(io::ErrorKind::WouldBlock),
+                },
+            )
+        } else {
+            file.read_at(&mut buf[done..], at)
+        };
+        match read {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -210,28 +224,25 @@ fn read_full(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
 }
 
 /// Reads the chunk header at `pos`: `None` at the end of what is there.
-fn read_header(file: &File, pos: u64) -> io::Result<Option<([u8; HEADER], Header)>> {
+fn read_header(file: &File, pos: u64, nowait: bool) -> io::Result<Option<([u8; HEADER], Header)>> {
     let mut hb = [0u8; HEADER];
-    if read_full(file, &mut hb, pos)? < HEADER {
+    if read_full(file, &mut hb, pos, nowait)? < HEADER {
         return Ok(None);
     }
     Ok(Header::parse(&hb).map(|h| (hb, h)))
 }
 
-/// Reads the chunk at `pos`: `None` at the end of what is there (or at a torn chunk when
-/// `verify`).
-fn read_chunk(file: &File, pos: u64, verify: bool) -> io::Result<Option<(Header, Vec<u8>)>> {
-    let Some((hb, h)) = read_header(file, pos)? else {
+/// Reads the chunk at `pos` and checks it: `None` at the end of what is there or at a torn
+/// chunk.
+fn read_checked(file: &File, pos: u64) -> io::Result<Option<Header>> {
+    let Some((hb, h)) = read_header(file, pos, false)? else {
         return Ok(None);
     };
     let mut payload = vec![0u8; h.len as usize];
-    if read_full(file, &mut payload, pos + HEADER as u64)? < payload.len() {
+    if read_full(file, &mut payload, pos + HEADER as u64, false)? < payload.len() {
         return Ok(None);
     }
-    if verify && chunk_crc(&hb[8..], &payload) != h.crc {
-        return Ok(None);
-    }
-    Ok(Some((h, payload)))
+    Ok((chunk_crc(&hb[8..], &payload) == h.crc).then_some(h))
 }
 
 impl StreamLog {
@@ -278,9 +289,9 @@ impl StreamLog {
             // Sealed segments were synced whole: their headers are enough. The last one's chunks
             // are checked, since a torn write can only be there.
             while let Some(h) = if last {
-                read_chunk(&file, pos, true)?.map(|(h, _)| h)
+                read_checked(&file, pos)?
             } else {
-                read_header(&file, pos)?.map(|(_, h)| h)
+                read_header(&file, pos, false)?.map(|(_, h)| h)
             } {
                 if h.first != next || pos + HEADER as u64 + u64::from(h.len) > len {
                     warn!(
@@ -651,19 +662,30 @@ impl StreamReader {
         self.chunk >= self.log.committed()
     }
 
-    /// Reads whole chunks until about `max_bytes` of them, returning their messages with their
-    /// offsets (slices of one buffer per chunk); empty only at the tail.
-    pub fn read(&mut self, max_bytes: usize) -> io::Result<Vec<(u64, StoredMessage)>> {
-        let mut out = Vec::new();
-        let mut read = 0usize;
+    /// Reads whole chunks into `buf` (empty, its capacity what to read at most, though at least
+    /// one chunk) and returns their messages with their offsets, slices of that one buffer;
+    /// empty only at the tail. The caller allocates `buf`, so that it comes from the caller's
+    /// thread's arena rather than a blocking thread's. With `nowait`, it reads only what the
+    /// page cache holds: `WouldBlock` if that is nothing.
+    pub fn read(
+        &mut self,
+        mut buf: BytesMut,
+        nowait: bool,
+    ) -> io::Result<Vec<(u64, StoredMessage)>> {
         let committed = self.log.committed();
-        // Chunks read only to be skipped (a start inside a segment) do not end a read.
-        while (read < max_bytes || out.is_empty()) && self.chunk < committed {
+        // Where each chunk kept lies in `buf`, with its header and the first offset to deliver
+        // from it (a later segment's opening moves `skip_before` on).
+        let mut kept: Vec<(usize, Header, u64)> = Vec::new();
+        while self.chunk < committed {
             let Some(file) = &self.file else {
                 self.open_at_chunk()?;
                 continue;
             };
-            let Some((h, payload)) = read_chunk(file, self.pos, false)? else {
+            let header = match read_header(file, self.pos, nowait) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !kept.is_empty() => break,
+                other => other?,
+            };
+            let Some((_, h)) = header else {
                 // The end of this segment: the next one starts at the next chunk.
                 self.file = None;
                 let first = self.log.first_offset();
@@ -684,27 +706,52 @@ impl StreamReader {
                     self.log.id, h.first, self.chunk
                 )));
             }
+            let len = h.len as usize;
+            if !kept.is_empty() && buf.len() + len > buf.capacity() {
+                break;
+            }
+            let at = buf.len();
+            buf.resize(at + len, 0);
+            let got = match read_full(file, &mut buf[at..], self.pos + HEADER as u64, nowait) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !kept.is_empty() => {
+                    buf.truncate(at);
+                    break;
+                }
+                other => other?,
+            };
+            if got < len {
+                return Err(bad(format!(
+                    "stream {}: chunk {} is cut short",
+                    self.log.id, h.first
+                )));
+            }
             self.pos += HEADER as u64 + u64::from(h.len);
             self.chunk = h.first + u64::from(h.count);
-            read += payload.len();
-            if h.ts < self.min_ts {
+            // Chunks before a start by time, or wholly before a start offset, are read only to
+            // be skipped: their space is used again.
+            if h.ts < self.min_ts || self.chunk <= self.skip_before {
+                buf.truncate(at);
                 continue;
             }
             self.min_ts = 0;
-            let payload = Bytes::from(payload);
-            let mut at = 0usize;
+            kept.push((at, h, self.skip_before));
+        }
+        let all = buf.freeze();
+        let mut out = Vec::new();
+        for (start, h, skip_before) in kept {
+            let mut at = start;
             for i in 0..u64::from(h.count) {
-                let len = payload
+                let len = all
                     .get(at..at + 4)
                     .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
                     .ok_or_else(|| bad("a stream chunk ends inside a record"))?;
-                let record = payload
-                    .get(at + 4..at + 4 + len)
-                    .map(|_| payload.slice(at + 4..at + 4 + len))
-                    .ok_or_else(|| bad("a stream chunk ends inside a record"))?;
+                if at + 4 + len > start + h.len as usize {
+                    return Err(bad("a stream chunk ends inside a record"));
+                }
+                let record = all.slice(at + 4..at + 4 + len);
                 at += 4 + len;
                 let offset = h.first + i;
-                if offset < self.skip_before {
+                if offset < skip_before {
                     continue;
                 }
                 let m = StoredMessage::decode(offset, record)
@@ -738,6 +785,7 @@ impl StreamReader {
 mod tests {
     use super::*;
     use crate::store::codec::put_message;
+    use bytes::Bytes;
 
     fn plain(out: &mut Vec<u8>, m: &StoredMessage, _offset: u64) {
         put_message(out, [&m.exchange, &m.routing_key, &m.properties, &m.body]);
@@ -774,7 +822,7 @@ mod tests {
         let mut r = log.reader(start);
         let mut out = Vec::new();
         loop {
-            let got = r.read(1000).expect("read");
+            let got = r.read(BytesMut::with_capacity(1000), false).expect("read");
             if got.is_empty() {
                 return out;
             }
@@ -816,7 +864,7 @@ mod tests {
         let mut tail = log.reader(Start::Next);
         append(&log, 130, 135, 5, 6_000);
         let got: Vec<u64> = tail
-            .read(1000)
+            .read(BytesMut::with_capacity(1000), false)
             .expect("read")
             .iter()
             .map(|(o, _)| *o)
@@ -871,7 +919,9 @@ mod tests {
         assert_eq!(kept, 100 - first);
         assert_eq!(log.removed().0, first);
         assert_eq!(read_all(&log, Start::First), numbered(first..100));
-        let got = early.read(1 << 20).expect("read");
+        let got = early
+            .read(BytesMut::with_capacity(1 << 20), false)
+            .expect("read");
         assert_eq!(
             got.first().map(|(o, _)| *o),
             Some(first),
