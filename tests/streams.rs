@@ -950,3 +950,45 @@ async fn warren_only_a_stream_survives_kill_9_and_its_offsets_carry_on() {
     publish_each(&ch, &q, more.clone()).await;
     assert_eq!(read(&mut c, 10).await, at_offsets(&more, 200));
 }
+
+/// Warren only: a policy's `max-length-bytes` and `stream-max-segment-size-bytes` bound a stream
+/// declared without them, and the management API shows the stream's offsets, files and what
+/// retention removed.
+#[tokio::test]
+async fn warren_only_a_policy_bounds_a_stream_and_the_api_shows_what_went() {
+    let b = TestBroker::start().await;
+    let policy = r#"{"pattern":"^stream-policy","apply-to":"queues",
+        "definition":{"max-length-bytes":20000,"stream-max-segment-size-bytes":4096}}"#;
+    let (status, body) =
+        common::http::request(&b, "PUT", "/api/policies/%2f/stream-retention", policy).await;
+    assert_eq!(status, 201, "{body}");
+    let conn = b.connect().await;
+    let ch = common::confirm_channel(&conn).await;
+    let q = declare_stream(&ch, "stream-policy", &[]).await;
+    publish_each(&ch, &q, hundred_byte_bodies(0, 500)).await;
+    let path = format!("/api/queues/%2f/{q}");
+    eventually_within(
+        "the policy's retention removes old segments",
+        RETENTION,
+        || {
+            let (b, path) = (&b, &path);
+            async move {
+                let json = common::http::get_json(b, path).await;
+                json["first_offset"].as_u64().is_some_and(|f| f > 0)
+            }
+        },
+    )
+    .await;
+    let json = common::http::get_json(&b, &path).await;
+    let first = json["first_offset"].as_u64().expect("first_offset");
+    assert_eq!(json["type"], "stream");
+    assert_eq!(json["policy"], "stream-retention");
+    assert_eq!(json["last_offset"], 499);
+    assert_eq!(json["retention_removed_messages"], first);
+    assert_eq!(json["messages"], 500 - first);
+    assert!(
+        json["stream_bytes"].as_u64().is_some_and(|n| n <= 20_000),
+        "kept under the policy's size: {json}"
+    );
+    assert!(json["segments"].as_u64().is_some_and(|n| n > 1), "{json}");
+}

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tracing::error;
 
-use super::consumers::Consumer;
+use super::Consumer;
 use super::events::{InFlight, QueueEvent};
 use super::log::{Retention, Start, StreamFiles, StreamReader, message_of};
 use super::memory::footprint;
