@@ -35,7 +35,7 @@ struct Topology {
     default_stats: Arc<Tracked>,
     /// Queues declared, created and deleted, RabbitMQ's queue churn.
     churn: [AtomicU64; 3],
-    /// What deleted queues counted, classic then quorum.
+    /// What deleted queues counted, classic, quorum, then streams.
     retired_queues: [Counters; 3],
 }
 

@@ -304,6 +304,7 @@ fn headers_at(props: &[u8], flags: u16) -> Option<usize> {
 }
 
 const FLAG_HEADERS: u16 = 1 << 13;
+const FLAG_EXPIRATION: u16 = 1 << 8;
 
 /// Appends `props` to `out` with one more header entry, `key` of field type `kind` with the bytes
 /// `value`, after any headers it has; every other property keeps its bytes. A property list that
@@ -341,7 +342,6 @@ pub(super) fn put_with_header(out: &mut Vec<u8>, props: &[u8], key: &str, kind: 
     out.extend_from_slice(value);
     out.extend_from_slice(&props[end..]);
 }
-const FLAG_EXPIRATION: u16 = 1 << 8;
 
 /// The message RabbitMQ's `make_msg` publishes to the dead-letter exchange: `x-death` updated,
 /// `x-first-death-*` on the first death, `CC` gone when a dead-letter routing key replaces the

@@ -87,7 +87,7 @@ fn messages_come_back_in_order_with_delivered_markers() {
             "a body routed to two queues is stored once"
         );
     }
-    let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+    let store = reopen(dir.path());
     let rec = store.recover().expect("recover");
     assert_eq!(rec.damaged, 0);
     let mut queues: Vec<_> = rec
@@ -220,7 +220,7 @@ fn damaged_records_are_skipped_and_counted() {
         store.put_meta(QueueRecord::key("/", "ok"), Some(r.encode()));
         flushed(&store);
     }
-    let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+    let store = reopen(dir.path());
     let rec = store.recover().expect("recover");
     assert_eq!(rec.damaged, 1);
     assert_eq!(rec.queues.len(), 1);
@@ -318,7 +318,7 @@ fn holds_come_back_with_their_bodies_and_go_with_their_last_reference() {
             "the routed body went with its last reference"
         );
     }
-    let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+    let store = reopen(dir.path());
     let rec = store.recover().expect("recover");
     assert_eq!(rec.damaged, 0);
     let back: Vec<_> = rec
@@ -346,7 +346,7 @@ fn queue_ids_are_not_handed_out_again_after_a_restart() {
         flushed(&store);
         id
     };
-    let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+    let store = reopen(dir.path());
     assert!(store.next_message_id() > id);
 }
 
@@ -375,7 +375,7 @@ fn a_move_leaves_its_source_and_reaches_every_target_in_one_batch() {
         store.move_message(Some((a, 5, dead.id)), vec![(b, 1, again)]);
         flushed(&store);
     }
-    let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+    let store = reopen(dir.path());
     let rec = store.recover().expect("recover");
     let mut queues: Vec<(String, Vec<(u64, Bytes)>)> = rec
         .queues
@@ -534,7 +534,7 @@ fn writes_resume_by_themselves_after_a_failure_and_pages_are_kept() {
         assert!(store.stats.syncs.load(Ordering::SeqCst) >= 2);
         (before.id, never.id, after.id)
     };
-    let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+    let store = reopen(dir.path());
     let rec = store.recover().expect("recover");
     assert_eq!(rec.damaged, 0);
     let ids: Vec<u64> = rec.queues[0]

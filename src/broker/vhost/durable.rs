@@ -188,7 +188,10 @@ impl VHost {
                 exclusive: false,
                 auto_delete: r.auto_delete,
             };
-            let args = QueueArgs::parse(&arguments, declared).unwrap_or_default();
+            let args = QueueArgs::parse(&arguments, declared).unwrap_or_else(|e| {
+                warn!(queue = %r.name, cause = %e, "ignoring invalid queue arguments");
+                QueueArgs::default()
+            });
             let stream = match stream_files(Some(&log), &args) {
                 Ok(s) => s,
                 Err(e) => {
