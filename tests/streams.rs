@@ -857,6 +857,21 @@ fn hundred_byte_bodies(from: usize, n: usize) -> Vec<String> {
     (from..from + n).map(|i| format!("{i:0>100}")).collect()
 }
 
+/// Waits until a reader from `first` no longer starts at offset 0, and still reads `last` at
+/// offset `last_offset`: retention removed the oldest segments and kept the newest message.
+async fn oldest_segments_go(env: &Env, q: &str, last_offset: i64, last: &str) {
+    eventually_within(
+        "the oldest segments are dropped",
+        RETENTION,
+        || async move {
+            let (offsets, body) = read_to(env, q, last_offset).await;
+            assert_eq!(body, last, "the last message is kept");
+            offsets[0] > 0
+        },
+    )
+    .await;
+}
+
 /// Warren only: past `x-max-length-bytes`, whole old segments go and offsets keep their numbers.
 #[tokio::test]
 async fn warren_only_retention_by_size_drops_the_oldest_segments() {
@@ -875,15 +890,7 @@ async fn warren_only_retention_by_size_drops_the_oldest_segments() {
     let bodies = hundred_byte_bodies(0, 500);
     let last = bodies.last().cloned().expect("bodies");
     publish_each(&ch, &q, bodies).await;
-    eventually_within("the oldest segments are dropped", RETENTION, || {
-        let (env, q, last) = (&env, &q, &last);
-        async move {
-            let (offsets, body) = read_to(env, q, 499).await;
-            assert_eq!(&body, last, "the last message is kept");
-            offsets[0] > 0
-        }
-    })
-    .await;
+    oldest_segments_go(&env, &q, 499, &last).await;
     eventually_within("the passive declare counts fewer", RETENTION, || {
         let (env, q) = (&env, &q);
         async move { matches!(counts(env, q).await, Ok((n, 0)) if n < 500) }
@@ -911,15 +918,7 @@ async fn warren_only_retention_by_age_drops_old_segments() {
     let new = hundred_byte_bodies(100, 60);
     let last = new.last().cloned().expect("bodies");
     publish_each(&ch, &q, new).await;
-    eventually_within("old segments are dropped", RETENTION, || {
-        let (env, q, last) = (&env, &q, &last);
-        async move {
-            let (offsets, body) = read_to(env, q, 159).await;
-            assert_eq!(&body, last, "the last message is kept");
-            offsets[0] > 0
-        }
-    })
-    .await;
+    oldest_segments_go(&env, &q, 159, &last).await;
 }
 
 /// Warren only: a stream's confirmed messages survive kill -9, and its offsets carry on after them.

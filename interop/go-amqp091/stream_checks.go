@@ -31,15 +31,11 @@ func name(what string) string {
 // name and a function that deletes it.
 func declareStream(what string) (string, func(), error) {
 	queue := name(what)
-	conn, err := amqp.Dial(url)
+	conn, ch, err := open()
 	if err != nil {
 		return "", nil, err
 	}
-	ch, err := conn.Channel()
-	if err == nil {
-		_, err = ch.QueueDeclare(queue, true, false, false, false, amqp.Table{"x-queue-type": "stream"})
-	}
-	if err != nil {
+	if _, err := ch.QueueDeclare(queue, true, false, false, false, amqp.Table{"x-queue-type": "stream"}); err != nil {
 		conn.Close()
 		return "", nil, fmt.Errorf("queue.declare: %w", err)
 	}
@@ -47,6 +43,20 @@ func declareStream(what string) (string, func(), error) {
 		ch.QueueDelete(queue, false, false, false)
 		conn.Close()
 	}, nil
+}
+
+// open returns a new connection to the broker and a channel on it.
+func open() (*amqp.Connection, *amqp.Channel, error) {
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		return nil, nil, err
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return conn, ch, nil
 }
 
 // refusal checks that err is the broker's close with `code` and `text`.
@@ -71,15 +81,11 @@ var checks = []struct {
 			return err
 		}
 		defer cleanup()
-		conn, err := amqp.Dial(url)
+		conn, ch, err := open()
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
-		ch, err := conn.Channel()
-		if err != nil {
-			return err
-		}
 		if err := ch.Confirm(false); err != nil {
 			return fmt.Errorf("confirm.select: %w", err)
 		}
@@ -125,15 +131,11 @@ var checks = []struct {
 		return nil
 	}},
 	{"stream_non_durable_declare_refused", func() error {
-		conn, err := amqp.Dial(url)
+		conn, ch, err := open()
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
-		ch, err := conn.Channel()
-		if err != nil {
-			return err
-		}
 		queue := name("stream-transient")
 		_, err = ch.QueueDeclare(queue, false, false, false, false, amqp.Table{"x-queue-type": "stream"})
 		return refusal(err, 406,
@@ -145,15 +147,11 @@ var checks = []struct {
 			return err
 		}
 		defer cleanup()
-		conn, err := amqp.Dial(url)
+		conn, ch, err := open()
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
-		ch, err := conn.Channel()
-		if err != nil {
-			return err
-		}
 		_, err = ch.Consume(queue, "", false, false, false, false, nil)
 		if err := refusal(err, 406, fmt.Sprintf(
 			"PRECONDITION_FAILED - consumer prefetch count is not set for 'queue '%s' in vhost '/''", queue)); err != nil {
@@ -170,15 +168,11 @@ var checks = []struct {
 			return err
 		}
 		defer cleanup()
-		conn, err := amqp.Dial(url)
+		conn, ch, err := open()
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
-		ch, err := conn.Channel()
-		if err != nil {
-			return err
-		}
 		if err := ch.Qos(10, 0, false); err != nil {
 			return fmt.Errorf("basic.qos: %w", err)
 		}
